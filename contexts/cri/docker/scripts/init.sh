@@ -1,0 +1,22 @@
+#!/bin/bash
+# Entry point sealer runs on every node of the cluster:
+#   init.sh [DATA_ROOT] [REGISTRY_DOMAIN] [REGISTRY_PORT]
+# (defaults /var/lib/docker, sea.hub, 5000). Installs docker from cri/docker.tar.gz, then
+# the Kubernetes node (init-kube.sh). sealer starts the image registry itself, on the
+# registry host, with init-registry.sh; INIT_REGISTRY=true makes this script start it here
+# as well (for a node that serves the registry when run without sealer).
+set -e
+
+scripts_path=$(cd "$(dirname "$0")" && pwd)
+rootfs=$(dirname "$scripts_path")
+
+data_root=${1:-/var/lib/docker}
+registry_domain=${2:-sea.hub}
+registry_port=${3:-5000}
+
+bash "$scripts_path/docker.sh" "$data_root" "$registry_domain" "$registry_port"
+bash "$scripts_path/init-kube.sh"
+
+if [ "${INIT_REGISTRY:-false}" = "true" ]; then
+  bash "$scripts_path/init-registry.sh" "$registry_port" "$rootfs/registry" "$registry_domain"
+fi

@@ -1,0 +1,149 @@
+//! Command-line interface: clap types and their validation into mount parameters.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+
+use rootfs_mount::layout::{MountParams, KNOWN_ARCHES};
+use rootfs_mount::versions::KubeVersion;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "rootfs-mount",
+    version,
+    about = "Mount the merged build directory of a sealer base ClusterImage, without copying",
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub mount: MountArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Unmount a rootfs-mount mount, also a stale one left by a killed daemon.
+    Umount {
+        mountpoint: PathBuf,
+        /// Detach even when files are still open in the mount (umount -l).
+        #[arg(long)]
+        lazy: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Empty folder to mount the build directory on.
+    #[arg(required = true)]
+    pub mountpoint: Option<PathBuf>,
+
+    /// Kubernetes version, e.g. v1.23.4.
+    #[arg(long = "k8s", value_name = "VERSION", required = true, help_heading = "Build")]
+    pub k8s: Option<String>,
+
+    /// Container runtime: docker or containerd [default: docker below v1.24.0, containerd from v1.24.0].
+    #[arg(long, help_heading = "Build")]
+    pub cri: Option<String>,
+
+    /// CNI context, or `none`.
+    #[arg(long, default_value = "calico", help_heading = "Build")]
+    pub cni: String,
+
+    /// Architectures to present, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64", help_heading = "Build")]
+    pub arch: Vec<String>,
+
+    /// Private registry the image's kubeadm config points at.
+    #[arg(long, default_value = "sea.hub:5000", help_heading = "Build")]
+    pub registry_domain: String,
+
+    /// OSS download cache [default: $XDG_CACHE_HOME/rootfs-mount, or /var/cache/rootfs-mount for root].
+    #[arg(long, value_name = "DIR", help_heading = "Sources")]
+    pub cache: Option<PathBuf>,
+
+    /// Serve contexts from this folder instead of the ones embedded in the binary.
+    #[arg(long, value_name = "DIR", help_heading = "Sources")]
+    pub contexts: Option<PathBuf>,
+
+    /// Docker registry v2 storage shown as rootfs/registry [default: CACHE/registry].
+    #[arg(long, value_name = "DIR", help_heading = "Sources")]
+    pub registry_data: Option<PathBuf>,
+
+    /// Mount even when cache entries the tree needs are missing.
+    #[arg(long, help_heading = "Sources")]
+    pub allow_missing: bool,
+
+    /// Stay in the foreground.
+    #[arg(short = 'f', long, help_heading = "Daemon")]
+    pub foreground: bool,
+
+    /// Let other users read the mount (needs user_allow_other for non-root).
+    #[arg(long, help_heading = "Daemon")]
+    pub allow_other: bool,
+
+    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
+    #[arg(long, default_value = "info", help_heading = "Daemon")]
+    pub log_level: String,
+
+    /// Where a backgrounded daemon logs [default: nowhere].
+    #[arg(long, value_name = "FILE", help_heading = "Daemon")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// The default cache folder (SPEC §4).
+fn default_cache() -> PathBuf {
+    if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("rootfs-mount");
+    }
+    // SAFETY-free check of the effective uid through std: root owns /proc/self.
+    if is_root() {
+        return PathBuf::from("/var/cache/rootfs-mount");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    home.join(".cache/rootfs-mount")
+}
+
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+}
+
+fn absolute(path: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl MountArgs {
+    /// Validates the arguments into mount parameters (the mountpoint is checked by the
+    /// daemon, which knows about mounts).
+    pub fn params(&self) -> Result<MountParams, String> {
+        let version = KubeVersion::parse(self.k8s.as_deref().unwrap_or_default())?;
+        let mut arches: Vec<String> = Vec::new();
+        for arch in &self.arch {
+            let arch = arch.trim();
+            if !KNOWN_ARCHES.contains(&arch) {
+                return Err(format!("unknown arch {arch:?}: expected {}", KNOWN_ARCHES.join(" or ")));
+            }
+            if !arches.iter().any(|a| a == arch) {
+                arches.push(arch.to_string());
+            }
+        }
+        let domain = self.registry_domain.trim();
+        if domain.is_empty() || domain.contains(char::is_whitespace) || domain.contains('"') || domain.contains('/') {
+            return Err(format!("invalid --registry-domain {:?}: expected host[:port]", self.registry_domain));
+        }
+        let cache = absolute(&self.cache.clone().unwrap_or_else(default_cache))?;
+        Ok(MountParams {
+            version,
+            cri: self.cri.clone(),
+            cni: self.cni.clone(),
+            arches,
+            cache,
+            contexts: self.contexts.as_deref().map(absolute).transpose()?,
+            registry_domain: domain.to_string(),
+            registry_data: self.registry_data.as_deref().map(absolute).transpose()?,
+            allow_missing: self.allow_missing,
+        })
+    }
+}

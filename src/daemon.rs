@@ -1,0 +1,261 @@
+//! Daemon lifecycle: mountpoint checks, fork before any thread, a readiness pipe so the
+//! foreground process exits only once the mount answers, signals, and unmounting.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use fuser::{Config, MountOption, Session, SessionACL};
+
+use crate::fuse::BuildFs;
+use crate::sys;
+use crate::tree::MergedTree;
+
+/// The `source` field of our mounts in /proc/self/mountinfo.
+pub const FS_NAME: &str = "rootfs-mount";
+
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    pub foreground: bool,
+    pub allow_other: bool,
+    pub log_filter: String,
+    pub log_file: Option<PathBuf>,
+}
+
+/// One line of /proc/self/mountinfo: the mount point, fs type and source.
+struct MountInfo {
+    point: PathBuf,
+    source: String,
+}
+
+/// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
+fn unescape(field: &str) -> PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() + 0 && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(v);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    PathBuf::from(std::ffi::OsString::from_vec(out))
+}
+
+fn mounts() -> Vec<MountInfo> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let dash = fields.iter().position(|f| *f == "-")?;
+            Some(MountInfo {
+                point: unescape(fields.get(4)?),
+                source: fields.get(dash + 2)?.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Checks the mountpoint (SPEC §6) and returns its canonical path.
+pub fn check_mountpoint(path: &Path, sources: &[PathBuf]) -> Result<PathBuf, String> {
+    let shown = path.display();
+    let meta = match std::fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+            return Err(format!(
+                "{shown} is a stale mount whose daemon is gone; run `rootfs-mount umount {shown}` first"
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(format!("mountpoint {shown} does not exist; create an empty folder there"))
+        }
+        Err(e) => return Err(format!("mountpoint {shown}: {e}")),
+    };
+    if !meta.is_dir() {
+        return Err(format!("mountpoint {shown} is not a folder"));
+    }
+    let canonical = std::fs::canonicalize(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if mounts().iter().any(|m| m.point == canonical) {
+        return Err(format!("{shown} is already a mount point; unmount it first"));
+    }
+    let mut entries = std::fs::read_dir(&canonical).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    if entries.next().is_some() {
+        return Err(format!("mountpoint {shown} is not empty"));
+    }
+    for source in sources {
+        if let Ok(root) = std::fs::canonicalize(source) {
+            if canonical.starts_with(&root) {
+                return Err(format!(
+                    "mountpoint {shown} is inside {}, which the mount reads from: that would be a mount loop",
+                    root.display()
+                ));
+            }
+        }
+    }
+    Ok(canonical)
+}
+
+/// FUSE needs the device; say so plainly when it is not there.
+pub fn check_fuse_device() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .map(drop)
+        .map_err(|e| format!("cannot open /dev/fuse: {e} (load the fuse module; in a container pass --device /dev/fuse)"))
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn session_config(allow_other: bool) -> Config {
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(FS_NAME.into()),
+        MountOption::Subtype(FS_NAME.into()),
+        MountOption::RO,
+        MountOption::NoSuid,
+        MountOption::NoDev,
+        MountOption::DefaultPermissions,
+    ];
+    if allow_other {
+        config.mount_options.push(MountOption::CUSTOM("allow_other".into()));
+        config.acl = SessionACL::All;
+    }
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    config.n_threads = Some(threads);
+    config.clone_fd = true;
+    config
+}
+
+/// Mounts `tree` on `mountpoint` and serves it until unmounted or signalled.
+/// Backgrounds itself unless `options.foreground`; returns once the mount answers.
+pub fn mount(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions) -> Result<(), String> {
+    if options.foreground {
+        init_logging(&options.log_filter);
+        return serve(tree, mountpoint, options, None);
+    }
+    let log = match &options.log_file {
+        Some(path) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let (mut ready_rx, ready_tx) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
+    match sys::fork().map_err(|e| format!("fork: {e}"))? {
+        0 => {
+            drop(ready_rx);
+            sys::setsid();
+            init_logging(&options.log_filter);
+            let outcome = serve_detached(tree, mountpoint, options, ready_tx, log);
+            std::process::exit(if outcome.is_ok() { 0 } else { 1 });
+        }
+        _child => {
+            drop(ready_tx);
+            let mut answer = String::new();
+            let _ = ready_rx.read_to_string(&mut answer);
+            match answer.strip_prefix("ready") {
+                Some(_) => Ok(()),
+                None if answer.trim().is_empty() => Err("the daemon exited before the mount was ready".into()),
+                None => Err(answer.trim().to_string()),
+            }
+        }
+    }
+}
+
+fn serve_detached(
+    tree: MergedTree,
+    mountpoint: &Path,
+    options: &DaemonOptions,
+    ready: std::io::PipeWriter,
+    log: Option<File>,
+) -> Result<(), String> {
+    let mut ready = Some(ready);
+    let result = serve(tree, mountpoint, options, Some((&mut ready, log)));
+    if let (Err(e), Some(mut pipe)) = (&result, ready.take()) {
+        let _ = pipe.write_all(e.as_bytes());
+    }
+    result
+}
+
+type Readiness<'a> = (&'a mut Option<std::io::PipeWriter>, Option<File>);
+
+fn serve(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions, readiness: Option<Readiness<'_>>) -> Result<(), String> {
+    // Signals are blocked before any thread exists, so only the waiter below takes them.
+    let signals = sys::block_termination_signals();
+    let config = session_config(options.allow_other);
+    let mut session = Session::new(BuildFs::new(tree), mountpoint, &config)
+        .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let shown = mountpoint.display().to_string();
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let signal = sys::wait_for_signal(&signals);
+            tracing::info!(signal, mountpoint = %shown, "unmounting on signal");
+            if let Err(e) = unmounter.unmount() {
+                tracing::error!(error = %e, "unmount failed");
+            }
+        })
+        .map_err(|e| format!("starting the signal thread: {e}"))?;
+    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    if let Some((pipe, log)) = readiness {
+        if let Some(mut p) = pipe.take() {
+            let _ = p.write_all(b"ready\n");
+        }
+        let _ = sys::detach_stdio(log.as_ref());
+    }
+    session.run().map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+    tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+    Ok(())
+}
+
+/// `rootfs-mount umount MOUNT`: unmounts one of our mounts, stale ones included.
+pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
+    let shown = path.display();
+    let target = std::fs::canonicalize(path)
+        .or_else(|_| std::path::absolute(path))
+        .map_err(|e| format!("{shown}: {e}"))?;
+    let all = mounts();
+    let Some(found) = all.iter().rev().find(|m| m.point == target) else {
+        return Err(format!("{shown} is not mounted"));
+    };
+    if found.source != FS_NAME {
+        return Err(format!("{shown} is not a rootfs-mount mount (source {:?})", found.source));
+    }
+    match sys::unmount(&target, lazy) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(format!(
+            "{shown} is busy (a process has files open or its working folder there); close them or use --lazy"
+        )),
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+            let mut cmd = std::process::Command::new("fusermount3");
+            cmd.arg("-u");
+            if lazy {
+                cmd.arg("-z");
+            }
+            let status = cmd.arg(&target).status().map_err(|e| format!("running fusermount3: {e}"))?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(format!("fusermount3 -u {shown} failed"))
+            }
+        }
+        Err(e) => Err(format!("unmounting {shown}: {e}")),
+    }
+}

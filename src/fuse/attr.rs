@@ -1,0 +1,50 @@
+//! Tree entries as FUSE attributes, and how long the kernel may cache them.
+
+use std::time::Duration;
+
+use fuser::{FileAttr, FileType, INodeNo};
+
+use crate::layers::EntryKind;
+use crate::tree::Node;
+
+/// Layers do not change under a mount: the kernel may keep entries and attributes.
+const STABLE_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Entries of an on-disk `--contexts` tree, which the user may edit while mounted.
+const MUTABLE_TTL: Duration = Duration::from_secs(1);
+
+pub fn ttl(node: &Node) -> Duration {
+    if node.mutable {
+        MUTABLE_TTL
+    } else {
+        STABLE_TTL
+    }
+}
+
+pub fn file_type(kind: EntryKind) -> FileType {
+    match kind {
+        EntryKind::Dir => FileType::Directory,
+        EntryKind::File => FileType::RegularFile,
+        EntryKind::Symlink => FileType::Symlink,
+    }
+}
+
+pub fn file_attr(ino: u64, node: &Node) -> FileAttr {
+    let e = &node.entry;
+    FileAttr {
+        ino: INodeNo(ino),
+        size: e.size,
+        blocks: e.size.div_ceil(512),
+        atime: e.mtime,
+        mtime: e.mtime,
+        ctime: e.mtime,
+        crtime: e.mtime,
+        kind: file_type(e.kind),
+        perm: e.perm,
+        nlink: if e.kind == EntryKind::Dir { 2 } else { 1 },
+        uid: e.uid,
+        gid: e.gid,
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}

@@ -1,0 +1,234 @@
+//! A folder (or a single file) on disk, resolved without ever leaving its root.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::{Child, Content, DiskFile, EntryKind, Layer, LayerEntry, Source};
+use crate::sys;
+
+/// The opened root of a [`DiskTree`].
+#[derive(Debug)]
+pub struct Root {
+    path: PathBuf,
+    /// `O_PATH` fd of the root; `None` when the root does not exist (an empty layer).
+    fd: Option<OwnedFd>,
+}
+
+impl Root {
+    pub fn absolute(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.path.clone()
+        } else {
+            self.path.join(rel)
+        }
+    }
+
+    pub fn open_file(&self, rel: &Path) -> io::Result<File> {
+        let fd = self.fd.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        if rel.as_os_str().is_empty() {
+            return sys::reopen_readonly(fd);
+        }
+        sys::open_beneath(fd, rel, libc::O_RDONLY).map(File::from)
+    }
+}
+
+/// A layer backed by a path on disk: a folder, or a single file mounted at a file name.
+#[derive(Debug)]
+pub struct DiskTree {
+    root: Arc<Root>,
+    /// Top-level names ending with this suffix are not shown (release tarballs in
+    /// `oss/<arch>/bin/`, which are shown through their members instead).
+    hide_suffix: Option<&'static str>,
+    mutable: bool,
+}
+
+impl DiskTree {
+    /// Opens `path` as a layer root. A missing root gives an empty layer; any other
+    /// error (permission, I/O) is returned.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let fd = match sys::open_path(path) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(DiskTree {
+            root: Arc::new(Root {
+                path: path.to_path_buf(),
+                fd,
+            }),
+            hide_suffix: None,
+            mutable: false,
+        })
+    }
+
+    pub fn hiding_suffix(mut self, suffix: &'static str) -> Self {
+        self.hide_suffix = Some(suffix);
+        self
+    }
+
+    /// Marks the tree as one the user edits while mounted (`--contexts DIR`).
+    pub fn mutable(mut self) -> Self {
+        self.mutable = true;
+        self
+    }
+
+    pub fn exists(&self) -> bool {
+        self.root.fd.is_some()
+    }
+
+    fn hidden(&self, rel: &Path) -> bool {
+        let Some(suffix) = self.hide_suffix else {
+            return false;
+        };
+        let mut parts = rel.components();
+        match (parts.next(), parts.next()) {
+            (Some(first), None) => first.as_os_str().as_encoded_bytes().ends_with(suffix.as_bytes()),
+            _ => false,
+        }
+    }
+
+    fn entry_of(&self, rel: &Path, fd: &OwnedFd) -> io::Result<LayerEntry> {
+        let st = sys::fstat(fd)?;
+        let kind = match st.st_mode & libc::S_IFMT {
+            libc::S_IFDIR => EntryKind::Dir,
+            libc::S_IFLNK => EntryKind::Symlink,
+            // Devices, fifos and sockets are never part of a build tree: refuse them.
+            libc::S_IFREG => EntryKind::File,
+            _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
+        };
+        let content = match kind {
+            EntryKind::Dir => Content::Dir,
+            EntryKind::Symlink => Content::Link(PathBuf::from(sys::readlink_fd(fd)?)),
+            EntryKind::File => Content::Disk(DiskFile {
+                tree: self.root.clone(),
+                rel: rel.to_path_buf(),
+            }),
+        };
+        let mtime = SystemTime::UNIX_EPOCH
+            + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+        Ok(LayerEntry {
+            kind,
+            perm: (st.st_mode & 0o7777) as u16,
+            size: st.st_size.max(0) as u64,
+            mtime,
+            uid: st.st_uid,
+            gid: st.st_gid,
+            content,
+            source: Source::Path(self.root.absolute(rel)),
+        })
+    }
+}
+
+/// Errors that mean "this name is not in the layer" rather than a fault.
+fn is_absent(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOENT) | Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+    )
+}
+
+impl Layer for DiskTree {
+    fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
+        let Some(root) = self.root.fd.as_ref() else {
+            return Ok(None);
+        };
+        if rel.as_os_str().is_empty() {
+            return self.entry_of(rel, root).map(Some);
+        }
+        if self.hidden(rel) {
+            return Ok(None);
+        }
+        match sys::open_beneath(root, rel, libc::O_PATH) {
+            Ok(fd) => match self.entry_of(rel, &fd) {
+                Ok(e) => Ok(Some(e)),
+                Err(e) if is_absent(&e) => Ok(None),
+                Err(e) => Err(e),
+            },
+            Err(e) if is_absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn children(&self, rel: &Path) -> io::Result<Vec<Child>> {
+        let Some(root) = self.root.fd.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let dir = sys::open_beneath(root, rel, libc::O_PATH | libc::O_DIRECTORY)?;
+        let top = rel.as_os_str().is_empty();
+        let mut out = Vec::new();
+        for (name, dtype) in sys::read_dir_fd(&dir)? {
+            let kind = match dtype {
+                libc::DT_DIR => EntryKind::Dir,
+                libc::DT_LNK => EntryKind::Symlink,
+                libc::DT_REG => EntryKind::File,
+                libc::DT_UNKNOWN => match self.entry(&rel.join(&name))? {
+                    Some(e) => e.kind,
+                    None => continue,
+                },
+                _ => continue,
+            };
+            if top && self.hidden(Path::new(OsStr::new(&name))) {
+                continue;
+            }
+            out.push(Child { name, kind });
+        }
+        Ok(out)
+    }
+
+    fn is_mutable(&self) -> bool {
+        self.mutable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rootfs-mount-disk-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn resolves_files_dirs_and_symlinks_without_following_them() {
+        let dir = scratch("kinds");
+        std::fs::create_dir(dir.join("etc")).unwrap();
+        std::fs::write(dir.join("etc/a.conf"), b"abc").unwrap();
+        symlink("/etc/passwd", dir.join("escape")).unwrap();
+        symlink("/etc", dir.join("etcdir")).unwrap();
+        let tree = DiskTree::open(&dir).unwrap();
+        let e = tree.entry(Path::new("etc/a.conf")).unwrap().unwrap();
+        assert_eq!(e.kind, EntryKind::File);
+        assert_eq!(e.size, 3);
+        let l = tree.entry(Path::new("escape")).unwrap().unwrap();
+        assert_eq!(l.kind, EntryKind::Symlink);
+        assert!(matches!(l.content, Content::Link(ref t) if t == Path::new("/etc/passwd")));
+        // A path through a symlinked folder is not resolved: it would leave the root.
+        assert!(tree.entry(Path::new("etcdir/passwd")).unwrap().is_none());
+        let mut names: Vec<_> = tree.children(Path::new("")).unwrap().into_iter().map(|c| c.name).collect();
+        names.sort();
+        assert_eq!(names, ["escape", "etc", "etcdir"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_root_is_an_empty_layer_and_suffix_is_hidden() {
+        let dir = scratch("hide");
+        assert!(DiskTree::open(&dir.join("nope")).unwrap().entry(Path::new("")).unwrap().is_none());
+        std::fs::write(dir.join("crictl.tar.gz"), b"x").unwrap();
+        std::fs::write(dir.join("conntrack"), b"y").unwrap();
+        let tree = DiskTree::open(&dir).unwrap().hiding_suffix(".tar.gz");
+        let names: Vec<_> = tree.children(Path::new("")).unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["conntrack"]);
+        assert!(tree.entry(Path::new("crictl.tar.gz")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

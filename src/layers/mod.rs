@@ -1,0 +1,147 @@
+//! Layer sources: each presents a tree of entries below its root, read-only. The virtual
+//! tree (`crate::tree`) stacks them; nothing here knows about FUSE.
+
+mod disk;
+mod embedded;
+mod empty;
+mod templated;
+
+pub use disk::DiskTree;
+pub use embedded::{embedded_file, EmbeddedTree};
+pub use empty::EmptyDir;
+pub use templated::TemplatedTree;
+
+use std::ffi::{OsStr, OsString};
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryKind {
+    Dir,
+    File,
+    Symlink,
+}
+
+/// Where an entry's bytes come from; also what `user.rootfs.source` reports.
+#[derive(Clone, Debug)]
+pub enum Content {
+    /// A folder (no bytes).
+    Dir,
+    /// A file on disk, opened beneath its layer root when read.
+    Disk(DiskFile),
+    /// Bytes held in memory: embedded contexts and rendered templates.
+    Bytes(Arc<[u8]>),
+    /// A symlink and its target.
+    Link(PathBuf),
+}
+
+/// A regular file of a [`DiskTree`], addressed relative to the tree's root.
+#[derive(Clone, Debug)]
+pub struct DiskFile {
+    pub tree: Arc<disk::Root>,
+    pub rel: PathBuf,
+}
+
+impl DiskFile {
+    pub fn open(&self) -> io::Result<File> {
+        self.tree.open_file(&self.rel)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.tree.absolute(&self.rel)
+    }
+}
+
+/// One entry of a layer, as seen by `lstat`.
+#[derive(Clone, Debug)]
+pub struct LayerEntry {
+    pub kind: EntryKind,
+    /// Permission bits (`st_mode & 0o7777`).
+    pub perm: u16,
+    pub size: u64,
+    pub mtime: SystemTime,
+    pub uid: u32,
+    pub gid: u32,
+    pub content: Content,
+    /// Provenance, as `getfattr -n user.rootfs.source` shows it.
+    pub source: Source,
+}
+
+/// Where an entry comes from, for provenance.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A backing path on disk.
+    Path(PathBuf),
+    /// A file compiled into the binary from the repository's `contexts/`.
+    Embedded(String),
+    /// Rendered from a template.
+    Rendered(Box<Source>),
+    /// A folder that exists because the tree's layout needs it.
+    Synthetic,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Path(p) => write!(f, "{}", p.display()),
+            Source::Embedded(p) => write!(f, "embedded:contexts/{p}"),
+            Source::Rendered(t) => write!(f, "rendered:{t}"),
+            Source::Synthetic => write!(f, "synthetic"),
+        }
+    }
+}
+
+/// A child name in a layer folder, with its kind.
+#[derive(Clone, Debug)]
+pub struct Child {
+    pub name: OsString,
+    pub kind: EntryKind,
+}
+
+/// A read-only tree of entries. Paths are relative to the layer root (empty = the root)
+/// and made of plain names only: the tree walks one component at a time.
+pub trait Layer: Send + Sync + fmt::Debug {
+    /// The entry at `rel`, without following a trailing symlink; `None` when absent.
+    fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>>;
+
+    /// The children of the folder at `rel`.
+    fn children(&self, rel: &Path) -> io::Result<Vec<Child>>;
+
+    /// True when the layer can change while mounted (an on-disk `--contexts` tree), so its
+    /// entries must not be cached for long by the kernel.
+    fn is_mutable(&self) -> bool {
+        false
+    }
+}
+
+/// Whether `name` is a plain single path component (not empty, `.`, `..`, no `/`).
+pub fn is_plain_name(name: &OsStr) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty() && b != b"." && b != b".." && !b.contains(&b'/') && !b.contains(&0)
+}
+
+/// Mtime of everything that has no file of its own to take it from (embedded contexts,
+/// synthetic folders): fixed at build time (`SOURCE_DATE_EPOCH`), so packing the same
+/// parameters twice gives the same tar bytes.
+pub fn build_epoch() -> SystemTime {
+    SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(crate::embedded_contexts::BUILD_EPOCH)
+}
+
+/// Reads a whole file entry (for templates and data files, which are small).
+pub fn read_all(entry: &LayerEntry) -> io::Result<Vec<u8>> {
+    match &entry.content {
+        Content::Bytes(b) => Ok(b.to_vec()),
+        Content::Disk(f) => {
+            use std::io::Read;
+            let mut out = Vec::new();
+            f.open()?.read_to_end(&mut out)?;
+            Ok(out)
+        }
+        Content::Dir | Content::Link(_) => Err(io::Error::from_raw_os_error(libc::EISDIR)),
+    }
+}

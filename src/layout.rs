@@ -1,0 +1,178 @@
+//! The build directory of SPEC §2, as layers mounted into the tree: which context, cache
+//! folder or file appears where, and what must exist before a mount may start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::layers::{embedded_file, DiskTree, EmbeddedTree, EmptyDir, Layer, TemplatedTree};
+use crate::render::template_vars;
+use crate::tree::{Branch, Namespace};
+use crate::versions::{KubeVersion, Profile, VersionFacts};
+
+/// Architectures a build directory can hold (sealer's platforms).
+pub const KNOWN_ARCHES: &[&str] = &["amd64", "arm64"];
+
+/// The kube binaries taken from `kube/<version>/<arch>/`.
+const KUBE_BINARIES: &[&str] = &["kubeadm", "kubectl", "kubelet"];
+
+/// Everything a mount is made from, validated by the CLI.
+#[derive(Clone, Debug)]
+pub struct MountParams {
+    pub version: KubeVersion,
+    /// `None`: the version's default CRI.
+    pub cri: Option<String>,
+    /// A CNI name or `none`.
+    pub cni: String,
+    pub arches: Vec<String>,
+    pub cache: PathBuf,
+    /// `None`: the contexts embedded in the binary.
+    pub contexts: Option<PathBuf>,
+    pub registry_domain: String,
+    /// `None`: `CACHE/registry`.
+    pub registry_data: Option<PathBuf>,
+    pub allow_missing: bool,
+}
+
+impl MountParams {
+    pub fn registry_dir(&self) -> PathBuf {
+        self.registry_data.clone().unwrap_or_else(|| self.cache.join("registry"))
+    }
+
+    /// Folders the mount reads from: a mountpoint inside one of them would be a loop.
+    pub fn source_roots(&self) -> Vec<PathBuf> {
+        let mut roots = vec![self.cache.clone(), self.registry_dir()];
+        roots.extend(self.contexts.clone());
+        roots
+    }
+}
+
+/// A resolved build directory, ready to be served.
+#[derive(Debug)]
+pub struct BuildLayout {
+    pub profile: Profile,
+    pub namespace: Namespace,
+}
+
+/// Where the contexts come from.
+enum Contexts<'a> {
+    Embedded,
+    Disk(&'a Path),
+}
+
+impl Contexts<'_> {
+    fn versions(&self) -> Result<VersionFacts, String> {
+        match self {
+            Contexts::Embedded => VersionFacts::parse(
+                embedded_file("versions.yaml").ok_or("versions.yaml is not embedded in this build")?,
+            ),
+            Contexts::Disk(dir) => {
+                let path = dir.join("versions.yaml");
+                let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                VersionFacts::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+            }
+        }
+    }
+
+    /// The context folder `name` (`rootfs`, `cri/docker`, `cni/calico`), if it exists.
+    fn layer(&self, name: &str) -> Result<Option<Box<dyn Layer>>, String> {
+        match self {
+            Contexts::Embedded => Ok(EmbeddedTree::new(name).map(|t| Box::new(t) as Box<dyn Layer>)),
+            Contexts::Disk(dir) => {
+                let path = dir.join(name);
+                let tree = DiskTree::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Ok(tree.exists().then(|| Box::new(tree.mutable()) as Box<dyn Layer>))
+            }
+        }
+    }
+}
+
+/// Checks `params` against the contexts and the cache and lays out the tree. Every
+/// refusal is one line saying what is wrong and what to do.
+pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
+    let contexts = match &params.contexts {
+        None => Contexts::Embedded,
+        Some(dir) => {
+            std::fs::read_dir(dir).map_err(|e| format!("cannot read contexts folder {}: {e}", dir.display()))?;
+            Contexts::Disk(dir)
+        }
+    };
+    for arch in &params.arches {
+        if !KNOWN_ARCHES.contains(&arch.as_str()) {
+            return Err(format!("unknown arch {arch:?}: expected {}", KNOWN_ARCHES.join(" or ")));
+        }
+    }
+    let facts = contexts.versions()?;
+    let profile = facts.profile(&params.version, params.cri.as_deref(), &params.cni)?;
+    let vars = Arc::new(template_vars(&profile, &params.registry_domain));
+
+    let mut context_layers: Vec<(String, Box<dyn Layer>)> = Vec::new();
+    if let Some((cni, _)) = &profile.cni {
+        let name = format!("cni/{cni}");
+        let layer = contexts.layer(&name)?.ok_or(format!("unknown CNI {cni:?}: no context {name}/"))?;
+        context_layers.push((name, layer));
+    }
+    let cri_name = format!("cri/{}", profile.cri);
+    let cri_layer = contexts
+        .layer(&cri_name)?
+        .ok_or(format!("unknown CRI {:?}: no context {cri_name}/", profile.cri))?;
+    context_layers.push((cri_name, cri_layer));
+    let base = contexts.layer("rootfs")?.ok_or("the contexts have no base rootfs/ folder")?;
+    context_layers.push(("rootfs".into(), base));
+
+    let mut branches = arch_branches(params, &profile)?;
+    let registry = DiskTree::open(&params.registry_dir())
+        .map_err(|e| format!("cannot read {}: {e}", params.registry_dir().display()))?;
+    if registry.exists() {
+        branches.push(Branch { at: "rootfs/registry".into(), layer: Arc::new(registry) });
+    }
+    branches.push(Branch { at: "rootfs/registry".into(), layer: Arc::new(EmptyDir) });
+    for (_, layer) in context_layers {
+        let templated = TemplatedTree::new(layer, vars.clone());
+        templated.check_all()?;
+        branches.push(Branch { at: "rootfs".into(), layer: Arc::new(templated) });
+    }
+    Ok(BuildLayout { profile, namespace: Namespace::new(branches) })
+}
+
+/// The `<arch>/` folders: kube binaries, the OSS cache and the CRI artifacts.
+fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>, String> {
+    let cache = &params.cache;
+    let cri = &profile.cri;
+    let mut branches = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
+    for arch in &params.arches {
+        let cri_dir = cache.join(format!("cri/{cri}/{arch}"));
+        let mut wanted: Vec<(String, PathBuf, bool)> = KUBE_BINARIES
+            .iter()
+            .map(|bin| (format!("{arch}/bin/{bin}"), cache.join(format!("kube/{}/{arch}/{bin}", profile.version)), true))
+            .collect();
+        wanted.push((format!("{arch}/bin"), cache.join(format!("oss/{arch}/bin")), true));
+        wanted.push((format!("{arch}/cri/{cri}.tar.gz"), cri_dir.join(format!("{cri}.tar.gz")), true));
+        wanted.push((format!("{arch}/cri/lib64"), cri_dir.join("lib64"), false));
+        for (at, path, required) in wanted {
+            let tree = DiskTree::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            // Release tarballs in oss/<arch>/bin/ are shown through their members.
+            let tree = if at == format!("{arch}/bin") { tree.hiding_suffix(".tar.gz") } else { tree };
+            if tree.exists() {
+                branches.push(Branch { at: at.into(), layer: Arc::new(tree) });
+            } else if required {
+                missing.push(path.strip_prefix(cache).unwrap_or(&path).display().to_string());
+            }
+        }
+        if !cri_dir.join("registry.tar.gz").exists() {
+            missing.push(format!("cri/{cri}/{arch}/registry.tar.gz"));
+        }
+        for folder in ["bin", "cri", "images"] {
+            branches.push(Branch { at: format!("{arch}/{folder}").into(), layer: Arc::new(EmptyDir) });
+        }
+    }
+    if !missing.is_empty() && !params.allow_missing {
+        return Err(format!(
+            "the cache {} lacks what {} with {cri} needs: {}; download them into that layout (see README, \"The cache\"), make a demo cache with scripts/demo-cache.sh, or pass --allow-missing",
+            cache.display(),
+            profile.version,
+            missing.join(", ")
+        ));
+    }
+    Ok(branches)
+}

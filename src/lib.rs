@@ -1,0 +1,28 @@
+//! rootfs-mount: the merged build directory of a sealer base ClusterImage, served over
+//! FUSE as a union of layers, with templated files rendered on read.
+//!
+//! Core (no FUSE): [`layers`], [`tree`], [`versions`], [`render`], [`layout`].
+//! Adapter: [`fuse`]. Lifecycle: [`daemon`]. All `unsafe` code is in `sys`.
+
+pub mod daemon;
+pub mod fuse;
+pub mod layers;
+pub mod layout;
+pub mod render;
+pub mod sys;
+pub mod tree;
+pub mod versions;
+
+/// `contexts/` compiled into the binary by `build.rs`.
+pub mod embedded_contexts {
+    /// One file of `contexts/`.
+    #[derive(Debug)]
+    pub struct EmbeddedFile {
+        pub path: &'static str,
+        pub data: &'static [u8],
+        pub mode: u32,
+        pub link: Option<&'static str>,
+    }
+
+    include!(concat!(env!("OUT_DIR"), "/embedded_contexts.rs"));
+}

@@ -1,0 +1,214 @@
+//! The only `unsafe` code of the crate: thin wrappers over Linux system calls that std does
+//! not expose. Everything above this module is safe Rust.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::Path;
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))
+}
+
+/// Opens `rel` beneath the folder `dir` without following any symlink on the way
+/// (`RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`): a path can never leave its layer root.
+/// With `O_PATH | O_NOFOLLOW` a trailing symlink is opened itself.
+pub fn open_beneath(dir: &impl AsRawFd, rel: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let path = c_path(rel)?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a valid open_how that
+    // outlives the call; the kernel returns a new fd we take ownership of.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall succeeded, so `fd` is an open descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
+/// Opens `path` with `O_PATH` (following symlinks: a layer root is whatever the user named).
+pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
+    let c = c_path(path)?;
+    // SAFETY: valid NUL-terminated path; the returned fd is owned by us on success.
+    let fd = unsafe { libc::open(c.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd was just returned by open(2).
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// `fstat` of any fd, `O_PATH` ones included (std's `File::metadata` needs a `File`).
+pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
+    // SAFETY: zeroed `stat` is a valid out-buffer for fstat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open for the duration of the call; `st` is a valid pointer.
+    if unsafe { libc::fstat(fd.as_raw_fd(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Reads the target of the symlink opened with `O_PATH | O_NOFOLLOW` as `fd`.
+pub fn readlink_fd(fd: &impl AsRawFd) -> io::Result<std::ffi::OsString> {
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    let empty = c"";
+    // SAFETY: an empty path with a symlink fd reads that link (readlinkat(2)); `buf` is
+    // writable for its whole length.
+    let n = unsafe {
+        libc::readlinkat(
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(std::ffi::OsString::from_vec(buf))
+}
+
+
+/// Turns an `O_PATH` fd of a regular file into a readable `File`.
+pub fn reopen_readonly(fd: &impl AsRawFd) -> io::Result<File> {
+    let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    File::open(proc)
+}
+
+/// Lists a folder opened with `O_PATH`: names with their `d_type`, without `.` and `..`.
+pub fn read_dir_fd(fd: &impl AsRawFd) -> io::Result<Vec<(std::ffi::OsString, u8)>> {
+    let dir = open_beneath(fd, Path::new(""), libc::O_RDONLY | libc::O_DIRECTORY)?;
+    // SAFETY: `dir` is a freshly opened directory fd; fdopendir takes ownership of a dup.
+    let dup = unsafe { libc::dup(dir.as_raw_fd()) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `dup` is an open directory fd; fdopendir owns it from here on.
+    let stream = unsafe { libc::fdopendir(dup) };
+    if stream.is_null() {
+        let err = io::Error::last_os_error();
+        // SAFETY: fdopendir failed, so `dup` is still ours to close.
+        unsafe { libc::close(dup) };
+        return Err(err);
+    }
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: `stream` is a valid DIR* until closedir below.
+        let ent = unsafe { libc::readdir64(stream) };
+        if ent.is_null() {
+            break;
+        }
+        // SAFETY: readdir64 returned a valid dirent whose d_name is NUL-terminated.
+        let (name, kind) = unsafe {
+            let name = std::ffi::CStr::from_ptr((*ent).d_name.as_ptr());
+            (name.to_bytes().to_vec(), (*ent).d_type)
+        };
+        if name == b"." || name == b".." {
+            continue;
+        }
+        out.push((std::ffi::OsString::from_vec(name), kind));
+    }
+    // SAFETY: `stream` is valid and closed exactly once.
+    unsafe { libc::closedir(stream) };
+    Ok(out)
+}
+
+/// `statvfs` of a path, for answering `statfs` on the mount.
+pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
+    let c = c_path(path)?;
+    // SAFETY: zeroed statvfs is a valid out-buffer.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid path and out pointer.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st)
+}
+
+/// Detaches a mount (`umount2(MNT_DETACH)`); works on stale FUSE mounts too.
+pub fn unmount(path: &Path, detach: bool) -> io::Result<()> {
+    let c = c_path(path)?;
+    let flags = if detach { libc::MNT_DETACH } else { 0 };
+    // SAFETY: valid NUL-terminated path.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Forks the process. Must run before any thread is started.
+pub fn fork() -> io::Result<libc::pid_t> {
+    // SAFETY: called while the process is single-threaded (the daemon forks before
+    // the FUSE session starts its threads).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(pid)
+}
+
+/// Starts a new session so the daemon is detached from the terminal.
+pub fn setsid() {
+    // SAFETY: setsid has no memory-safety preconditions.
+    unsafe { libc::setsid() };
+}
+
+/// Points stdin, stdout and stderr at `/dev/null` (or stderr at `log`).
+pub fn detach_stdio(log: Option<&File>) -> io::Result<()> {
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    let err_fd = log.map(|f| f.as_raw_fd()).unwrap_or(null.as_raw_fd());
+    // SAFETY: dup2 onto the standard descriptors; both source fds are open.
+    unsafe {
+        libc::dup2(null.as_raw_fd(), 0);
+        libc::dup2(null.as_raw_fd(), 1);
+        libc::dup2(err_fd, 2);
+    }
+    Ok(())
+}
+
+/// Blocks the termination signals in the calling thread (and the threads it starts later),
+/// so that one dedicated thread can wait for them with [`wait_for_signal`].
+pub fn block_termination_signals() -> libc::sigset_t {
+    // SAFETY: sigset manipulation on a local, zero-initialised set.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+/// Waits for one of the signals in `set` (blocked beforehand) and returns its number.
+pub fn wait_for_signal(set: &libc::sigset_t) -> i32 {
+    let mut sig: libc::c_int = 0;
+    // SAFETY: `set` is a valid initialised sigset and `sig` a valid out pointer.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}

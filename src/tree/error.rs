@@ -1,0 +1,43 @@
+//! Errors of tree operations carry the errno the adapter answers with.
+
+use std::fmt;
+use std::io;
+
+#[derive(Debug)]
+pub struct FsError {
+    pub errno: i32,
+    pub message: String,
+}
+
+impl FsError {
+    pub fn new(errno: i32, message: impl Into<String>) -> Self {
+        FsError { errno, message: message.into() }
+    }
+
+    /// Expected answers (a name that does not exist) are not worth a warning in the log.
+    pub fn is_expected(&self) -> bool {
+        matches!(self.errno, libc::ENOENT | libc::ENODATA | libc::EROFS | libc::ENOTDIR | libc::EISDIR | libc::ERANGE)
+    }
+}
+
+impl fmt::Display for FsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (errno {})", self.message, self.errno)
+    }
+}
+
+impl From<io::Error> for FsError {
+    fn from(e: io::Error) -> Self {
+        // Faults of a backing file that are not plain errnos (short reads, bad data)
+        // become EIO for that file only.
+        FsError { errno: e.raw_os_error().unwrap_or(libc::EIO), message: e.to_string() }
+    }
+}
+
+/// `FsError` with a formatted message: `fs_err!(ENOENT, "no {name:?}")`.
+#[macro_export]
+macro_rules! fs_err {
+    ($errno:ident, $($arg:tt)*) => {
+        $crate::tree::FsError::new(libc::$errno, format!($($arg)*))
+    };
+}

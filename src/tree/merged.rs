@@ -1,0 +1,217 @@
+//! Filesystem operations on the merged tree, addressed by inode number.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use dashmap::DashMap;
+
+use super::{FsError, InodeTable, Namespace, Node, ROOT_INO};
+use crate::fs_err;
+use crate::layers::{is_plain_name, Content, EntryKind};
+
+/// An open file: its bytes stay the same for the life of the handle.
+#[derive(Debug)]
+enum OpenFile {
+    Disk { file: File, size: u64 },
+    Bytes(Arc<[u8]>),
+}
+
+/// One entry of a folder listing.
+#[derive(Clone, Debug)]
+pub struct DirItem {
+    pub name: OsString,
+    pub kind: EntryKind,
+    pub ino: u64,
+}
+
+#[derive(Debug)]
+pub struct MergedTree {
+    ns: Namespace,
+    inodes: InodeTable,
+    files: DashMap<u64, OpenFile>,
+    dirs: DashMap<u64, Arc<Vec<DirItem>>>,
+    next_handle: AtomicU64,
+    /// Where `statfs` reports space from (the cache).
+    statfs_path: PathBuf,
+}
+
+impl MergedTree {
+    pub fn new(ns: Namespace, statfs_path: PathBuf) -> Result<Self, FsError> {
+        let root = ns.root()?;
+        Ok(MergedTree {
+            ns,
+            inodes: InodeTable::new(root),
+            files: DashMap::new(),
+            dirs: DashMap::new(),
+            next_handle: AtomicU64::new(1),
+            statfs_path,
+        })
+    }
+
+    fn handle(&self) -> u64 {
+        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The inode's path and node; nodes of mutable layers are resolved again so that
+    /// edits show without remounting.
+    fn inode(&self, ino: u64) -> Result<(Arc<Path>, Arc<Node>), FsError> {
+        let (path, node) = self
+            .inodes
+            .get(ino)
+            .ok_or_else(|| fs_err!(ESTALE, "inode {ino} is not known"))?;
+        if !node.mutable {
+            return Ok((path, node));
+        }
+        match self.ns.resolve_path(&path)? {
+            Some(fresh) => {
+                let fresh = Arc::new(fresh);
+                self.inodes.update(ino, fresh.clone());
+                Ok((path, fresh))
+            }
+            None => Err(fs_err!(ENOENT, "{} is gone", path.display())),
+        }
+    }
+
+    pub fn lookup(&self, parent: u64, name: &OsStr) -> Result<(u64, Arc<Node>), FsError> {
+        if !is_plain_name(name) {
+            return Err(fs_err!(ENOENT, "bad name {name:?}"));
+        }
+        let (parent_path, parent_node) = self.inode(parent)?;
+        let node = self
+            .ns
+            .lookup(&parent_path, &parent_node, name)?
+            .ok_or_else(|| fs_err!(ENOENT, "no {name:?} in {}", parent_path.display()))?;
+        let node = Arc::new(node);
+        let ino = self.inodes.remember(&parent_path.join(name), node.clone());
+        Ok((ino, node))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        self.inodes.forget(ino, n);
+    }
+
+    pub fn getattr(&self, ino: u64) -> Result<Arc<Node>, FsError> {
+        self.inode(ino).map(|(_, node)| node)
+    }
+
+    pub fn readlink(&self, ino: u64) -> Result<PathBuf, FsError> {
+        match &self.inode(ino)?.1.entry.content {
+            Content::Link(target) => Ok(target.clone()),
+            _ => Err(fs_err!(EINVAL, "inode {ino} is not a symlink")),
+        }
+    }
+
+    /// Provenance of an entry (`user.rootfs.source`).
+    pub fn source(&self, ino: u64) -> Result<String, FsError> {
+        Ok(self.inode(ino)?.1.entry.source.to_string())
+    }
+
+    pub fn open(&self, ino: u64) -> Result<u64, FsError> {
+        let (path, node) = self.inode(ino)?;
+        let open = match &node.entry.content {
+            Content::Disk(f) => {
+                let file = f.open().map_err(|e| fs_err!(EIO, "opening {}: {e}", f.path().display()))?;
+                OpenFile::Disk { file, size: node.entry.size }
+            }
+            Content::Bytes(b) => OpenFile::Bytes(b.clone()),
+            Content::Dir => return Err(fs_err!(EISDIR, "{} is a folder", path.display())),
+            Content::Link(_) => return Err(fs_err!(ELOOP, "{} is a symlink", path.display())),
+        };
+        let fh = self.handle();
+        self.files.insert(fh, open);
+        Ok(fh)
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
+        let file = self.files.get(&fh).ok_or_else(|| fs_err!(EBADF, "no open file {fh}"))?;
+        match &*file {
+            OpenFile::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                Ok(b[start..end].to_vec())
+            }
+            OpenFile::Disk { file, size: expected } => {
+                let want = (size as u64).min(expected.saturating_sub(offset)) as usize;
+                let mut buf = vec![0u8; want];
+                let mut done = 0;
+                while done < want {
+                    match file.read_at(&mut buf[done..], offset + done as u64) {
+                        Ok(0) => break,
+                        Ok(n) => done += n,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                if done < want {
+                    // The backing file shrank under the mount: its size no longer matches
+                    // what stat said, so this file fails, loudly, instead of short-reading.
+                    return Err(fs_err!(EIO, "backing file shorter than its stat size"));
+                }
+                Ok(buf)
+            }
+        }
+    }
+
+    pub fn release(&self, fh: u64) {
+        self.files.remove(&fh);
+    }
+
+    /// Lists a folder once per open; `readdir` pages through the snapshot.
+    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+        let (path, node) = self.inode(ino)?;
+        if node.entry.kind != EntryKind::Dir {
+            return Err(fs_err!(ENOTDIR, "{} is not a folder", path.display()));
+        }
+        let mut items: Vec<DirItem> = self
+            .ns
+            .children(&path, &node)?
+            .into_iter()
+            .map(|c| DirItem { ino: self.inodes.ino_of(&path.join(&c.name)), name: c.name, kind: c.kind })
+            .collect();
+        items.sort_by(|a, b| a.name.cmp(&b.name));
+        let fh = self.handle();
+        self.dirs.insert(fh, Arc::new(items));
+        Ok(fh)
+    }
+
+    pub fn listing(&self, fh: u64) -> Result<Arc<Vec<DirItem>>, FsError> {
+        self.dirs
+            .get(&fh)
+            .map(|d| d.clone())
+            .ok_or_else(|| fs_err!(EBADF, "no open folder {fh}"))
+    }
+
+    pub fn releasedir(&self, fh: u64) {
+        self.dirs.remove(&fh);
+    }
+
+    /// The parent inode of `ino`, for `..` entries.
+    pub fn parent_of(&self, ino: u64) -> u64 {
+        match self.inodes.get(ino) {
+            Some((path, _)) => match path.parent() {
+                Some(p) => self.inodes.ino_of(p),
+                None => ROOT_INO,
+            },
+            None => ROOT_INO,
+        }
+    }
+
+    /// Space and file counts of the file system holding the cache, with nothing free:
+    /// the mount is read-only.
+    pub fn statfs(&self) -> Result<libc::statvfs, FsError> {
+        let mut st = crate::sys::statvfs(&self.statfs_path)?;
+        st.f_bfree = 0;
+        st.f_bavail = 0;
+        st.f_ffree = 0;
+        st.f_favail = 0;
+        Ok(st)
+    }
+
+    pub fn inode_count(&self) -> usize {
+        self.inodes.len()
+    }
+}

@@ -1,0 +1,273 @@
+//! The virtual tree: layers mounted at paths of the tree ("branches"), highest first,
+//! resolved one name at a time.
+//!
+//! Rules (SPEC §3): a name present in several branches is taken from the highest one; a
+//! folder is merged with the folders of the same name below it, until a lower branch
+//! has a non-folder there (which, like in overlayfs, ends the merge); a file hides
+//! everything of that name below it. A branch mounted below a path makes that path a
+//! folder even when no layer has it (e.g. `amd64/` above `amd64/bin`).
+
+use std::ffi::OsStr;
+use std::io;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use crate::layers::{build_epoch, Child, Content, EntryKind, Layer, LayerEntry, Source};
+
+/// A layer mounted at a path of the virtual tree (relative, empty = the mount root).
+#[derive(Debug)]
+pub struct Branch {
+    pub at: PathBuf,
+    pub layer: Arc<dyn Layer>,
+}
+
+/// A resolved entry of the virtual tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub entry: LayerEntry,
+    /// For folders: the branches whose layer has this folder, highest first.
+    pub branches: Vec<usize>,
+    /// True when a layer it comes from may change while mounted.
+    pub mutable: bool,
+}
+
+/// How a branch's mount path relates to a tree path.
+enum Relation<'a> {
+    /// The path is the branch root or lies below it, at this path inside the layer.
+    Inside(&'a Path),
+    /// The branch is mounted below the path, whose next component is this name.
+    Above(&'a OsStr),
+    Unrelated,
+}
+
+fn relation<'a>(branch_at: &'a Path, path: &'a Path) -> Relation<'a> {
+    if let Ok(rel) = path.strip_prefix(branch_at) {
+        return Relation::Inside(rel);
+    }
+    match branch_at.strip_prefix(path) {
+        Ok(below) => match below.components().next() {
+            Some(Component::Normal(name)) => Relation::Above(name),
+            _ => Relation::Unrelated,
+        },
+        Err(_) => Relation::Unrelated,
+    }
+}
+
+fn synthetic_dir() -> LayerEntry {
+    LayerEntry {
+        kind: EntryKind::Dir,
+        perm: 0o755,
+        size: 4096,
+        mtime: build_epoch(),
+        uid: 0,
+        gid: 0,
+        content: Content::Dir,
+        source: Source::Synthetic,
+    }
+}
+
+#[derive(Debug)]
+pub struct Namespace {
+    branches: Vec<Branch>,
+}
+
+impl Namespace {
+    /// `branches` in precedence order, highest first.
+    pub fn new(branches: Vec<Branch>) -> Self {
+        Namespace { branches }
+    }
+
+    pub fn branches(&self) -> &[Branch] {
+        &self.branches
+    }
+
+    /// The mount root.
+    pub fn root(&self) -> io::Result<Node> {
+        self.resolve(Path::new(""), None)
+            .map(|n| n.unwrap_or_else(|| Node { entry: synthetic_dir(), branches: Vec::new(), mutable: false }))
+    }
+
+    /// Resolves `path` from the root, one component at a time (used to refresh entries
+    /// of mutable layers).
+    pub fn resolve_path(&self, path: &Path) -> io::Result<Option<Node>> {
+        let mut node = self.root()?;
+        let mut at = PathBuf::new();
+        for part in path.components() {
+            let Component::Normal(name) = part else {
+                return Ok(None);
+            };
+            if node.entry.kind != EntryKind::Dir {
+                return Ok(None);
+            }
+            match self.lookup(&at, &node, name)? {
+                Some(child) => node = child,
+                None => return Ok(None),
+            }
+            at.push(name);
+        }
+        Ok(Some(node))
+    }
+
+    /// The child `name` of the folder `parent` (at `parent_path`).
+    pub fn lookup(&self, parent_path: &Path, parent: &Node, name: &OsStr) -> io::Result<Option<Node>> {
+        if parent.entry.kind != EntryKind::Dir {
+            return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
+        }
+        self.resolve(&parent_path.join(name), Some(parent))
+    }
+
+    /// Resolves `path`; `parent` limits which branches may contribute below their root.
+    fn resolve(&self, path: &Path, parent: Option<&Node>) -> io::Result<Option<Node>> {
+        let mut found: Option<Node> = None;
+        for (index, branch) in self.branches.iter().enumerate() {
+            let entry = match relation(&branch.at, path) {
+                Relation::Inside(rel) => {
+                    let rooted_here = rel.as_os_str().is_empty();
+                    // Below its root a branch only counts where the parent folder is its.
+                    if !rooted_here && !parent.is_some_and(|p| p.branches.contains(&index)) {
+                        continue;
+                    }
+                    match branch.layer.entry(rel)? {
+                        Some(e) => Some(e),
+                        None => continue,
+                    }
+                }
+                Relation::Above(_) => None,
+                Relation::Unrelated => continue,
+            };
+            let mutable = branch.layer.is_mutable();
+            match (&mut found, entry) {
+                (None, Some(e)) => {
+                    let branches = if e.kind == EntryKind::Dir { vec![index] } else { Vec::new() };
+                    let done = e.kind != EntryKind::Dir;
+                    found = Some(Node { entry: e, branches, mutable });
+                    if done {
+                        break;
+                    }
+                }
+                (None, None) => {
+                    found = Some(Node { entry: synthetic_dir(), branches: Vec::new(), mutable: false });
+                }
+                (Some(node), Some(e)) => {
+                    if e.kind != EntryKind::Dir {
+                        break;
+                    }
+                    // A synthetic folder takes its attributes from the first real one.
+                    if matches!(node.entry.source, Source::Synthetic) {
+                        node.entry = e;
+                    }
+                    node.branches.push(index);
+                    node.mutable |= mutable;
+                }
+                (Some(_), None) => {}
+            }
+        }
+        Ok(found)
+    }
+
+    /// The children of the folder `node` at `path`, each once, with the kind that
+    /// [`Namespace::lookup`] gives it.
+    pub fn children(&self, path: &Path, node: &Node) -> io::Result<Vec<Child>> {
+        let mut out: Vec<Child> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for (index, branch) in self.branches.iter().enumerate() {
+            match relation(&branch.at, path) {
+                Relation::Inside(rel) => {
+                    if !node.branches.contains(&index) {
+                        continue;
+                    }
+                    for child in branch.layer.children(rel)? {
+                        if seen.insert(child.name.clone()) {
+                            out.push(child);
+                        }
+                    }
+                }
+                Relation::Above(name) => {
+                    if seen.contains(name) {
+                        continue;
+                    }
+                    // The branch root itself is the child: its kind is its layer's.
+                    let kind = if branch.at.parent() == Some(path) {
+                        match branch.layer.entry(Path::new(""))? {
+                            Some(e) => e.kind,
+                            None => continue,
+                        }
+                    } else {
+                        EntryKind::Dir
+                    };
+                    seen.insert(name.to_os_string());
+                    out.push(Child { name: name.to_os_string(), kind });
+                }
+                Relation::Unrelated => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::{DiskTree, EmptyDir};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("rootfs-mount-ns-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn branch(at: &str, layer: impl Layer + 'static) -> Branch {
+        Branch { at: PathBuf::from(at), layer: Arc::new(layer) }
+    }
+
+    fn names(ns: &Namespace, path: &str) -> Vec<String> {
+        let node = ns.resolve_path(Path::new(path)).unwrap().unwrap();
+        let mut n: Vec<_> = ns
+            .children(Path::new(path), &node)
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name.to_string_lossy().into_owned())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn union_precedence_merge_and_hiding() {
+        let dir = scratch("union");
+        let (high, low) = (dir.join("high"), dir.join("low"));
+        for d in [&high, &low] {
+            std::fs::create_dir_all(d.join("etc")).unwrap();
+        }
+        std::fs::write(high.join("etc/shared"), b"high").unwrap();
+        std::fs::write(low.join("etc/shared"), b"low!!").unwrap();
+        std::fs::write(low.join("etc/only-low"), b"l").unwrap();
+        // A file above hides a folder below, and a folder above hides a file below.
+        std::fs::write(high.join("scripts"), b"file").unwrap();
+        std::fs::create_dir_all(low.join("scripts")).unwrap();
+        std::fs::write(low.join("scripts/x.sh"), b"x").unwrap();
+        std::fs::create_dir_all(high.join("statics")).unwrap();
+        std::fs::write(low.join("statics"), b"file").unwrap();
+
+        let ns = Namespace::new(vec![
+            branch("rootfs", DiskTree::open(&high).unwrap()),
+            branch("rootfs", DiskTree::open(&low).unwrap()),
+            branch("rootfs/registry", EmptyDir),
+            branch("amd64/bin/kubeadm", DiskTree::open(&low.join("etc/only-low")).unwrap()),
+        ]);
+        assert_eq!(names(&ns, ""), ["amd64", "rootfs"]);
+        assert_eq!(names(&ns, "rootfs"), ["etc", "registry", "scripts", "statics"]);
+        assert_eq!(names(&ns, "rootfs/etc"), ["only-low", "shared"]);
+        assert_eq!(names(&ns, "amd64/bin"), ["kubeadm"]);
+        let shared = ns.resolve_path(Path::new("rootfs/etc/shared")).unwrap().unwrap();
+        assert_eq!(shared.entry.size, 4);
+        let scripts = ns.resolve_path(Path::new("rootfs/scripts")).unwrap().unwrap();
+        assert_eq!(scripts.entry.kind, EntryKind::File);
+        assert!(ns.resolve_path(Path::new("rootfs/scripts/x.sh")).unwrap().is_none());
+        assert_eq!(ns.resolve_path(Path::new("rootfs/statics")).unwrap().unwrap().entry.kind, EntryKind::Dir);
+        assert_eq!(ns.resolve_path(Path::new("amd64")).unwrap().unwrap().entry.kind, EntryKind::Dir);
+        assert!(ns.resolve_path(Path::new("arm64")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

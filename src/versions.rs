@@ -1,0 +1,306 @@
+//! Kubernetes version facts, read from `contexts/versions.yaml`: which kubeadm API, CRI,
+//! images and flags belong to a version. The rules live in the data; this module only
+//! parses it and picks the entries whose semver range holds the version.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use semver::{Version, VersionReq};
+use serde::Deserialize;
+
+/// A Kubernetes version as given on the command line (`v1.23.4`).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KubeVersion(Version);
+
+impl KubeVersion {
+    /// Accepts `vMAJOR.MINOR.PATCH` (the `v` is optional); nothing else.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bare = text.strip_prefix('v').unwrap_or(text);
+        let well_formed = bare.split('.').count() == 3
+            && bare
+                .split('.')
+                .all(|p| !p.is_empty() && p.len() <= 9 && p.bytes().all(|b| b.is_ascii_digit()));
+        match (well_formed, Version::parse(bare)) {
+            (true, Ok(v)) => Ok(KubeVersion(v)),
+            _ => Err(format!(
+                "invalid Kubernetes version {text:?}: expected vMAJOR.MINOR.PATCH, e.g. v1.23.4"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for KubeVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "v{}", self.0)
+    }
+}
+
+/// A semver range over full versions, as written in the data file.
+#[derive(Clone, Debug)]
+pub struct Range(VersionReq);
+
+impl<'de> Deserialize<'de> for Range {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        VersionReq::parse(&text)
+            .map(Range)
+            .map_err(|e| serde::de::Error::custom(format!("bad range {text:?}: {e}")))
+    }
+}
+
+impl Range {
+    fn holds(&self, v: &KubeVersion) -> bool {
+        self.0.matches(&v.0)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ApiEntry {
+    range: Range,
+    version: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct DefaultCri {
+    range: Range,
+    cri: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct CriFacts {
+    pub socket: String,
+    pub version: String,
+    supported: Range,
+    #[serde(default)]
+    refusal: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct ImageFacts {
+    range: Range,
+    pub pause: String,
+    pub etcd: String,
+    pub coredns: String,
+    pub coredns_path: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct CniFacts {
+    range: Range,
+    pub version: String,
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct FeatureGate {
+    name: String,
+    value: String,
+    range: Range,
+}
+
+/// The whole data file.
+#[derive(Debug, Deserialize)]
+pub struct VersionFacts {
+    minimum: String,
+    pub upstream_registry: String,
+    kubeadm_api: Vec<ApiEntry>,
+    default_cri: Vec<DefaultCri>,
+    cri: BTreeMap<String, CriFacts>,
+    images: Vec<ImageFacts>,
+    cni: BTreeMap<String, Vec<CniFacts>>,
+    feature_gates: Vec<FeatureGate>,
+    features: BTreeMap<String, Range>,
+}
+
+/// Everything the version, CRI and CNI decide, resolved once at start.
+#[derive(Clone, Debug)]
+pub struct Profile {
+    pub version: KubeVersion,
+    pub kubeadm_api: String,
+    pub cri: String,
+    pub cri_socket: String,
+    pub cri_version: String,
+    /// `None` for `--cni none`.
+    pub cni: Option<(String, CniFacts)>,
+    pub images: ImageFacts,
+    pub upstream_registry: String,
+    /// `Name=value` of every feature gate the version accepts.
+    pub feature_gates: Vec<String>,
+    pub features: BTreeMap<String, bool>,
+}
+
+impl Profile {
+    /// What `kubeadm config images list` prints for the version.
+    pub fn kube_images(&self) -> Vec<String> {
+        let r = &self.upstream_registry;
+        let v = &self.version;
+        let mut list: Vec<String> = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"]
+            .iter()
+            .map(|c| format!("{r}/{c}:{v}"))
+            .collect();
+        list.push(format!("{r}/pause:{}", self.images.pause));
+        list.push(format!("{r}/etcd:{}", self.images.etcd));
+        list.push(format!("{r}/{}:{}", self.images.coredns_path, self.images.coredns));
+        list
+    }
+}
+
+impl VersionFacts {
+    pub fn parse(yaml: &[u8]) -> Result<Self, String> {
+        let facts: VersionFacts =
+            serde_yaml::from_slice(yaml).map_err(|e| format!("versions.yaml: {e}"))?;
+        KubeVersion::parse(&facts.minimum).map_err(|e| format!("versions.yaml: minimum: {e}"))?;
+        Ok(facts)
+    }
+
+    pub fn cri_names(&self) -> Vec<&str> {
+        self.cri.keys().map(String::as_str).collect()
+    }
+
+    pub fn cni_names(&self) -> Vec<&str> {
+        self.cni.keys().map(String::as_str).collect()
+    }
+
+    /// Resolves the facts for `version`, refusing what the version does not support.
+    /// `cri: None` takes the version's default CRI; `cni` is a CNI name or `none`.
+    pub fn profile(&self, version: &KubeVersion, cri: Option<&str>, cni: &str) -> Result<Profile, String> {
+        let minimum = KubeVersion::parse(&self.minimum)?;
+        if *version < minimum {
+            return Err(format!(
+                "Kubernetes {version} is not supported: the oldest supported version is {minimum}"
+            ));
+        }
+        let kubeadm_api = self
+            .kubeadm_api
+            .iter()
+            .find(|e| e.range.holds(version))
+            .map(|e| e.version.clone())
+            .ok_or_else(|| format!("versions.yaml has no kubeadm API version for {version}"))?;
+        let cri = match cri {
+            Some(c) => c.to_string(),
+            None => self
+                .default_cri
+                .iter()
+                .find(|e| e.range.holds(version))
+                .map(|e| e.cri.clone())
+                .ok_or_else(|| format!("versions.yaml has no default CRI for {version}"))?,
+        };
+        let cri_facts = self.cri.get(&cri).ok_or_else(|| {
+            format!("unknown CRI {cri:?}: expected one of {}", self.cri_names().join(", "))
+        })?;
+        if !cri_facts.supported.holds(version) {
+            return Err(format!("--cri {cri} cannot be used with Kubernetes {version}: {}", cri_facts.refusal));
+        }
+        let images = self
+            .images
+            .iter()
+            .find(|e| e.range.holds(version))
+            .cloned()
+            .ok_or_else(|| format!("versions.yaml has no image tags for {version}"))?;
+        let cni = if cni == "none" {
+            None
+        } else {
+            let ranges = self.cni.get(cni).ok_or_else(|| {
+                format!("unknown CNI {cni:?}: expected one of {}, none", self.cni_names().join(", "))
+            })?;
+            let facts = ranges
+                .iter()
+                .find(|e| e.range.holds(version))
+                .cloned()
+                .ok_or_else(|| format!("CNI {cni} has no release for Kubernetes {version} in versions.yaml"))?;
+            Some((cni.to_string(), facts))
+        };
+        Ok(Profile {
+            version: version.clone(),
+            kubeadm_api,
+            cri_socket: cri_facts.socket.clone(),
+            cri_version: cri_facts.version.clone(),
+            cri,
+            cni,
+            images,
+            upstream_registry: self.upstream_registry.clone(),
+            feature_gates: self
+                .feature_gates
+                .iter()
+                .filter(|g| g.range.holds(version))
+                .map(|g| format!("{}={}", g.name, g.value))
+                .collect(),
+            features: self
+                .features
+                .iter()
+                .map(|(name, range)| (name.clone(), range.holds(version)))
+                .collect(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> VersionFacts {
+        let yaml = crate::layers::embedded_file("versions.yaml").expect("versions.yaml embedded");
+        VersionFacts::parse(yaml).unwrap()
+    }
+
+    fn v(text: &str) -> KubeVersion {
+        KubeVersion::parse(text).unwrap()
+    }
+
+    #[test]
+    fn parses_versions_strictly() {
+        assert_eq!(v("v1.23.4").to_string(), "v1.23.4");
+        assert_eq!(v("1.23.4").to_string(), "v1.23.4");
+        for bad in ["", "v1.23", "v1.23.4.5", "v1.23.x", "v1.23.4-rc.0", "latest", "v01.2.3x", "v1..2"] {
+            assert!(KubeVersion::parse(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn kubeadm_api_follows_the_ranges() {
+        let f = facts();
+        for (ver, api) in [
+            ("v1.13.0", "kubeadm.k8s.io/v1beta1"),
+            ("v1.14.10", "kubeadm.k8s.io/v1beta1"),
+            ("v1.15.0", "kubeadm.k8s.io/v1beta2"),
+            ("v1.22.17", "kubeadm.k8s.io/v1beta2"),
+            ("v1.23.0", "kubeadm.k8s.io/v1beta3"),
+            ("v1.31.1", "kubeadm.k8s.io/v1beta3"),
+        ] {
+            assert_eq!(f.profile(&v(ver), None, "calico").unwrap().kubeadm_api, api, "{ver}");
+        }
+        assert!(f.profile(&v("v1.12.9"), None, "calico").unwrap_err().contains("oldest"));
+    }
+
+    #[test]
+    fn cri_defaults_and_refusals() {
+        let f = facts();
+        assert_eq!(f.profile(&v("v1.23.17"), None, "none").unwrap().cri, "docker");
+        let p = f.profile(&v("v1.24.0"), None, "none").unwrap();
+        assert_eq!((p.cri.as_str(), p.cri_socket.as_str()), ("containerd", "/run/containerd/containerd.sock"));
+        assert!(f.profile(&v("v1.24.0"), Some("docker"), "none").unwrap_err().contains("v1.24.0"));
+        assert_eq!(
+            f.profile(&v("v1.20.15"), Some("containerd"), "none").unwrap().cri_socket,
+            "/run/containerd/containerd.sock"
+        );
+        assert!(f.profile(&v("v1.23.4"), Some("crio"), "none").unwrap_err().contains("unknown CRI"));
+        assert!(f.profile(&v("v1.23.4"), None, "flannel").unwrap_err().contains("unknown CNI"));
+    }
+
+    #[test]
+    fn every_supported_version_has_image_tags() {
+        let f = facts();
+        for minor in 13..=31 {
+            for patch in 0..=20 {
+                let ver = v(&format!("v1.{minor}.{patch}"));
+                let p = f.profile(&ver, Some("containerd"), "calico").unwrap();
+                let list = p.kube_images();
+                assert_eq!(list.len(), 7, "{ver}");
+                assert_eq!(p.images.coredns_path == "coredns/coredns", minor >= 21, "{ver}");
+            }
+        }
+        let p = f.profile(&v("v1.23.4"), None, "calico").unwrap();
+        assert!(p.kube_images().contains(&"registry.k8s.io/pause:3.6".to_string()));
+        assert!(p.kube_images().contains(&"registry.k8s.io/coredns/coredns:v1.8.6".to_string()));
+    }
+}
