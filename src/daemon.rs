@@ -1,7 +1,6 @@
 //! Daemon lifecycle: mountpoint checks, fork before any thread, a readiness pipe so the
 //! foreground process exits only once the mount answers, signals, and unmounting.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
@@ -113,8 +112,10 @@ pub fn check_fuse_device() -> Result<(), String> {
 fn init_logging(filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    use std::io::IsTerminal;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
@@ -161,8 +162,11 @@ pub fn mount(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions) -> Re
         0 => {
             drop(ready_rx);
             sys::setsid();
+            // From here on the daemon logs to --log-file (or nowhere); start-up errors
+            // reach the user through the readiness pipe.
+            let _ = sys::detach_stdio(log.as_ref());
             init_logging(&options.log_filter);
-            let outcome = serve_detached(tree, mountpoint, options, ready_tx, log);
+            let outcome = serve_detached(tree, mountpoint, options, ready_tx);
             std::process::exit(if outcome.is_ok() { 0 } else { 1 });
         }
         _child => {
@@ -183,19 +187,21 @@ fn serve_detached(
     mountpoint: &Path,
     options: &DaemonOptions,
     ready: std::io::PipeWriter,
-    log: Option<File>,
 ) -> Result<(), String> {
     let mut ready = Some(ready);
-    let result = serve(tree, mountpoint, options, Some((&mut ready, log)));
+    let result = serve(tree, mountpoint, options, Some(&mut ready));
     if let (Err(e), Some(mut pipe)) = (&result, ready.take()) {
         let _ = pipe.write_all(e.as_bytes());
     }
     result
 }
 
-type Readiness<'a> = (&'a mut Option<std::io::PipeWriter>, Option<File>);
-
-fn serve(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions, readiness: Option<Readiness<'_>>) -> Result<(), String> {
+fn serve(
+    tree: MergedTree,
+    mountpoint: &Path,
+    options: &DaemonOptions,
+    ready: Option<&mut Option<std::io::PipeWriter>>,
+) -> Result<(), String> {
     // Signals are blocked before any thread exists, so only the waiter below takes them.
     let signals = sys::block_termination_signals();
     let config = session_config(options.allow_other);
@@ -214,11 +220,8 @@ fn serve(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions, readiness
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
-    if let Some((pipe, log)) = readiness {
-        if let Some(mut p) = pipe.take() {
-            let _ = p.write_all(b"ready\n");
-        }
-        let _ = sys::detach_stdio(log.as_ref());
+    if let Some(mut pipe) = ready.and_then(Option::take) {
+        let _ = pipe.write_all(b"ready\n");
     }
     session.run().map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
