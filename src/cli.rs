@@ -40,7 +40,12 @@ pub struct MountArgs {
     pub mountpoint: Option<PathBuf>,
 
     /// Kubernetes version, e.g. v1.23.4.
-    #[arg(long = "k8s", value_name = "VERSION", required = true, help_heading = "Build")]
+    #[arg(
+        long = "k8s",
+        value_name = "VERSION",
+        required = true,
+        help_heading = "Build"
+    )]
     pub k8s: Option<String>,
 
     /// Container runtime: docker or containerd [default: docker below v1.24.0, containerd from v1.24.0].
@@ -52,7 +57,12 @@ pub struct MountArgs {
     pub cni: String,
 
     /// Architectures to present, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64", help_heading = "Build")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "amd64,arm64",
+        help_heading = "Build"
+    )]
     pub arch: Vec<String>,
 
     /// Private registry the image's kubeadm config points at.
@@ -101,13 +111,17 @@ fn default_cache() -> PathBuf {
     if is_root() {
         return PathBuf::from("/var/cache/rootfs-mount");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/"));
     home.join(".cache/rootfs-mount")
 }
 
 fn is_root() -> bool {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 fn absolute(path: &Path) -> Result<PathBuf, String> {
@@ -123,15 +137,25 @@ impl MountArgs {
         for arch in &self.arch {
             let arch = arch.trim();
             if !KNOWN_ARCHES.contains(&arch) {
-                return Err(format!("unknown arch {arch:?}: expected {}", KNOWN_ARCHES.join(" or ")));
+                return Err(format!(
+                    "unknown arch {arch:?}: expected {}",
+                    KNOWN_ARCHES.join(" or ")
+                ));
             }
             if !arches.iter().any(|a| a == arch) {
                 arches.push(arch.to_string());
             }
         }
         let domain = self.registry_domain.trim();
-        if domain.is_empty() || domain.contains(char::is_whitespace) || domain.contains('"') || domain.contains('/') {
-            return Err(format!("invalid --registry-domain {:?}: expected host[:port]", self.registry_domain));
+        if domain.is_empty()
+            || domain.contains(char::is_whitespace)
+            || domain.contains('"')
+            || domain.contains('/')
+        {
+            return Err(format!(
+                "invalid --registry-domain {:?}: expected host[:port]",
+                self.registry_domain
+            ));
         }
         let cache = absolute(&self.cache.clone().unwrap_or_else(default_cache))?;
         Ok(MountParams {

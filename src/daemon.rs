@@ -34,7 +34,12 @@ fn unescape(field: &str) -> PathBuf {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' && i + 3 < bytes.len() + 0 && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b)) {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
             let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
             out.push(v);
             i += 4;
@@ -80,9 +85,12 @@ pub fn check_mountpoint(path: &Path, sources: &[PathBuf]) -> Result<PathBuf, Str
     }
     let canonical = std::fs::canonicalize(path).map_err(|e| format!("mountpoint {shown}: {e}"))?;
     if mounts().iter().any(|m| m.point == canonical) {
-        return Err(format!("{shown} is already a mount point; unmount it first"));
+        return Err(format!(
+            "{shown} is already a mount point; unmount it first"
+        ));
     }
-    let mut entries = std::fs::read_dir(&canonical).map_err(|e| format!("mountpoint {shown}: {e}"))?;
+    let mut entries =
+        std::fs::read_dir(&canonical).map_err(|e| format!("mountpoint {shown}: {e}"))?;
     if entries.next().is_some() {
         return Err(format!("mountpoint {shown} is not empty"));
     }
@@ -131,10 +139,15 @@ fn session_config(allow_other: bool) -> Config {
         MountOption::DefaultPermissions,
     ];
     if allow_other {
-        config.mount_options.push(MountOption::CUSTOM("allow_other".into()));
+        config
+            .mount_options
+            .push(MountOption::CUSTOM("allow_other".into()));
         config.acl = SessionACL::All;
     }
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+        .clamp(2, 8);
     config.n_threads = Some(threads);
     config.clone_fd = true;
     config
@@ -175,7 +188,9 @@ pub fn mount(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions) -> Re
             let _ = ready_rx.read_to_string(&mut answer);
             match answer.strip_prefix("ready") {
                 Some(_) => Ok(()),
-                None if answer.trim().is_empty() => Err("the daemon exited before the mount was ready".into()),
+                None if answer.trim().is_empty() => {
+                    Err("the daemon exited before the mount was ready".into())
+                }
                 None => Err(answer.trim().to_string()),
             }
         }
@@ -223,7 +238,9 @@ fn serve(
     if let Some(mut pipe) = ready.and_then(Option::take) {
         let _ = pipe.write_all(b"ready\n");
     }
-    session.run().map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+    session
+        .run()
+        .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
 }
@@ -239,7 +256,10 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
         return Err(format!("{shown} is not mounted"));
     };
     if found.source != FS_NAME {
-        return Err(format!("{shown} is not a rootfs-mount mount (source {:?})", found.source));
+        return Err(format!(
+            "{shown} is not a rootfs-mount mount (source {:?})",
+            found.source
+        ));
     }
     match sys::unmount(&target, lazy) {
         Ok(()) => Ok(()),

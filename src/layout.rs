@@ -35,7 +35,9 @@ pub struct MountParams {
 
 impl MountParams {
     pub fn registry_dir(&self) -> PathBuf {
-        self.registry_data.clone().unwrap_or_else(|| self.cache.join("registry"))
+        self.registry_data
+            .clone()
+            .unwrap_or_else(|| self.cache.join("registry"))
     }
 
     /// Folders the mount reads from: a mountpoint inside one of them would be a loop.
@@ -63,11 +65,13 @@ impl Contexts<'_> {
     fn versions(&self) -> Result<VersionFacts, String> {
         match self {
             Contexts::Embedded => VersionFacts::parse(
-                embedded_file("versions.yaml").ok_or("versions.yaml is not embedded in this build")?,
+                embedded_file("versions.yaml")
+                    .ok_or("versions.yaml is not embedded in this build")?,
             ),
             Contexts::Disk(dir) => {
                 let path = dir.join("versions.yaml");
-                let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let bytes = std::fs::read(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 VersionFacts::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
             }
         }
@@ -76,11 +80,16 @@ impl Contexts<'_> {
     /// The context folder `name` (`rootfs`, `cri/docker`, `cni/calico`), if it exists.
     fn layer(&self, name: &str) -> Result<Option<Box<dyn Layer>>, String> {
         match self {
-            Contexts::Embedded => Ok(EmbeddedTree::new(name).map(|t| Box::new(t) as Box<dyn Layer>)),
+            Contexts::Embedded => {
+                Ok(EmbeddedTree::new(name).map(|t| Box::new(t) as Box<dyn Layer>))
+            }
             Contexts::Disk(dir) => {
                 let path = dir.join(name);
-                let tree = DiskTree::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                Ok(tree.exists().then(|| Box::new(tree.mutable()) as Box<dyn Layer>))
+                let tree = DiskTree::open(&path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                Ok(tree
+                    .exists()
+                    .then(|| Box::new(tree.mutable()) as Box<dyn Layer>))
             }
         }
     }
@@ -92,13 +101,17 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     let contexts = match &params.contexts {
         None => Contexts::Embedded,
         Some(dir) => {
-            std::fs::read_dir(dir).map_err(|e| format!("cannot read contexts folder {}: {e}", dir.display()))?;
+            std::fs::read_dir(dir)
+                .map_err(|e| format!("cannot read contexts folder {}: {e}", dir.display()))?;
             Contexts::Disk(dir)
         }
     };
     for arch in &params.arches {
         if !KNOWN_ARCHES.contains(&arch.as_str()) {
-            return Err(format!("unknown arch {arch:?}: expected {}", KNOWN_ARCHES.join(" or ")));
+            return Err(format!(
+                "unknown arch {arch:?}: expected {}",
+                KNOWN_ARCHES.join(" or ")
+            ));
         }
     }
     let facts = contexts.versions()?;
@@ -108,30 +121,47 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     let mut context_layers: Vec<(String, Box<dyn Layer>)> = Vec::new();
     if let Some((cni, _)) = &profile.cni {
         let name = format!("cni/{cni}");
-        let layer = contexts.layer(&name)?.ok_or(format!("unknown CNI {cni:?}: no context {name}/"))?;
+        let layer = contexts
+            .layer(&name)?
+            .ok_or(format!("unknown CNI {cni:?}: no context {name}/"))?;
         context_layers.push((name, layer));
     }
     let cri_name = format!("cri/{}", profile.cri);
-    let cri_layer = contexts
-        .layer(&cri_name)?
-        .ok_or(format!("unknown CRI {:?}: no context {cri_name}/", profile.cri))?;
+    let cri_layer = contexts.layer(&cri_name)?.ok_or(format!(
+        "unknown CRI {:?}: no context {cri_name}/",
+        profile.cri
+    ))?;
     context_layers.push((cri_name, cri_layer));
-    let base = contexts.layer("rootfs")?.ok_or("the contexts have no base rootfs/ folder")?;
+    let base = contexts
+        .layer("rootfs")?
+        .ok_or("the contexts have no base rootfs/ folder")?;
     context_layers.push(("rootfs".into(), base));
 
     let mut branches = arch_branches(params, &profile)?;
     let registry = DiskTree::open(&params.registry_dir())
         .map_err(|e| format!("cannot read {}: {e}", params.registry_dir().display()))?;
     if registry.exists() {
-        branches.push(Branch { at: "rootfs/registry".into(), layer: Arc::new(registry) });
+        branches.push(Branch {
+            at: "rootfs/registry".into(),
+            layer: Arc::new(registry),
+        });
     }
-    branches.push(Branch { at: "rootfs/registry".into(), layer: Arc::new(EmptyDir) });
+    branches.push(Branch {
+        at: "rootfs/registry".into(),
+        layer: Arc::new(EmptyDir),
+    });
     for (_, layer) in context_layers {
         let templated = TemplatedTree::new(layer, vars.clone());
         templated.check_all()?;
-        branches.push(Branch { at: "rootfs".into(), layer: Arc::new(templated) });
+        branches.push(Branch {
+            at: "rootfs".into(),
+            layer: Arc::new(templated),
+        });
     }
-    Ok(BuildLayout { profile, namespace: Namespace::new(branches) })
+    Ok(BuildLayout {
+        profile,
+        namespace: Namespace::new(branches),
+    })
 }
 
 /// The `<arch>/` folders: kube binaries, the OSS cache and the CRI artifacts.
@@ -144,26 +174,56 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
         let cri_dir = cache.join(format!("cri/{cri}/{arch}"));
         let mut wanted: Vec<(String, PathBuf, bool)> = KUBE_BINARIES
             .iter()
-            .map(|bin| (format!("{arch}/bin/{bin}"), cache.join(format!("kube/{}/{arch}/{bin}", profile.version)), true))
+            .map(|bin| {
+                (
+                    format!("{arch}/bin/{bin}"),
+                    cache.join(format!("kube/{}/{arch}/{bin}", profile.version)),
+                    true,
+                )
+            })
             .collect();
-        wanted.push((format!("{arch}/bin"), cache.join(format!("oss/{arch}/bin")), true));
-        wanted.push((format!("{arch}/cri/{cri}.tar.gz"), cri_dir.join(format!("{cri}.tar.gz")), true));
+        wanted.push((
+            format!("{arch}/bin"),
+            cache.join(format!("oss/{arch}/bin")),
+            true,
+        ));
+        wanted.push((
+            format!("{arch}/cri/{cri}.tar.gz"),
+            cri_dir.join(format!("{cri}.tar.gz")),
+            true,
+        ));
         wanted.push((format!("{arch}/cri/lib64"), cri_dir.join("lib64"), false));
         for (at, path, required) in wanted {
-            let tree = DiskTree::open(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+            let tree = DiskTree::open(&path)
+                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             // Release tarballs in oss/<arch>/bin/ are shown through their members.
-            let tree = if at == format!("{arch}/bin") { tree.hiding_suffix(".tar.gz") } else { tree };
+            let tree = if at == format!("{arch}/bin") {
+                tree.hiding_suffix(".tar.gz")
+            } else {
+                tree
+            };
             if tree.exists() {
-                branches.push(Branch { at: at.into(), layer: Arc::new(tree) });
+                branches.push(Branch {
+                    at: at.into(),
+                    layer: Arc::new(tree),
+                });
             } else if required {
-                missing.push(path.strip_prefix(cache).unwrap_or(&path).display().to_string());
+                missing.push(
+                    path.strip_prefix(cache)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                );
             }
         }
         if !cri_dir.join("registry.tar.gz").exists() {
             missing.push(format!("cri/{cri}/{arch}/registry.tar.gz"));
         }
         for folder in ["bin", "cri", "images"] {
-            branches.push(Branch { at: format!("{arch}/{folder}").into(), layer: Arc::new(EmptyDir) });
+            branches.push(Branch {
+                at: format!("{arch}/{folder}").into(),
+                layer: Arc::new(EmptyDir),
+            });
         }
     }
     if !missing.is_empty() && !params.allow_missing {
@@ -175,4 +235,85 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
         ));
     }
     Ok(branches)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::Content;
+    use serde::Deserialize;
+
+    fn params(version: &str, cri: Option<&str>) -> MountParams {
+        MountParams {
+            version: KubeVersion::parse(version).unwrap(),
+            cri: cri.map(str::to_string),
+            cni: "calico".into(),
+            arches: vec!["amd64".into()],
+            cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
+            contexts: None,
+            registry_domain: "sea.hub:5000".into(),
+            registry_data: None,
+            allow_missing: true,
+        }
+    }
+
+    fn rendered(layout: &BuildLayout, path: &str) -> String {
+        let node = layout
+            .namespace
+            .resolve_path(Path::new(path))
+            .unwrap()
+            .unwrap_or_else(|| panic!("{path} missing"));
+        match node.entry.content {
+            Content::Bytes(b) => String::from_utf8(b.to_vec()).unwrap(),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    /// Every template renders to valid YAML/TOML/JSON for every supported version and CRI.
+    #[test]
+    fn every_version_renders_valid_configs() {
+        for minor in 13..=31 {
+            for patch in [0, 7, 17] {
+                let version = format!("v1.{minor}.{patch}");
+                for cri in ["docker", "containerd"] {
+                    if cri == "docker" && minor >= 24 {
+                        assert!(plan(&params(&version, Some(cri)))
+                            .unwrap_err()
+                            .contains("dockershim"));
+                        continue;
+                    }
+                    let layout = plan(&params(&version, Some(cri)))
+                        .unwrap_or_else(|e| panic!("{version} {cri}: {e}"));
+                    for file in [
+                        "rootfs/etc/kubeadm.yml",
+                        "rootfs/etc/kubeadm.yml.tmpl",
+                        "rootfs/etc/tigera-operator.yaml",
+                    ] {
+                        // sealer renders the .tmpl at deploy time: do what it does first.
+                        let text = rendered(&layout, file)
+                            .replace(r#"{{or .RegistryURL "sea.hub:5000"}}"#, "sea.hub:5000");
+                        assert!(
+                            !text.contains("{{"),
+                            "{version} {file}: unexpected Go template"
+                        );
+                        for doc in serde_yaml::Deserializer::from_str(&text) {
+                            serde_yaml::Value::deserialize(doc)
+                                .unwrap_or_else(|e| panic!("{version} {cri} {file}: {e}"));
+                        }
+                        assert!(
+                            !text.contains("@{"),
+                            "{version} {file}: unrendered variable"
+                        );
+                    }
+                    let kubeadm = rendered(&layout, "rootfs/etc/kubeadm.yml");
+                    assert!(
+                        kubeadm.contains(&format!("kubernetesVersion: {version}\n")),
+                        "{version}"
+                    );
+                    assert!(rendered(&layout, "rootfs/imageList")
+                        .contains(&format!("kube-proxy:{version}")));
+                }
+            }
+        }
+    }
 }

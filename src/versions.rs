@@ -134,13 +134,21 @@ impl Profile {
     pub fn kube_images(&self) -> Vec<String> {
         let r = &self.upstream_registry;
         let v = &self.version;
-        let mut list: Vec<String> = ["kube-apiserver", "kube-controller-manager", "kube-scheduler", "kube-proxy"]
-            .iter()
-            .map(|c| format!("{r}/{c}:{v}"))
-            .collect();
+        let mut list: Vec<String> = [
+            "kube-apiserver",
+            "kube-controller-manager",
+            "kube-scheduler",
+            "kube-proxy",
+        ]
+        .iter()
+        .map(|c| format!("{r}/{c}:{v}"))
+        .collect();
         list.push(format!("{r}/pause:{}", self.images.pause));
         list.push(format!("{r}/etcd:{}", self.images.etcd));
-        list.push(format!("{r}/{}:{}", self.images.coredns_path, self.images.coredns));
+        list.push(format!(
+            "{r}/{}:{}",
+            self.images.coredns_path, self.images.coredns
+        ));
         list
     }
 }
@@ -163,7 +171,12 @@ impl VersionFacts {
 
     /// Resolves the facts for `version`, refusing what the version does not support.
     /// `cri: None` takes the version's default CRI; `cni` is a CNI name or `none`.
-    pub fn profile(&self, version: &KubeVersion, cri: Option<&str>, cni: &str) -> Result<Profile, String> {
+    pub fn profile(
+        &self,
+        version: &KubeVersion,
+        cri: Option<&str>,
+        cni: &str,
+    ) -> Result<Profile, String> {
         let minimum = KubeVersion::parse(&self.minimum)?;
         if *version < minimum {
             return Err(format!(
@@ -186,10 +199,16 @@ impl VersionFacts {
                 .ok_or_else(|| format!("versions.yaml has no default CRI for {version}"))?,
         };
         let cri_facts = self.cri.get(&cri).ok_or_else(|| {
-            format!("unknown CRI {cri:?}: expected one of {}", self.cri_names().join(", "))
+            format!(
+                "unknown CRI {cri:?}: expected one of {}",
+                self.cri_names().join(", ")
+            )
         })?;
         if !cri_facts.supported.holds(version) {
-            return Err(format!("--cri {cri} cannot be used with Kubernetes {version}: {}", cri_facts.refusal));
+            return Err(format!(
+                "--cri {cri} cannot be used with Kubernetes {version}: {}",
+                cri_facts.refusal
+            ));
         }
         let images = self
             .images
@@ -201,13 +220,18 @@ impl VersionFacts {
             None
         } else {
             let ranges = self.cni.get(cni).ok_or_else(|| {
-                format!("unknown CNI {cni:?}: expected one of {}, none", self.cni_names().join(", "))
+                format!(
+                    "unknown CNI {cni:?}: expected one of {}, none",
+                    self.cni_names().join(", ")
+                )
             })?;
             let facts = ranges
                 .iter()
                 .find(|e| e.range.holds(version))
                 .cloned()
-                .ok_or_else(|| format!("CNI {cni} has no release for Kubernetes {version} in versions.yaml"))?;
+                .ok_or_else(|| {
+                    format!("CNI {cni} has no release for Kubernetes {version} in versions.yaml")
+                })?;
             Some((cni.to_string(), facts))
         };
         Ok(Profile {
@@ -251,7 +275,16 @@ mod tests {
     fn parses_versions_strictly() {
         assert_eq!(v("v1.23.4").to_string(), "v1.23.4");
         assert_eq!(v("1.23.4").to_string(), "v1.23.4");
-        for bad in ["", "v1.23", "v1.23.4.5", "v1.23.x", "v1.23.4-rc.0", "latest", "v01.2.3x", "v1..2"] {
+        for bad in [
+            "",
+            "v1.23",
+            "v1.23.4.5",
+            "v1.23.x",
+            "v1.23.4-rc.0",
+            "latest",
+            "v01.2.3x",
+            "v1..2",
+        ] {
             assert!(KubeVersion::parse(bad).is_err(), "{bad} accepted");
         }
     }
@@ -267,24 +300,48 @@ mod tests {
             ("v1.23.0", "kubeadm.k8s.io/v1beta3"),
             ("v1.31.1", "kubeadm.k8s.io/v1beta3"),
         ] {
-            assert_eq!(f.profile(&v(ver), None, "calico").unwrap().kubeadm_api, api, "{ver}");
+            assert_eq!(
+                f.profile(&v(ver), None, "calico").unwrap().kubeadm_api,
+                api,
+                "{ver}"
+            );
         }
-        assert!(f.profile(&v("v1.12.9"), None, "calico").unwrap_err().contains("oldest"));
+        assert!(f
+            .profile(&v("v1.12.9"), None, "calico")
+            .unwrap_err()
+            .contains("oldest"));
     }
 
     #[test]
     fn cri_defaults_and_refusals() {
         let f = facts();
-        assert_eq!(f.profile(&v("v1.23.17"), None, "none").unwrap().cri, "docker");
-        let p = f.profile(&v("v1.24.0"), None, "none").unwrap();
-        assert_eq!((p.cri.as_str(), p.cri_socket.as_str()), ("containerd", "/run/containerd/containerd.sock"));
-        assert!(f.profile(&v("v1.24.0"), Some("docker"), "none").unwrap_err().contains("v1.24.0"));
         assert_eq!(
-            f.profile(&v("v1.20.15"), Some("containerd"), "none").unwrap().cri_socket,
+            f.profile(&v("v1.23.17"), None, "none").unwrap().cri,
+            "docker"
+        );
+        let p = f.profile(&v("v1.24.0"), None, "none").unwrap();
+        assert_eq!(
+            (p.cri.as_str(), p.cri_socket.as_str()),
+            ("containerd", "/run/containerd/containerd.sock")
+        );
+        assert!(f
+            .profile(&v("v1.24.0"), Some("docker"), "none")
+            .unwrap_err()
+            .contains("v1.24.0"));
+        assert_eq!(
+            f.profile(&v("v1.20.15"), Some("containerd"), "none")
+                .unwrap()
+                .cri_socket,
             "/run/containerd/containerd.sock"
         );
-        assert!(f.profile(&v("v1.23.4"), Some("crio"), "none").unwrap_err().contains("unknown CRI"));
-        assert!(f.profile(&v("v1.23.4"), None, "flannel").unwrap_err().contains("unknown CNI"));
+        assert!(f
+            .profile(&v("v1.23.4"), Some("crio"), "none")
+            .unwrap_err()
+            .contains("unknown CRI"));
+        assert!(f
+            .profile(&v("v1.23.4"), None, "flannel")
+            .unwrap_err()
+            .contains("unknown CNI"));
     }
 
     #[test]
@@ -296,11 +353,19 @@ mod tests {
                 let p = f.profile(&ver, Some("containerd"), "calico").unwrap();
                 let list = p.kube_images();
                 assert_eq!(list.len(), 7, "{ver}");
-                assert_eq!(p.images.coredns_path == "coredns/coredns", minor >= 21, "{ver}");
+                assert_eq!(
+                    p.images.coredns_path == "coredns/coredns",
+                    minor >= 21,
+                    "{ver}"
+                );
             }
         }
         let p = f.profile(&v("v1.23.4"), None, "calico").unwrap();
-        assert!(p.kube_images().contains(&"registry.k8s.io/pause:3.6".to_string()));
-        assert!(p.kube_images().contains(&"registry.k8s.io/coredns/coredns:v1.8.6".to_string()));
+        assert!(p
+            .kube_images()
+            .contains(&"registry.k8s.io/pause:3.6".to_string()));
+        assert!(p
+            .kube_images()
+            .contains(&"registry.k8s.io/coredns/coredns:v1.8.6".to_string()));
     }
 }

@@ -8,9 +8,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use fuser::{
-    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, OpenAccMode,
-    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen,
-    ReplyStatfs, ReplyXattr, Request,
+    Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
+    OpenAccMode, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
 use crate::tree::{FsError, MergedTree};
@@ -128,14 +128,27 @@ impl Filesystem for BuildFs {
         }
     }
 
-    fn readdir(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
         let items = match self.tree.listing(fh.0) {
             Ok(items) => items,
             Err(e) => return reply.error(errno("readdir", ino.0, e)),
         };
         let dots = [(ino.0, "."), (self.tree.parent_of(ino.0), "..")];
-        let dot_entries = dots.iter().map(|(i, n)| (*i, fuser::FileType::Directory, OsStr::new(*n)));
-        let entries = dot_entries.chain(items.iter().map(|it| (it.ino, file_type(it.kind), it.name.as_os_str())));
+        let dot_entries = dots
+            .iter()
+            .map(|(i, n)| (*i, fuser::FileType::Directory, OsStr::new(*n)));
+        let entries = dot_entries.chain(
+            items
+                .iter()
+                .map(|it| (it.ino, file_type(it.kind), it.name.as_os_str())),
+        );
         for (index, (entry_ino, kind, name)) in entries.enumerate().skip(offset as usize) {
             if reply.add(INodeNo(entry_ino), index as u64 + 1, kind, name) {
                 break;
@@ -144,7 +157,14 @@ impl Filesystem for BuildFs {
         reply.ok();
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
         let items = match self.tree.listing(fh.0) {
             Ok(items) => items,
             Err(e) => return reply.error(errno("readdirplus", ino.0, e)),
@@ -152,10 +172,21 @@ impl Filesystem for BuildFs {
         // `.` and `..` are not lookups for the kernel; every other entry is one.
         for index in offset as usize..items.len() + 2 {
             let full = if index < 2 {
-                let dir = if index == 0 { ino.0 } else { self.tree.parent_of(ino.0) };
+                let dir = if index == 0 {
+                    ino.0
+                } else {
+                    self.tree.parent_of(ino.0)
+                };
                 let name = if index == 0 { "." } else { ".." };
                 match self.tree.getattr(dir) {
-                    Ok(node) => reply.add(INodeNo(dir), index as u64 + 1, name, &ttl(&node), &file_attr(dir, &node), Generation(0)),
+                    Ok(node) => reply.add(
+                        INodeNo(dir),
+                        index as u64 + 1,
+                        name,
+                        &ttl(&node),
+                        &file_attr(dir, &node),
+                        Generation(0),
+                    ),
                     Err(_) => continue,
                 }
             } else {
@@ -187,7 +218,14 @@ impl Filesystem for BuildFs {
         reply.ok();
     }
 
-    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
         self.tree.releasedir(fh.0);
         reply.ok();
     }
@@ -266,7 +304,16 @@ impl Filesystem for BuildFs {
         reply.error(read_only("setattr"));
     }
 
-    fn mknod(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _r: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _r: u32,
+        reply: ReplyEntry,
+    ) {
         reply.error(read_only("mknod"));
     }
 
@@ -303,11 +350,29 @@ impl Filesystem for BuildFs {
         reply.error(read_only("link"));
     }
 
-    fn create(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, _f: i32, reply: fuser::ReplyCreate) {
+    fn create(
+        &self,
+        _req: &Request,
+        _p: INodeNo,
+        _n: &OsStr,
+        _m: u32,
+        _u: u32,
+        _f: i32,
+        reply: fuser::ReplyCreate,
+    ) {
         reply.error(read_only("create"));
     }
 
-    fn setxattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, _v: &[u8], _f: i32, _p: u32, reply: ReplyEmpty) {
+    fn setxattr(
+        &self,
+        _req: &Request,
+        _i: INodeNo,
+        _n: &OsStr,
+        _v: &[u8],
+        _f: i32,
+        _p: u32,
+        reply: ReplyEmpty,
+    ) {
         reply.error(read_only("setxattr"));
     }
 

@@ -29,7 +29,10 @@ impl Root {
     }
 
     pub fn open_file(&self, rel: &Path) -> io::Result<File> {
-        let fd = self.fd.as_ref().ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
+        let fd = self
+            .fd
+            .as_ref()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         if rel.as_os_str().is_empty() {
             return sys::reopen_readonly(fd);
         }
@@ -87,7 +90,10 @@ impl DiskTree {
         };
         let mut parts = rel.components();
         match (parts.next(), parts.next()) {
-            (Some(first), None) => first.as_os_str().as_encoded_bytes().ends_with(suffix.as_bytes()),
+            (Some(first), None) => first
+                .as_os_str()
+                .as_encoded_bytes()
+                .ends_with(suffix.as_bytes()),
             _ => false,
         }
     }
@@ -110,7 +116,10 @@ impl DiskTree {
             }),
         };
         let mtime = SystemTime::UNIX_EPOCH
-            + Duration::new(st.st_mtime.max(0) as u64, st.st_mtime_nsec.clamp(0, 999_999_999) as u32);
+            + Duration::new(
+                st.st_mtime.max(0) as u64,
+                st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
+            );
         Ok(LayerEntry {
             kind,
             perm: (st.st_mode & 0o7777) as u16,
@@ -191,7 +200,8 @@ mod tests {
     use std::os::unix::fs::symlink;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("rootfs-mount-disk-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("rootfs-mount-disk-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -213,7 +223,12 @@ mod tests {
         assert!(matches!(l.content, Content::Link(ref t) if t == Path::new("/etc/passwd")));
         // A path through a symlinked folder is not resolved: it would leave the root.
         assert!(tree.entry(Path::new("etcdir/passwd")).unwrap().is_none());
-        let mut names: Vec<_> = tree.children(Path::new("")).unwrap().into_iter().map(|c| c.name).collect();
+        let mut names: Vec<_> = tree
+            .children(Path::new(""))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         names.sort();
         assert_eq!(names, ["escape", "etc", "etcdir"]);
         std::fs::remove_dir_all(&dir).unwrap();
@@ -222,11 +237,20 @@ mod tests {
     #[test]
     fn missing_root_is_an_empty_layer_and_suffix_is_hidden() {
         let dir = scratch("hide");
-        assert!(DiskTree::open(&dir.join("nope")).unwrap().entry(Path::new("")).unwrap().is_none());
+        assert!(DiskTree::open(&dir.join("nope"))
+            .unwrap()
+            .entry(Path::new(""))
+            .unwrap()
+            .is_none());
         std::fs::write(dir.join("crictl.tar.gz"), b"x").unwrap();
         std::fs::write(dir.join("conntrack"), b"y").unwrap();
         let tree = DiskTree::open(&dir).unwrap().hiding_suffix(".tar.gz");
-        let names: Vec<_> = tree.children(Path::new("")).unwrap().into_iter().map(|c| c.name).collect();
+        let names: Vec<_> = tree
+            .children(Path::new(""))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(names, ["conntrack"]);
         assert!(tree.entry(Path::new("crictl.tar.gz")).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();

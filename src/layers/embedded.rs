@@ -47,14 +47,26 @@ impl EmbeddedTree {
             uid: 0,
             gid: 0,
             content: Content::Dir,
-            source: Source::Embedded(format!("{}/{rel}", self.prefix).trim_end_matches('/').to_string()),
+            source: Source::Embedded(
+                format!("{}/{rel}", self.prefix)
+                    .trim_end_matches('/')
+                    .to_string(),
+            ),
         }
     }
 
     fn insert(&mut self, rel: &Path, file: &'static EmbeddedFile) {
         let (kind, content, size) = match file.link {
-            Some(target) => (EntryKind::Symlink, Content::Link(PathBuf::from(target)), target.len() as u64),
-            None => (EntryKind::File, Content::Bytes(Arc::from(file.data)), file.data.len() as u64),
+            Some(target) => (
+                EntryKind::Symlink,
+                Content::Link(PathBuf::from(target)),
+                target.len() as u64,
+            ),
+            None => (
+                EntryKind::File,
+                Content::Bytes(Arc::from(file.data)),
+                file.data.len() as u64,
+            ),
         };
         self.entries.insert(
             rel.to_path_buf(),
@@ -78,7 +90,10 @@ impl EmbeddedTree {
             if list.iter().any(|c| c.name == name) {
                 break;
             }
-            list.push(Child { name, kind: child_kind });
+            list.push(Child {
+                name,
+                kind: child_kind,
+            });
             if parent.as_os_str().is_empty() {
                 break;
             }
@@ -102,7 +117,10 @@ impl Layer for EmbeddedTree {
 
 /// Reads one embedded file of `contexts/` (e.g. `versions.yaml`).
 pub fn embedded_file(path: &str) -> Option<&'static [u8]> {
-    FILES.iter().find(|f| f.path == path && f.link.is_none()).map(|f| f.data)
+    FILES
+        .iter()
+        .find(|f| f.path == path && f.link.is_none())
+        .map(|f| f.data)
 }
 
 #[cfg(test)]
@@ -114,7 +132,12 @@ mod tests {
         let tree = EmbeddedTree::new("rootfs").expect("rootfs context embedded");
         let etc = tree.entry(Path::new("etc")).unwrap().unwrap();
         assert_eq!(etc.kind, EntryKind::Dir);
-        let names: Vec<_> = tree.children(Path::new("etc")).unwrap().into_iter().map(|c| c.name).collect();
+        let names: Vec<_> = tree
+            .children(Path::new("etc"))
+            .unwrap()
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert!(names.iter().any(|n| n == "kubelet.service"), "{names:?}");
         assert!(EmbeddedTree::new("no-such-context").is_none());
     }

@@ -28,7 +28,9 @@ pub struct TemplatedTree {
 
 impl std::fmt::Debug for TemplatedTree {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TemplatedTree").field("inner", &self.inner).finish()
+        f.debug_struct("TemplatedTree")
+            .field("inner", &self.inner)
+            .finish()
     }
 }
 
@@ -39,7 +41,9 @@ fn template_name(rel: &Path) -> PathBuf {
 }
 
 fn is_template(rel: &Path) -> bool {
-    rel.file_name().map(|n| n.as_bytes().ends_with(SUFFIX) && n.len() > SUFFIX.len()).unwrap_or(false)
+    rel.file_name()
+        .map(|n| n.as_bytes().ends_with(SUFFIX) && n.len() > SUFFIX.len())
+        .unwrap_or(false)
 }
 
 /// The name a template file is shown under, as a file label for error messages.
@@ -64,7 +68,10 @@ impl TemplatedTree {
     pub fn check_all(&self) -> Result<(), String> {
         let mut pending = vec![PathBuf::new()];
         while let Some(dir) = pending.pop() {
-            let children = self.inner.children(&dir).map_err(|e| format!("reading {}: {e}", dir.display()))?;
+            let children = self
+                .inner
+                .children(&dir)
+                .map_err(|e| format!("reading {}: {e}", dir.display()))?;
             for child in children {
                 let rel = dir.join(&child.name);
                 match child.kind {
@@ -104,7 +111,13 @@ impl TemplatedTree {
         match self.render_fresh(template) {
             Ok(bytes) => {
                 let bytes: Arc<[u8]> = Arc::from(bytes);
-                cache.insert(rel.to_path_buf(), Rendering { stamp, bytes: bytes.clone() });
+                cache.insert(
+                    rel.to_path_buf(),
+                    Rendering {
+                        stamp,
+                        bytes: bytes.clone(),
+                    },
+                );
                 Ok(bytes)
             }
             Err(e) => match cache.get(rel) {

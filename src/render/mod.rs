@@ -30,7 +30,10 @@ pub fn template_vars(profile: &Profile, registry_domain: &str) -> Vars {
     set("pause_tag", s(&profile.images.pause));
     set("etcd_tag", s(&profile.images.etcd));
     set("coredns_tag", s(&profile.images.coredns));
-    set("pause_image", Value::Str(format!("{registry_domain}/pause:{}", profile.images.pause)));
+    set(
+        "pause_image",
+        Value::Str(format!("{registry_domain}/pause:{}", profile.images.pause)),
+    );
     // kubeadm only needs a DNS image repository when the image sits one level deeper
     // (`coredns/coredns`, from v1.21) than the others.
     let dns = match profile.images.coredns_path.split_once('/') {

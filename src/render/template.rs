@@ -122,12 +122,16 @@ pub fn render(file: &str, src: &[u8], vars: &Vars) -> Result<Vec<u8>, TemplateEr
 }
 
 fn trim_start(line: &[u8]) -> &[u8] {
-    let start = line.iter().position(|b| *b != b' ' && *b != b'\t').unwrap_or(line.len());
+    let start = line
+        .iter()
+        .position(|b| *b != b' ' && *b != b'\t')
+        .unwrap_or(line.len());
     &line[start..]
 }
 
 fn lookup<'a>(name: &str, vars: &'a Vars) -> Result<&'a Value, String> {
-    vars.get(name).ok_or_else(|| format!("unknown variable {name:?}"))
+    vars.get(name)
+        .ok_or_else(|| format!("unknown variable {name:?}"))
 }
 
 /// `name`, `!name`, `name == "text"`, `name != "text"`.
@@ -173,7 +177,8 @@ fn substitute(line: &[u8], vars: &Vars) -> Result<Vec<u8>, String> {
             .iter()
             .position(|b| *b == b'}')
             .ok_or_else(|| "unterminated @{".to_string())?;
-        let name = std::str::from_utf8(&after[..end]).map_err(|_| "variable name is not UTF-8".to_string())?;
+        let name = std::str::from_utf8(&after[..end])
+            .map_err(|_| "variable name is not UTF-8".to_string())?;
         let name = name.trim();
         check_name(name)?;
         out.extend_from_slice(lookup(name, vars)?.text().as_bytes());
@@ -193,7 +198,10 @@ mod tests {
         v.insert("cri".into(), Value::Str("docker".into()));
         v.insert("empty".into(), Value::Str(String::new()));
         v.insert("on".into(), Value::Bool(true));
-        v.insert("images".into(), Value::List(vec!["a:1".into(), "b:2".into()]));
+        v.insert(
+            "images".into(),
+            Value::List(vec!["a:1".into(), "b:2".into()]),
+        );
         v
     }
 
@@ -227,13 +235,24 @@ mod tests {
 
     #[test]
     fn errors_name_the_line() {
-        assert_eq!(fails("ok\n@{nope}\n"), TemplateError { file: "t.in".into(), line: 2, message: "unknown variable \"nope\"".into() });
+        assert_eq!(
+            fails("ok\n@{nope}\n"),
+            TemplateError {
+                file: "t.in".into(),
+                line: 2,
+                message: "unknown variable \"nope\"".into()
+            }
+        );
         assert_eq!(fails("#@if on\n").line, 1);
-        assert!(fails("#@if on\n#@end\n#@end\n").message.contains("without #@if"));
+        assert!(fails("#@if on\n#@end\n#@end\n")
+            .message
+            .contains("without #@if"));
         assert!(fails("#@else\n").message.contains("without #@if"));
         assert!(fails("x @{k8s_version\n").message.contains("unterminated"));
         assert!(fails("#@loop x\n").message.contains("unknown directive"));
-        assert!(fails("#@if cri == docker\n#@end\n").message.contains("quoted"));
+        assert!(fails("#@if cri == docker\n#@end\n")
+            .message
+            .contains("quoted"));
         // Unknown variables are caught in branches that are not emitted too.
         assert_eq!(fails("#@if !on\n@{nope}\n#@end\n").line, 2);
     }

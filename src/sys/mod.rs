@@ -89,7 +89,6 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> io::Result<std::ffi::OsString> {
     Ok(std::ffi::OsString::from_vec(buf))
 }
 
-
 /// Turns an `O_PATH` fd of a regular file into a readable `File`.
 pub fn reopen_readonly(fd: &impl AsRawFd) -> io::Result<File> {
     let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());

@@ -11,12 +11,23 @@ pub struct FsError {
 
 impl FsError {
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        FsError { errno, message: message.into() }
+        FsError {
+            errno,
+            message: message.into(),
+        }
     }
 
     /// Expected answers (a name that does not exist) are not worth a warning in the log.
     pub fn is_expected(&self) -> bool {
-        matches!(self.errno, libc::ENOENT | libc::ENODATA | libc::EROFS | libc::ENOTDIR | libc::EISDIR | libc::ERANGE)
+        matches!(
+            self.errno,
+            libc::ENOENT
+                | libc::ENODATA
+                | libc::EROFS
+                | libc::ENOTDIR
+                | libc::EISDIR
+                | libc::ERANGE
+        )
     }
 }
 
@@ -30,7 +41,10 @@ impl From<io::Error> for FsError {
     fn from(e: io::Error) -> Self {
         // Faults of a backing file that are not plain errnos (short reads, bad data)
         // become EIO for that file only.
-        FsError { errno: e.raw_os_error().unwrap_or(libc::EIO), message: e.to_string() }
+        FsError {
+            errno: e.raw_os_error().unwrap_or(libc::EIO),
+            message: e.to_string(),
+        }
     }
 }
 

@@ -139,7 +139,11 @@ mod tests {
 
     fn node() -> Arc<Node> {
         let entry = EmptyDir.entry(Path::new("")).unwrap().unwrap();
-        Arc::new(Node { entry, branches: Vec::new(), mutable: false })
+        Arc::new(Node {
+            entry,
+            branches: Vec::new(),
+            mutable: false,
+        })
     }
 
     #[test]

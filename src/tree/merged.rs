@@ -114,8 +114,13 @@ impl MergedTree {
         let (path, node) = self.inode(ino)?;
         let open = match &node.entry.content {
             Content::Disk(f) => {
-                let file = f.open().map_err(|e| fs_err!(EIO, "opening {}: {e}", f.path().display()))?;
-                OpenFile::Disk { file, size: node.entry.size }
+                let file = f
+                    .open()
+                    .map_err(|e| fs_err!(EIO, "opening {}: {e}", f.path().display()))?;
+                OpenFile::Disk {
+                    file,
+                    size: node.entry.size,
+                }
             }
             Content::Bytes(b) => OpenFile::Bytes(b.clone()),
             Content::Dir => return Err(fs_err!(EISDIR, "{} is a folder", path.display())),
@@ -127,14 +132,20 @@ impl MergedTree {
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let file = self.files.get(&fh).ok_or_else(|| fs_err!(EBADF, "no open file {fh}"))?;
+        let file = self
+            .files
+            .get(&fh)
+            .ok_or_else(|| fs_err!(EBADF, "no open file {fh}"))?;
         match &*file {
             OpenFile::Bytes(b) => {
                 let start = (offset as usize).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());
                 Ok(b[start..end].to_vec())
             }
-            OpenFile::Disk { file, size: expected } => {
+            OpenFile::Disk {
+                file,
+                size: expected,
+            } => {
                 let want = (size as u64).min(expected.saturating_sub(offset)) as usize;
                 let mut buf = vec![0u8; want];
                 let mut done = 0;
@@ -170,7 +181,11 @@ impl MergedTree {
             .ns
             .children(&path, &node)?
             .into_iter()
-            .map(|c| DirItem { ino: self.inodes.ino_of(&path.join(&c.name)), name: c.name, kind: c.kind })
+            .map(|c| DirItem {
+                ino: self.inodes.ino_of(&path.join(&c.name)),
+                name: c.name,
+                kind: c.kind,
+            })
             .collect();
         items.sort_by(|a, b| a.name.cmp(&b.name));
         let fh = self.handle();

@@ -83,8 +83,13 @@ impl Namespace {
 
     /// The mount root.
     pub fn root(&self) -> io::Result<Node> {
-        self.resolve(Path::new(""), None)
-            .map(|n| n.unwrap_or_else(|| Node { entry: synthetic_dir(), branches: Vec::new(), mutable: false }))
+        self.resolve(Path::new(""), None).map(|n| {
+            n.unwrap_or_else(|| Node {
+                entry: synthetic_dir(),
+                branches: Vec::new(),
+                mutable: false,
+            })
+        })
     }
 
     /// Resolves `path` from the root, one component at a time (used to refresh entries
@@ -109,7 +114,12 @@ impl Namespace {
     }
 
     /// The child `name` of the folder `parent` (at `parent_path`).
-    pub fn lookup(&self, parent_path: &Path, parent: &Node, name: &OsStr) -> io::Result<Option<Node>> {
+    pub fn lookup(
+        &self,
+        parent_path: &Path,
+        parent: &Node,
+        name: &OsStr,
+    ) -> io::Result<Option<Node>> {
         if parent.entry.kind != EntryKind::Dir {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
@@ -138,15 +148,27 @@ impl Namespace {
             let mutable = branch.layer.is_mutable();
             match (&mut found, entry) {
                 (None, Some(e)) => {
-                    let branches = if e.kind == EntryKind::Dir { vec![index] } else { Vec::new() };
+                    let branches = if e.kind == EntryKind::Dir {
+                        vec![index]
+                    } else {
+                        Vec::new()
+                    };
                     let done = e.kind != EntryKind::Dir;
-                    found = Some(Node { entry: e, branches, mutable });
+                    found = Some(Node {
+                        entry: e,
+                        branches,
+                        mutable,
+                    });
                     if done {
                         break;
                     }
                 }
                 (None, None) => {
-                    found = Some(Node { entry: synthetic_dir(), branches: Vec::new(), mutable: false });
+                    found = Some(Node {
+                        entry: synthetic_dir(),
+                        branches: Vec::new(),
+                        mutable: false,
+                    });
                 }
                 (Some(node), Some(e)) => {
                     if e.kind != EntryKind::Dir {
@@ -196,7 +218,10 @@ impl Namespace {
                         EntryKind::Dir
                     };
                     seen.insert(name.to_os_string());
-                    out.push(Child { name: name.to_os_string(), kind });
+                    out.push(Child {
+                        name: name.to_os_string(),
+                        kind,
+                    });
                 }
                 Relation::Unrelated => {}
             }
@@ -211,14 +236,18 @@ mod tests {
     use crate::layers::{DiskTree, EmptyDir};
 
     fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("rootfs-mount-ns-{name}-{}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("rootfs-mount-ns-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     fn branch(at: &str, layer: impl Layer + 'static) -> Branch {
-        Branch { at: PathBuf::from(at), layer: Arc::new(layer) }
+        Branch {
+            at: PathBuf::from(at),
+            layer: Arc::new(layer),
+        }
     }
 
     fn names(ns: &Namespace, path: &str) -> Vec<String> {
@@ -254,19 +283,48 @@ mod tests {
             branch("rootfs", DiskTree::open(&high).unwrap()),
             branch("rootfs", DiskTree::open(&low).unwrap()),
             branch("rootfs/registry", EmptyDir),
-            branch("amd64/bin/kubeadm", DiskTree::open(&low.join("etc/only-low")).unwrap()),
+            branch(
+                "amd64/bin/kubeadm",
+                DiskTree::open(&low.join("etc/only-low")).unwrap(),
+            ),
         ]);
         assert_eq!(names(&ns, ""), ["amd64", "rootfs"]);
-        assert_eq!(names(&ns, "rootfs"), ["etc", "registry", "scripts", "statics"]);
+        assert_eq!(
+            names(&ns, "rootfs"),
+            ["etc", "registry", "scripts", "statics"]
+        );
         assert_eq!(names(&ns, "rootfs/etc"), ["only-low", "shared"]);
         assert_eq!(names(&ns, "amd64/bin"), ["kubeadm"]);
-        let shared = ns.resolve_path(Path::new("rootfs/etc/shared")).unwrap().unwrap();
+        let shared = ns
+            .resolve_path(Path::new("rootfs/etc/shared"))
+            .unwrap()
+            .unwrap();
         assert_eq!(shared.entry.size, 4);
-        let scripts = ns.resolve_path(Path::new("rootfs/scripts")).unwrap().unwrap();
+        let scripts = ns
+            .resolve_path(Path::new("rootfs/scripts"))
+            .unwrap()
+            .unwrap();
         assert_eq!(scripts.entry.kind, EntryKind::File);
-        assert!(ns.resolve_path(Path::new("rootfs/scripts/x.sh")).unwrap().is_none());
-        assert_eq!(ns.resolve_path(Path::new("rootfs/statics")).unwrap().unwrap().entry.kind, EntryKind::Dir);
-        assert_eq!(ns.resolve_path(Path::new("amd64")).unwrap().unwrap().entry.kind, EntryKind::Dir);
+        assert!(ns
+            .resolve_path(Path::new("rootfs/scripts/x.sh"))
+            .unwrap()
+            .is_none());
+        assert_eq!(
+            ns.resolve_path(Path::new("rootfs/statics"))
+                .unwrap()
+                .unwrap()
+                .entry
+                .kind,
+            EntryKind::Dir
+        );
+        assert_eq!(
+            ns.resolve_path(Path::new("amd64"))
+                .unwrap()
+                .unwrap()
+                .entry
+                .kind,
+            EntryKind::Dir
+        );
         assert!(ns.resolve_path(Path::new("arm64")).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }

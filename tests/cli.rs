@@ -1,0 +1,247 @@
+//! Bad input gets one clear line and a non-zero exit, and leaves no mount; the daemon's
+//! lifecycle (signals, stale mounts, `umount`).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{demo_cache, is_mounted, run, scratch, Mount, BIN};
+
+/// Runs a mount that must be refused; checks the message and that nothing is mounted.
+fn refused(mountpoint: &Path, args: &[&str], needle: &str) {
+    refused_keeping(mountpoint, args, needle, false)
+}
+
+fn refused_keeping(mountpoint: &Path, args: &[&str], needle: &str, mounted_before: bool) {
+    let mut full = vec![mountpoint.to_str().unwrap()];
+    full.extend_from_slice(args);
+    let out = run(&full);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{args:?} was accepted");
+    assert_eq!(
+        stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: not one line: {stderr}"
+    );
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: {stderr:?} lacks {needle:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(
+        is_mounted(mountpoint),
+        mounted_before,
+        "{args:?} changed what is mounted"
+    );
+}
+
+#[test]
+fn bad_input_is_refused_in_one_line() {
+    let cache = demo_cache().to_str().unwrap().to_string();
+    let mp = scratch("mp");
+    let c = cache.as_str();
+    for (args, needle) in [
+        (vec!["--k8s", "v1.23"], "invalid Kubernetes version"),
+        (vec!["--k8s", "latest"], "invalid Kubernetes version"),
+        (
+            vec!["--k8s", "v1.12.10"],
+            "oldest supported version is v1.13.0",
+        ),
+        (vec!["--k8s", "v1.24.0", "--cri", "docker"], "dockershim"),
+        (
+            vec!["--k8s", "v1.23.4", "--arch", "amd64,s390x"],
+            "unknown arch \"s390x\"",
+        ),
+        (
+            vec!["--k8s", "v1.23.4", "--cri", "crio"],
+            "unknown CRI \"crio\"",
+        ),
+        (
+            vec!["--k8s", "v1.23.4", "--cni", "flannel"],
+            "unknown CNI \"flannel\"",
+        ),
+        (vec!["--k8s", "v1.25.3"], "kube/v1.25.3/amd64/kubeadm"),
+        (
+            vec!["--k8s", "v1.23.4", "--contexts", "/nonexistent/contexts"],
+            "cannot read contexts folder",
+        ),
+        (
+            vec!["--k8s", "v1.23.4", "--registry-domain", "bad domain"],
+            "invalid --registry-domain",
+        ),
+    ] {
+        let mut full = args.clone();
+        full.extend(["--cache", c]);
+        refused(&mp, &full, needle);
+    }
+    let ok_args = ["--k8s", "v1.23.4", "--cache", c];
+    refused(&mp.join("missing"), &ok_args, "does not exist");
+    let file = mp.join("file");
+    std::fs::write(&file, b"x").unwrap();
+    refused(&file, &ok_args, "is not a folder");
+    refused(&mp, &ok_args, "is not empty");
+    std::fs::remove_file(&file).unwrap();
+    refused(&demo_cache().join("oss"), &ok_args, "is not empty");
+    let inside = demo_cache().join("empty-mountpoint");
+    std::fs::create_dir_all(&inside).unwrap();
+    refused(&inside, &ok_args, "mount loop");
+    std::fs::remove_dir(&inside).unwrap();
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    refused_keeping(&m.dir, &ok_args, "already a mount point", true);
+    assert!(
+        m.path("rootfs/Kubefile").exists(),
+        "the refused mount disturbed the live one"
+    );
+}
+
+#[test]
+fn no_fuse_device_is_a_clear_error() {
+    let mp = scratch("nofuse");
+    // A private mount namespace whose /dev lacks the fuse device.
+    let script = format!(
+        "mount -t tmpfs none /dev && exec '{BIN}' '{}' --k8s v1.23.4 --cache '{}'",
+        mp.display(),
+        demo_cache().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot open /dev/fuse"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
+
+fn daemon_pid(mountpoint: &Path) -> i32 {
+    let out = Command::new("pgrep")
+        .arg("-f")
+        .arg(format!("{BIN} {}", mountpoint.display()))
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .expect("daemon running")
+        .parse()
+        .unwrap()
+}
+
+fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        let m = Mount::new(&["--k8s", "v1.23.4"]);
+        let pid = daemon_pid(&m.dir);
+        // SAFETY: sending a signal to the daemon this test started.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0);
+        wait_until("unmount", || !is_mounted(&m.dir));
+        wait_until("daemon exit", || {
+            !Path::new(&format!("/proc/{pid}")).exists()
+        });
+    }
+}
+
+#[test]
+fn stale_mount_is_recovered_by_umount() {
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let pid = daemon_pid(&m.dir);
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until("daemon exit", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let err = std::fs::read_dir(&m.dir).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOTCONN));
+    let cache = demo_cache().to_str().unwrap().to_string();
+    refused_stale(&m.dir, &cache);
+    let out = run(&["umount", m.dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&m.dir));
+    // The same mountpoint works again.
+    let out = run(&[
+        m.dir.to_str().unwrap(),
+        "--k8s",
+        "v1.23.4",
+        "--cache",
+        &cache,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(m.dir.join("rootfs/Kubefile").exists());
+}
+
+fn refused_stale(mountpoint: &Path, cache: &str) {
+    let out = run(&[
+        mountpoint.to_str().unwrap(),
+        "--k8s",
+        "v1.23.4",
+        "--cache",
+        cache,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("stale mount") && stderr.contains("rootfs-mount umount"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn umount_refuses_what_is_not_ours() {
+    let dir = scratch("notmounted");
+    let out = run(&["umount", dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not mounted"));
+    let out = run(&["umount", "/proc"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a rootfs-mount mount"));
+}
+
+#[test]
+fn foreground_mode_serves_until_signalled() {
+    let mp = scratch("fg");
+    let mut child = Command::new(BIN)
+        .arg(&mp)
+        .args(["--k8s", "v1.23.4", "-f", "--cache"])
+        .arg(demo_cache())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child, std::path::PathBuf);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let _ = Command::new("umount").arg("-l").arg(&self.1).output();
+        }
+    }
+    let pid = child.id() as i32;
+    wait_until("foreground mount", || is_mounted(&mp));
+    assert!(mp.join("rootfs/Kubefile").exists());
+    // SAFETY: signalling the child this test spawned.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let status = child.wait().unwrap();
+    let _reap = Reap(child, mp.clone());
+    assert!(status.success(), "{status:?}");
+    assert!(!is_mounted(&mp));
+}

@@ -1,0 +1,161 @@
+//! Shared harness of the mounting tests: a demo cache made once per test binary and a
+//! mount guard that always unmounts, even when the test fails.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_rootfs-mount");
+
+/// Every version the acceptance tests mount (SPEC boundary versions).
+pub const VERSIONS: &[&str] = &[
+    "v1.13.0", "v1.14.10", "v1.15.0", "v1.20.15", "v1.21.0", "v1.22.17", "v1.23.0", "v1.23.4",
+    "v1.24.0", "v1.27.16", "v1.31.1",
+];
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A folder of this test process under the target dir.
+pub fn scratch(name: &str) -> PathBuf {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let dir =
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create scratch folder");
+    dir
+}
+
+/// The demo cache (scripts/demo-cache.sh) holding all of [`VERSIONS`], made once.
+pub fn demo_cache() -> &'static Path {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE.get_or_init(|| {
+        let dir = scratch("cache");
+        let out = Command::new("bash")
+            .arg(repo().join("scripts/demo-cache.sh"))
+            .arg(&dir)
+            .args(VERSIONS)
+            .output()
+            .expect("run demo-cache.sh");
+        assert!(
+            out.status.success(),
+            "demo-cache.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run rootfs-mount")
+}
+
+pub fn is_mounted(dir: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let dir = dir.to_string_lossy();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(&*dir))
+}
+
+/// A live mount, unmounted and removed on drop.
+pub struct Mount {
+    pub dir: PathBuf,
+}
+
+impl Mount {
+    /// Mounts with `args` (mountpoint and `--cache` are added) and waits for it.
+    pub fn new(args: &[&str]) -> Mount {
+        Self::with_cache(demo_cache(), args)
+    }
+
+    pub fn with_cache(cache: &Path, args: &[&str]) -> Mount {
+        let dir = scratch("mnt");
+        let mount = Mount { dir };
+        let out = Command::new(BIN)
+            .arg(&mount.dir)
+            .arg("--cache")
+            .arg(cache)
+            .args(args)
+            .output()
+            .expect("run rootfs-mount");
+        assert!(
+            out.status.success(),
+            "mount {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            is_mounted(&mount.dir),
+            "rootfs-mount returned before the mount was there"
+        );
+        mount
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        let path = self.path(rel);
+        String::from_utf8(
+            std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .expect("utf-8")
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if is_mounted(&self.dir) {
+            let _ = Command::new(BIN).arg("umount").arg(&self.dir).output();
+        }
+        if is_mounted(&self.dir) {
+            let _ = Command::new("umount").arg("-l").arg(&self.dir).output();
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Runs a shell command, asserting success; returns stdout.
+pub fn sh(script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("run bash");
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every path below `root` (relative, sorted), as `find` sees it.
+pub fn walk(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let entry = entry.expect("dir entry");
+            let path = entry.path();
+            out.push(
+                path.strip_prefix(root)
+                    .expect("below root")
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            if entry.file_type().expect("file type").is_dir() {
+                pending.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
