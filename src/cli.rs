@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
-use rootfs_mount::layout::{MountParams, KNOWN_ARCHES};
+use rootfs_mount::layout::{MountParams, Upper, KNOWN_ARCHES};
 use rootfs_mount::versions::KubeVersion;
 
 #[derive(Debug, Parser)]
@@ -84,6 +84,20 @@ pub struct MountArgs {
     /// Mount even when cache entries the tree needs are missing.
     #[arg(long, help_heading = "Sources")]
     pub allow_missing: bool,
+
+    /// Keep changes made through the mount in DIR (created if missing); they show again on
+    /// the next mount with the same DIR [default: a scratch folder removed at unmount].
+    #[arg(
+        long,
+        value_name = "DIR",
+        help_heading = "Writes",
+        conflicts_with = "read_only"
+    )]
+    pub upper: Option<PathBuf>,
+
+    /// Refuse every write with EROFS.
+    #[arg(long, help_heading = "Writes")]
+    pub read_only: bool,
 
     /// Stay in the foreground.
     #[arg(short = 'f', long, help_heading = "Daemon")]
@@ -168,6 +182,14 @@ impl MountArgs {
             registry_domain: domain.to_string(),
             registry_data: self.registry_data.as_deref().map(absolute).transpose()?,
             allow_missing: self.allow_missing,
+            upper: if self.read_only {
+                Upper::None
+            } else {
+                match &self.upper {
+                    Some(dir) => Upper::Kept(absolute(dir)?),
+                    None => Upper::Scratch,
+                }
+            },
         })
     }
 }

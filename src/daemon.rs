@@ -19,6 +19,34 @@ pub struct DaemonOptions {
     pub allow_other: bool,
     pub log_filter: String,
     pub log_file: Option<PathBuf>,
+    /// Mount read-write (there is an upper layer).
+    pub writable: bool,
+    /// A scratch upper layer to remove once unmounted.
+    pub scratch_upper: Option<PathBuf>,
+}
+
+/// A scratch upper layer in `$TMPDIR` (default /var/tmp: on disk, not in memory, since
+/// builds may download large files into the mount).
+pub fn make_scratch_upper() -> Result<PathBuf, String> {
+    let base = std::env::var_os("TMPDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/tmp"));
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = base.join(format!("rootfs-mount-upper.{}.{nanos}", std::process::id()));
+    std::fs::create_dir(&dir)
+        .map_err(|e| format!("cannot make a scratch upper layer {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+pub fn remove_scratch(dir: Option<&Path>) {
+    if let Some(dir) = dir {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the scratch upper layer");
+        }
+    }
 }
 
 /// One line of /proc/self/mountinfo: the mount point, fs type and source.
@@ -128,12 +156,16 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
-fn session_config(allow_other: bool) -> Config {
+fn session_config(allow_other: bool, writable: bool) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
         MountOption::FSName(FS_NAME.into()),
         MountOption::Subtype(FS_NAME.into()),
-        MountOption::RO,
+        if writable {
+            MountOption::RW
+        } else {
+            MountOption::RO
+        },
         MountOption::NoSuid,
         MountOption::NoDev,
         MountOption::DefaultPermissions,
@@ -211,7 +243,19 @@ fn serve_detached(
     result
 }
 
+/// Serves until unmounted; a scratch upper layer goes with the mount.
 fn serve(
+    tree: MergedTree,
+    mountpoint: &Path,
+    options: &DaemonOptions,
+    ready: Option<&mut Option<std::io::PipeWriter>>,
+) -> Result<(), String> {
+    let result = serve_until_unmounted(tree, mountpoint, options, ready);
+    remove_scratch(options.scratch_upper.as_deref());
+    result
+}
+
+fn serve_until_unmounted(
     tree: MergedTree,
     mountpoint: &Path,
     options: &DaemonOptions,
@@ -219,7 +263,7 @@ fn serve(
 ) -> Result<(), String> {
     // Signals are blocked before any thread exists, so only the waiter below takes them.
     let signals = sys::block_termination_signals();
-    let config = session_config(options.allow_other);
+    let config = session_config(options.allow_other, options.writable);
     let mut session = Session::new(BuildFs::new(tree), mountpoint, &config)
         .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();

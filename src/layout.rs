@@ -31,6 +31,18 @@ pub struct MountParams {
     /// `None`: `CACHE/registry`.
     pub registry_data: Option<PathBuf>,
     pub allow_missing: bool,
+    pub upper: Upper,
+}
+
+/// Where changes made through the mount go (SPEC §8).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Upper {
+    /// `--read-only`: every write fails with EROFS.
+    None,
+    /// `--upper DIR`: kept across mounts.
+    Kept(PathBuf),
+    /// A scratch folder made at mount and removed at unmount.
+    Scratch,
 }
 
 impl MountParams {
@@ -40,11 +52,31 @@ impl MountParams {
             .unwrap_or_else(|| self.cache.join("registry"))
     }
 
-    /// Folders the mount reads from: a mountpoint inside one of them would be a loop.
+    /// Folders the mount reads from and never writes: a mountpoint inside one of them
+    /// would be a loop, and so would an upper layer.
     pub fn source_roots(&self) -> Vec<PathBuf> {
         let mut roots = vec![self.cache.clone(), self.registry_dir()];
         roots.extend(self.contexts.clone());
         roots
+    }
+
+    /// Checks that an `--upper DIR` is not inside what the mount must never modify.
+    pub fn check_upper(&self) -> Result<(), String> {
+        let Upper::Kept(dir) = &self.upper else {
+            return Ok(());
+        };
+        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        for root in self.source_roots() {
+            let root = std::fs::canonicalize(&root).unwrap_or(root);
+            if dir.starts_with(&root) || root.starts_with(&dir) {
+                return Err(format!(
+                    "--upper {} overlaps {}, which the mount must never modify",
+                    dir.display(),
+                    root.display()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -254,6 +286,7 @@ mod tests {
             registry_domain: "sea.hub:5000".into(),
             registry_data: None,
             allow_missing: true,
+            upper: Upper::None,
         }
     }
 

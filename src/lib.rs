@@ -11,6 +11,7 @@ pub mod layout;
 pub mod render;
 pub mod sys;
 pub mod tree;
+pub mod upper;
 pub mod versions;
 
 /// `contexts/` compiled into the binary by `build.rs`.

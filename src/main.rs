@@ -8,8 +8,11 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 use rootfs_mount::daemon::{self, DaemonOptions};
-use rootfs_mount::layout;
+use std::sync::Arc;
+
+use rootfs_mount::layout::{self, Upper};
 use rootfs_mount::tree::MergedTree;
+use rootfs_mount::upper::UpperDir;
 
 fn run(cli: Cli) -> Result<(), String> {
     if let Some(Command::Umount { mountpoint, lazy }) = cli.command {
@@ -17,16 +20,45 @@ fn run(cli: Cli) -> Result<(), String> {
     }
     let args = cli.mount;
     let params = args.params()?;
+    params.check_upper()?;
     let mountpoint = args.mountpoint.clone().unwrap_or_default();
-    let mountpoint = daemon::check_mountpoint(&mountpoint, &params.source_roots())?;
+    let mut roots = params.source_roots();
+    if let Upper::Kept(dir) = &params.upper {
+        roots.push(dir.clone());
+    }
+    let mountpoint = daemon::check_mountpoint(&mountpoint, &roots)?;
     let build = layout::plan(&params)?;
     daemon::check_fuse_device()?;
-    let tree = MergedTree::new(build.namespace, params.cache.clone()).map_err(|e| e.to_string())?;
+    let (upper_dir, scratch) = match &params.upper {
+        Upper::None => (None, None),
+        Upper::Kept(dir) => (Some(dir.clone()), None),
+        Upper::Scratch => {
+            let dir = daemon::make_scratch_upper()?;
+            (Some(dir.clone()), Some(dir))
+        }
+    };
+    let namespace = match &upper_dir {
+        Some(dir) => {
+            let upper = UpperDir::open(dir)
+                .map_err(|e| format!("cannot use {} as the upper layer: {e}", dir.display()));
+            match upper {
+                Ok(upper) => build.namespace.with_upper(Arc::new(upper)),
+                Err(e) => {
+                    daemon::remove_scratch(scratch.as_deref());
+                    return Err(e);
+                }
+            }
+        }
+        None => build.namespace,
+    };
+    let tree = MergedTree::new(namespace, params.cache.clone()).map_err(|e| e.to_string())?;
     let options = DaemonOptions {
         foreground: args.foreground,
         allow_other: args.allow_other,
         log_filter: args.log_level.clone(),
         log_file: args.log_file.clone(),
+        writable: upper_dir.is_some(),
+        scratch_upper: scratch,
     };
     daemon::mount(tree, &mountpoint, &options)
 }

@@ -294,8 +294,8 @@ fn inodes_are_stable_and_match_readdir() {
 }
 
 #[test]
-fn provenance_is_get_only_and_writes_are_refused() {
-    let m = Mount::new(&["--k8s", "v1.23.4"]);
+fn provenance_is_get_only_and_read_only_refuses_writes() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--read-only"]);
     let cache = demo_cache();
     let source = |rel: &str| {
         sh(&format!(

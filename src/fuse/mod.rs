@@ -13,7 +13,8 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyXattr, Request,
 };
 
-use crate::tree::{FsError, MergedTree};
+use crate::sys::at::SetTime;
+use crate::tree::{AttrChange, Caller, FsError, MergedTree};
 use attr::{file_attr, file_type, ttl};
 
 /// The get-only extended attribute that tells where a file comes from (SPEC §6).
@@ -37,6 +38,24 @@ fn errno(op: &str, ino: u64, err: FsError) -> Errno {
         tracing::warn!(op, ino, %err);
     }
     Errno::from_i32(err.errno)
+}
+
+/// Answers a size probe (`size == 0`) or the value, or ERANGE when it does not fit.
+fn xattr_reply(reply: ReplyXattr, size: u32, bytes: &[u8]) {
+    if size == 0 {
+        reply.size(bytes.len() as u32);
+    } else if (size as usize) < bytes.len() {
+        reply.error(Errno::ERANGE);
+    } else {
+        reply.data(bytes);
+    }
+}
+
+fn caller(req: &Request) -> Caller {
+    Caller {
+        uid: req.uid(),
+        gid: req.gid(),
+    }
 }
 
 fn read_only(op: &str) -> Errno {
@@ -80,8 +99,15 @@ impl Filesystem for BuildFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0 {
-            return reply.error(read_only("open"));
+        let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
+        if writes {
+            if !self.tree.is_writable() {
+                return reply.error(read_only("open"));
+            }
+            return match self.tree.open_for_write(ino.0, flags.0) {
+                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                Err(e) => reply.error(errno("open", ino.0, e)),
+            };
         }
         match self.tree.open(ino.0) {
             // Content never changes while a file is open: keep the page cache across opens.
@@ -247,36 +273,35 @@ impl Filesystem for BuildFs {
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if name != SOURCE_XATTR {
-            return reply.error(Errno::NO_XATTR);
-        }
-        match self.tree.source(ino.0) {
-            Ok(source) => {
-                let bytes = source.as_bytes();
-                if size == 0 {
-                    reply.size(bytes.len() as u32);
-                } else if (size as usize) < bytes.len() {
-                    reply.error(Errno::ERANGE);
-                } else {
-                    reply.data(bytes);
-                }
-            }
+        let value = if name == SOURCE_XATTR {
+            self.tree.source(ino.0).map(String::into_bytes)
+        } else {
+            self.tree.getxattr(ino.0, name)
+        };
+        match value {
+            Ok(bytes) => xattr_reply(reply, size, &bytes),
             Err(e) => reply.error(errno("getxattr", ino.0, e)),
         }
     }
 
-    /// Lists nothing: the provenance attribute is get-only, so `tar --xattrs` and image
-    /// builders never pack it.
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
+    /// Never lists the provenance attribute: it is get-only, so `tar --xattrs` and image
+    /// builders never pack it. Attributes set on upper entries are listed.
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.tree.listxattr(ino.0) {
+            Ok(names) => {
+                let mut bytes = Vec::new();
+                for name in names {
+                    bytes.extend_from_slice(name.as_bytes());
+                    bytes.push(0);
+                }
+                xattr_reply(reply, size, &bytes)
+            }
+            Err(e) => reply.error(errno("listxattr", ino.0, e)),
         }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        if mask.contains(fuser::AccessFlags::W_OK) {
+        if mask.contains(fuser::AccessFlags::W_OK) && !self.tree.is_writable() {
             reply.error(read_only("access"));
         } else {
             reply.ok();
@@ -286,13 +311,13 @@ impl Filesystem for BuildFs {
     fn setattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
-        _mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
-        _size: Option<u64>,
-        _atime: Option<fuser::TimeOrNow>,
-        _mtime: Option<fuser::TimeOrNow>,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
         _ctime: Option<std::time::SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<std::time::SystemTime>,
@@ -301,82 +326,228 @@ impl Filesystem for BuildFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        reply.error(read_only("setattr"));
+        let time = |t: fuser::TimeOrNow| match t {
+            fuser::TimeOrNow::SpecificTime(at) => SetTime::At(at),
+            fuser::TimeOrNow::Now => SetTime::Now,
+        };
+        let change = AttrChange {
+            mode,
+            uid,
+            gid,
+            size,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
+        match self.tree.setattr(ino.0, change) {
+            Ok(node) => reply.attr(&ttl(&node), &file_attr(ino.0, &node)),
+            Err(e) => reply.error(errno("setattr", ino.0, e)),
+        }
     }
 
     fn mknod(
         &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _r: u32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        _rdev: u32,
         reply: ReplyEntry,
     ) {
-        reply.error(read_only("mknod"));
+        match self.tree.mknod(parent.0, name, mode, caller(req)) {
+            Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
+            Err(e) => reply.error(errno("mknod", parent.0, e)),
+        }
     }
 
-    fn mkdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _m: u32, _u: u32, reply: ReplyEntry) {
-        reply.error(read_only("mkdir"));
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        match self.tree.mkdir(parent.0, name, mode, caller(req)) {
+            Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
+            Err(e) => reply.error(errno("mkdir", parent.0, e)),
+        }
     }
 
-    fn unlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(read_only("unlink"));
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.tree.unlink(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", parent.0, e)),
+        }
     }
 
-    fn rmdir(&self, _req: &Request, _p: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(read_only("rmdir"));
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.tree.rmdir(parent.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", parent.0, e)),
+        }
     }
 
-    fn symlink(&self, _req: &Request, _p: INodeNo, _n: &OsStr, _t: &Path, reply: ReplyEntry) {
-        reply.error(read_only("symlink"));
+    fn symlink(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        match self.tree.symlink(parent.0, link_name, target, caller(req)) {
+            Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
+            Err(e) => reply.error(errno("symlink", parent.0, e)),
+        }
     }
 
     fn rename(
         &self,
         _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _np: INodeNo,
-        _nn: &OsStr,
-        _f: fuser::RenameFlags,
+        parent: INodeNo,
+        name: &OsStr,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        reply.error(read_only("rename"));
+        match self
+            .tree
+            .rename(parent.0, name, new_parent.0, new_name, flags.bits())
+        {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", parent.0, e)),
+        }
     }
 
-    fn link(&self, _req: &Request, _i: INodeNo, _np: INodeNo, _nn: &OsStr, reply: ReplyEntry) {
-        reply.error(read_only("link"));
+    fn link(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        new_parent: INodeNo,
+        new_name: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        match self.tree.link(ino.0, new_parent.0, new_name) {
+            Ok((child, node)) => reply.entry(&ttl(&node), &file_attr(child, &node), Generation(0)),
+            Err(e) => reply.error(errno("link", ino.0, e)),
+        }
     }
 
     fn create(
         &self,
-        _req: &Request,
-        _p: INodeNo,
-        _n: &OsStr,
-        _m: u32,
-        _u: u32,
-        _f: i32,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        _umask: u32,
+        flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        reply.error(read_only("create"));
+        match self.tree.create(parent.0, name, mode, flags, caller(req)) {
+            Ok((ino, node, fh)) => reply.created(
+                &ttl(&node),
+                &file_attr(ino, &node),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(errno("create", parent.0, e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<fuser::LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        match self.tree.write(fh.0, offset, data) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", ino.0, e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: fuser::LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.tree.fsync(fh.0, datasync) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", ino.0, e)),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        match self.tree.fallocate(fh.0, offset, length, mode) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fallocate", ino.0, e)),
+        }
     }
 
     fn setxattr(
         &self,
         _req: &Request,
-        _i: INodeNo,
-        _n: &OsStr,
-        _v: &[u8],
-        _f: i32,
-        _p: u32,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
         reply: ReplyEmpty,
     ) {
-        reply.error(read_only("setxattr"));
+        match self.tree.setxattr(ino.0, name, value, flags) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", ino.0, e)),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _i: INodeNo, _n: &OsStr, reply: ReplyEmpty) {
-        reply.error(read_only("removexattr"));
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.tree.removexattr(ino.0, name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", ino.0, e)),
+        }
     }
 }

@@ -27,6 +27,8 @@ struct Inode {
 #[derive(Debug, Default)]
 pub struct InodeTable {
     map: DashMap<u64, Inode>,
+    /// Paths whose number is not where hashing would find it (renamed entries).
+    moved: DashMap<Arc<Path>, u64>,
 }
 
 fn hash_ino(path: &Path) -> u64 {
@@ -59,6 +61,9 @@ impl InodeTable {
         if path.as_os_str().is_empty() {
             return ROOT_INO;
         }
+        if let Some(ino) = self.moved.get(path) {
+            return *ino;
+        }
         let mut ino = hash_ino(path);
         loop {
             match self.map.get(&ino) {
@@ -76,7 +81,10 @@ impl InodeTable {
             }
             return ROOT_INO;
         }
-        let mut ino = hash_ino(path);
+        let mut ino = match self.moved.get(path) {
+            Some(ino) => *ino,
+            None => hash_ino(path),
+        };
         loop {
             match self.map.entry(ino) {
                 Entry::Occupied(mut o) if &*o.get().path == path => {
@@ -118,7 +126,46 @@ impl InodeTable {
             let inode = o.get_mut();
             inode.lookups = inode.lookups.saturating_sub(n);
             if inode.lookups == 0 {
-                o.remove();
+                let (_, gone) = o.remove_entry();
+                self.moved.remove_if(&gone.path, |_, moved| *moved == ino);
+            }
+        }
+    }
+
+    /// A rename in the tree: `from` and everything below it now live under `to`; the
+    /// numbers stay (an open file and a later `stat` agree).
+    pub fn rename(&self, from: &Path, to: &Path) {
+        // Whatever `to` named before is no longer reachable by path.
+        if let Some((_, old)) = self.moved.remove(to) {
+            if let Some(mut i) = self.map.get_mut(&old) {
+                i.path = Arc::from(Path::new("/deleted"));
+            }
+        }
+        let hashed = hash_ino(to);
+        if let Some(mut i) = self.map.get_mut(&hashed) {
+            if &*i.path == to {
+                i.path = Arc::from(Path::new("/deleted"));
+            }
+        }
+        let renamed: Vec<(u64, Arc<Path>)> = self
+            .map
+            .iter()
+            .filter(|i| i.path.starts_with(from) && *i.key() != ROOT_INO)
+            .map(|i| (*i.key(), i.path.clone()))
+            .collect();
+        for (ino, old) in renamed {
+            let suffix = old.strip_prefix(from).unwrap_or(Path::new(""));
+            let new: Arc<Path> = if suffix.as_os_str().is_empty() {
+                Arc::from(to)
+            } else {
+                Arc::from(to.join(suffix))
+            };
+            self.moved.remove(&old);
+            if let Some(mut i) = self.map.get_mut(&ino) {
+                i.path = new.clone();
+            }
+            if hash_ino(&new) != ino {
+                self.moved.insert(new, ino);
             }
         }
     }
@@ -139,11 +186,7 @@ mod tests {
 
     fn node() -> Arc<Node> {
         let entry = EmptyDir.entry(Path::new("")).unwrap().unwrap();
-        Arc::new(Node {
-            entry,
-            branches: Vec::new(),
-            mutable: false,
-        })
+        Arc::new(Node::of(entry))
     }
 
     #[test]

@@ -9,15 +9,43 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::{FsError, InodeTable, Namespace, Node, ROOT_INO};
+use super::{FsError, InUpper, InodeTable, Namespace, Node, ROOT_INO};
 use crate::fs_err;
 use crate::layers::{is_plain_name, Content, EntryKind};
 
-/// An open file: its bytes stay the same for the life of the handle.
+/// An open file. Read-only handles of the layers keep the bytes they opened; handles of
+/// the upper layer see every write.
 #[derive(Debug)]
-enum OpenFile {
-    Disk { file: File, size: u64 },
+pub(super) enum OpenFile {
+    Disk {
+        file: File,
+        size: u64,
+    },
     Bytes(Arc<[u8]>),
+    Upper(File),
+    /// Opened for writing but not written yet: the copy-up waits for the first write,
+    /// so `touch` or an open that only reads copies nothing.
+    PendingWrite {
+        path: PathBuf,
+        flags: i32,
+        lower: Option<File>,
+    },
+}
+
+/// Reads up to `want` bytes at `offset`, fewer only at end of file.
+fn read_at_most(file: &File, offset: u64, want: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; want];
+    let mut done = 0;
+    while done < want {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(done);
+    Ok(buf)
 }
 
 /// One entry of a folder listing.
@@ -30,13 +58,18 @@ pub struct DirItem {
 
 #[derive(Debug)]
 pub struct MergedTree {
-    ns: Namespace,
-    inodes: InodeTable,
-    files: DashMap<u64, OpenFile>,
+    pub(super) ns: Namespace,
+    pub(super) inodes: InodeTable,
+    pub(super) files: DashMap<u64, OpenFile>,
     dirs: DashMap<u64, Arc<Vec<DirItem>>>,
     next_handle: AtomicU64,
-    /// Where `statfs` reports space from (the cache).
+    /// Where `statfs` reports space from (the cache, or the upper layer when writable).
     statfs_path: PathBuf,
+    /// Counts changes to the tree's shape (create, remove, rename, copy-up): a node
+    /// resolved before the last change is resolved again before use.
+    pub(super) generation: AtomicU64,
+    /// Copy-ups run one at a time, so concurrent opens never copy a file twice.
+    pub(super) copy_up_lock: std::sync::Mutex<()>,
 }
 
 impl MergedTree {
@@ -49,30 +82,49 @@ impl MergedTree {
             dirs: DashMap::new(),
             next_handle: AtomicU64::new(1),
             statfs_path,
+            generation: AtomicU64::new(1),
+            copy_up_lock: std::sync::Mutex::new(()),
         })
     }
 
-    fn handle(&self) -> u64 {
+    pub(super) fn handle(&self) -> u64 {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The inode's path and node; nodes of mutable layers are resolved again so that
-    /// edits show without remounting.
-    fn inode(&self, ino: u64) -> Result<(Arc<Path>, Arc<Node>), FsError> {
+    /// Stamps a freshly resolved node with the current change count.
+    pub(super) fn stamp(&self, mut node: Node) -> Arc<Node> {
+        node.generation = self.generation.load(Ordering::Acquire);
+        Arc::new(node)
+    }
+
+    /// Records a change to the tree's shape.
+    pub(super) fn changed(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The inode's path and node. Nodes that can be out of date (an on-disk contexts
+    /// tree, anything in the upper layer, anything resolved before the last change) are
+    /// resolved again; an entry that no longer resolves (unlinked while open) keeps its
+    /// last node.
+    pub(super) fn inode(&self, ino: u64) -> Result<(Arc<Path>, Arc<Node>), FsError> {
         let (path, node) = self
             .inodes
             .get(ino)
             .ok_or_else(|| fs_err!(ESTALE, "inode {ino} is not known"))?;
-        if !node.mutable {
+        let stale = node.mutable
+            || node.upper != InUpper::No
+            || (self.ns.upper().is_some()
+                && node.generation != self.generation.load(Ordering::Acquire));
+        if !stale {
             return Ok((path, node));
         }
         match self.ns.resolve_path(&path)? {
             Some(fresh) => {
-                let fresh = Arc::new(fresh);
+                let fresh = self.stamp(fresh);
                 self.inodes.update(ino, fresh.clone());
                 Ok((path, fresh))
             }
-            None => Err(fs_err!(ENOENT, "{} is gone", path.display())),
+            None => Ok((path, node)),
         }
     }
 
@@ -85,7 +137,7 @@ impl MergedTree {
             .ns
             .lookup(&parent_path, &parent_node, name)?
             .ok_or_else(|| fs_err!(ENOENT, "no {name:?} in {}", parent_path.display()))?;
-        let node = Arc::new(node);
+        let node = self.stamp(node);
         let ino = self.inodes.remember(&parent_path.join(name), node.clone());
         Ok((ino, node))
     }
@@ -117,9 +169,14 @@ impl MergedTree {
                 let file = f
                     .open()
                     .map_err(|e| fs_err!(EIO, "opening {}: {e}", f.path().display()))?;
-                OpenFile::Disk {
-                    file,
-                    size: node.entry.size,
+                // Upper files change through the mount: read them as they are now.
+                if node.upper == InUpper::Yes {
+                    OpenFile::Upper(file)
+                } else {
+                    OpenFile::Disk {
+                        file,
+                        size: node.entry.size,
+                    }
                 }
             }
             Content::Bytes(b) => OpenFile::Bytes(b.clone()),
@@ -147,22 +204,20 @@ impl MergedTree {
                 size: expected,
             } => {
                 let want = (size as u64).min(expected.saturating_sub(offset)) as usize;
-                let mut buf = vec![0u8; want];
-                let mut done = 0;
-                while done < want {
-                    match file.read_at(&mut buf[done..], offset + done as u64) {
-                        Ok(0) => break,
-                        Ok(n) => done += n,
-                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-                if done < want {
+                let buf = read_at_most(file, offset, want)?;
+                if buf.len() < want {
                     // The backing file shrank under the mount: its size no longer matches
                     // what stat said, so this file fails, loudly, instead of short-reading.
                     return Err(fs_err!(EIO, "backing file shorter than its stat size"));
                 }
                 Ok(buf)
+            }
+            OpenFile::Upper(file) => Ok(read_at_most(file, offset, size as usize)?),
+            OpenFile::PendingWrite {
+                lower: Some(file), ..
+            } => Ok(read_at_most(file, offset, size as usize)?),
+            OpenFile::PendingWrite { lower: None, .. } => {
+                Err(fs_err!(EBADF, "file {fh} is not open for reading"))
             }
         }
     }
@@ -215,15 +270,22 @@ impl MergedTree {
         }
     }
 
-    /// Space and file counts of the file system holding the cache, with nothing free:
-    /// the mount is read-only.
+    /// Space and file counts: of the upper layer's file system when the mount is
+    /// writable, else of the cache's with nothing free.
     pub fn statfs(&self) -> Result<libc::statvfs, FsError> {
+        if let Some(upper) = self.ns.upper() {
+            return Ok(crate::sys::statvfs(upper.path())?);
+        }
         let mut st = crate::sys::statvfs(&self.statfs_path)?;
         st.f_bfree = 0;
         st.f_bavail = 0;
         st.f_ffree = 0;
         st.f_favail = 0;
         Ok(st)
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.ns.upper().is_some()
     }
 
     pub fn inode_count(&self) -> usize {

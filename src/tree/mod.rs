@@ -6,8 +6,10 @@ mod error;
 mod inodes;
 mod merged;
 mod namespace;
+mod write;
 
 pub use error::FsError;
 pub use inodes::{InodeTable, ROOT_INO};
 pub use merged::{DirItem, MergedTree};
-pub use namespace::{Branch, Namespace, Node};
+pub use namespace::{Branch, InUpper, Namespace, Node};
+pub use write::{AttrChange, Caller, RENAME_NOREPLACE};

@@ -13,12 +13,24 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use crate::layers::{build_epoch, Child, Content, EntryKind, Layer, LayerEntry, Source};
+use crate::upper::{UpperDir, UpperLookup};
 
 /// A layer mounted at a path of the virtual tree (relative, empty = the mount root).
 #[derive(Debug)]
 pub struct Branch {
     pub at: PathBuf,
     pub layer: Arc<dyn Layer>,
+}
+
+/// What the upper layer holds of an entry.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InUpper {
+    #[default]
+    No,
+    /// The entry itself (a folder there takes new children).
+    Yes,
+    /// Only its metadata; the bytes come from below.
+    Metadata,
 }
 
 /// A resolved entry of the virtual tree.
@@ -29,6 +41,25 @@ pub struct Node {
     pub branches: Vec<usize>,
     /// True when a layer it comes from may change while mounted.
     pub mutable: bool,
+    pub upper: InUpper,
+    /// A folder of the upper layer that hides everything below it.
+    pub opaque: bool,
+    /// The tree's change count when this was resolved (see `MergedTree`).
+    pub generation: u64,
+}
+
+impl Node {
+    /// A node for a single entry, from no branch and not in the upper layer.
+    pub fn of(entry: LayerEntry) -> Self {
+        Node {
+            entry,
+            branches: Vec::new(),
+            mutable: false,
+            upper: InUpper::No,
+            opaque: false,
+            generation: 0,
+        }
+    }
 }
 
 /// How a branch's mount path relates to a tree path.
@@ -69,12 +100,26 @@ fn synthetic_dir() -> LayerEntry {
 #[derive(Debug)]
 pub struct Namespace {
     branches: Vec<Branch>,
+    /// Takes every change made through the mount; above all branches.
+    upper: Option<Arc<UpperDir>>,
 }
 
 impl Namespace {
     /// `branches` in precedence order, highest first.
     pub fn new(branches: Vec<Branch>) -> Self {
-        Namespace { branches }
+        Namespace {
+            branches,
+            upper: None,
+        }
+    }
+
+    pub fn with_upper(mut self, upper: Arc<UpperDir>) -> Self {
+        self.upper = Some(upper);
+        self
+    }
+
+    pub fn upper(&self) -> Option<&Arc<UpperDir>> {
+        self.upper.as_ref()
     }
 
     pub fn branches(&self) -> &[Branch] {
@@ -83,13 +128,8 @@ impl Namespace {
 
     /// The mount root.
     pub fn root(&self) -> io::Result<Node> {
-        self.resolve(Path::new(""), None).map(|n| {
-            n.unwrap_or_else(|| Node {
-                entry: synthetic_dir(),
-                branches: Vec::new(),
-                mutable: false,
-            })
-        })
+        self.resolve(Path::new(""), None)
+            .map(|n| n.unwrap_or_else(|| Node::of(synthetic_dir())))
     }
 
     /// Resolves `path` from the root, one component at a time (used to refresh entries
@@ -129,6 +169,64 @@ impl Namespace {
     /// Resolves `path`; `parent` limits which branches may contribute below their root.
     fn resolve(&self, path: &Path, parent: Option<&Node>) -> io::Result<Option<Node>> {
         let mut found: Option<Node> = None;
+        let mut metadata: Option<LayerEntry> = None;
+        let mut below = !parent.is_some_and(|p| p.opaque);
+        if let Some(upper) = &self.upper {
+            if parent.is_none_or(|p| p.upper == InUpper::Yes) {
+                match upper.lookup(path)? {
+                    UpperLookup::Whiteout => return Ok(None),
+                    UpperLookup::Absent => {}
+                    UpperLookup::Found {
+                        entry,
+                        metacopy: true,
+                        ..
+                    } => metadata = Some(entry),
+                    UpperLookup::Found { entry, opaque, .. } => {
+                        let is_dir = entry.kind == EntryKind::Dir;
+                        let node = Node {
+                            upper: InUpper::Yes,
+                            opaque,
+                            ..Node::of(entry)
+                        };
+                        if !is_dir {
+                            return Ok(Some(node));
+                        }
+                        below &= !opaque;
+                        found = Some(node);
+                    }
+                }
+            }
+        }
+        if below {
+            self.resolve_below(path, parent, &mut found)?;
+        }
+        if let Some(meta) = metadata {
+            return Ok(Some(match found {
+                Some(mut node) if node.entry.kind == EntryKind::File => {
+                    node.entry.perm = meta.perm;
+                    node.entry.uid = meta.uid;
+                    node.entry.gid = meta.gid;
+                    node.entry.mtime = meta.mtime;
+                    node.upper = InUpper::Metadata;
+                    node
+                }
+                // Nothing left below to take the bytes from: the upper file is all there is.
+                _ => Node {
+                    upper: InUpper::Yes,
+                    ..Node::of(meta)
+                },
+            }));
+        }
+        Ok(found)
+    }
+
+    /// The branches' part of [`Self::resolve`].
+    fn resolve_below(
+        &self,
+        path: &Path,
+        parent: Option<&Node>,
+        found: &mut Option<Node>,
+    ) -> io::Result<()> {
         for (index, branch) in self.branches.iter().enumerate() {
             let entry = match relation(&branch.at, path) {
                 Relation::Inside(rel) => {
@@ -146,32 +244,22 @@ impl Namespace {
                 Relation::Unrelated => continue,
             };
             let mutable = branch.layer.is_mutable();
-            match (&mut found, entry) {
+            match (&mut *found, entry) {
                 (None, Some(e)) => {
-                    let branches = if e.kind == EntryKind::Dir {
-                        vec![index]
-                    } else {
-                        Vec::new()
-                    };
-                    let done = e.kind != EntryKind::Dir;
-                    found = Some(Node {
-                        entry: e,
+                    let is_dir = e.kind == EntryKind::Dir;
+                    let branches = if is_dir { vec![index] } else { Vec::new() };
+                    *found = Some(Node {
                         branches,
                         mutable,
+                        ..Node::of(e)
                     });
-                    if done {
+                    if !is_dir {
                         break;
                     }
                 }
-                (None, None) => {
-                    found = Some(Node {
-                        entry: synthetic_dir(),
-                        branches: Vec::new(),
-                        mutable: false,
-                    });
-                }
+                (None, None) => *found = Some(Node::of(synthetic_dir())),
                 (Some(node), Some(e)) => {
-                    if e.kind != EntryKind::Dir {
+                    if e.kind != EntryKind::Dir || node.entry.kind != EntryKind::Dir {
                         break;
                     }
                     // A synthetic folder takes its attributes from the first real one.
@@ -184,7 +272,7 @@ impl Namespace {
                 (Some(_), None) => {}
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// The children of the folder `node` at `path`, each once, with the kind that
@@ -192,6 +280,21 @@ impl Namespace {
     pub fn children(&self, path: &Path, node: &Node) -> io::Result<Vec<Child>> {
         let mut out: Vec<Child> = Vec::new();
         let mut seen = std::collections::HashSet::new();
+        if let (Some(upper), InUpper::Yes) = (&self.upper, node.upper) {
+            let listing = upper.listing(path)?;
+            for child in listing.children {
+                seen.insert(child.name.clone());
+                out.push(child);
+            }
+            if listing.opaque {
+                return Ok(out);
+            }
+            // Whited-out names are "seen": nothing below may show them.
+            seen.extend(listing.whiteouts);
+        }
+        if node.opaque {
+            return Ok(out);
+        }
         for (index, branch) in self.branches.iter().enumerate() {
             match relation(&branch.at, path) {
                 Relation::Inside(rel) => {

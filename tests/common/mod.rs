@@ -75,9 +75,15 @@ impl Mount {
     }
 
     pub fn with_cache(cache: &Path, args: &[&str]) -> Mount {
+        Self::with_env(cache, args, &[])
+    }
+
+    /// Like [`Mount::with_cache`], with extra environment for the daemon.
+    pub fn with_env(cache: &Path, args: &[&str], env: &[(&str, &Path)]) -> Mount {
         let dir = scratch("mnt");
         let mount = Mount { dir };
         let out = Command::new(BIN)
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .arg(&mount.dir)
             .arg("--cache")
             .arg(cache)

@@ -1,0 +1,330 @@
+//! Writes through the mount (SPEC §8): the upper layer takes every change; the layers
+//! and the cache stay byte-identical.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use common::{demo_cache, is_mounted, repo, run, scratch, sh, walk, Mount};
+
+/// sha256 of every file (and the target of every symlink) below `root`.
+fn fingerprint(root: &Path) -> BTreeMap<String, String> {
+    walk(root)
+        .into_iter()
+        .filter_map(|rel| {
+            let path = root.join(&rel);
+            let meta = path.symlink_metadata().ok()?;
+            let value = if meta.file_type().is_symlink() {
+                std::fs::read_link(&path).ok()?.display().to_string()
+            } else if meta.is_file() {
+                sh(&format!("sha256sum '{}' | cut -d' ' -f1", path.display()))
+                    + &format!("{:o}", meta.mode())
+            } else {
+                format!("dir {:o}", meta.mode())
+            };
+            Some((rel, value))
+        })
+        .collect()
+}
+
+fn du_kib(dir: &Path) -> u64 {
+    sh(&format!("du -sk '{}' | cut -f1", dir.display()))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn sealer_scenario_and_edits_leave_layers_untouched() {
+    let cache = demo_cache();
+    let before = fingerprint(cache);
+    let contexts_before = fingerprint(&repo().join("contexts"));
+    let upper = scratch("upper");
+    let m = Mount::new(&["--k8s", "v1.23.4", "--upper", upper.to_str().unwrap()]);
+
+    // sealer build: a temp folder in the context root, files downloaded into it, removed.
+    let tmp = m.path("sealer-remote-files");
+    std::fs::create_dir(&tmp).unwrap();
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(tmp.join("calico.tar"), &payload).unwrap();
+    assert_eq!(std::fs::read(tmp.join("calico.tar")).unwrap(), payload);
+    assert_eq!(
+        std::fs::metadata(tmp.join("calico.tar")).unwrap().len(),
+        payload.len() as u64
+    );
+    sh(&format!("rm -rf '{}'", tmp.display()));
+    assert!(!tmp.exists());
+
+    // sed -i on a rendered file and on a context file.
+    sh(&format!(
+        "sed -i 's/clusterName: kubernetes/clusterName: build-farm/' '{}'",
+        m.path("rootfs/etc/kubeadm.yml").display()
+    ));
+    let kubeadm = m.read("rootfs/etc/kubeadm.yml");
+    assert!(
+        kubeadm.contains("clusterName: build-farm")
+            && kubeadm.contains("kubernetesVersion: v1.23.4")
+    );
+    assert_eq!(
+        std::fs::metadata(m.path("rootfs/etc/kubeadm.yml"))
+            .unwrap()
+            .len() as usize,
+        kubeadm.len()
+    );
+    sh(&format!(
+        "sed -i '1i # edited' '{}'",
+        m.path("rootfs/etc/registry.yml").display()
+    ));
+    assert!(m.read("rootfs/etc/registry.yml").starts_with("# edited\n"));
+
+    // rm and mv of lower files and folders.
+    std::fs::remove_file(m.path("rootfs/etc/Clusterfile")).unwrap();
+    assert!(!m.path("rootfs/etc/Clusterfile").exists());
+    assert!(!sh(&format!("ls '{}'", m.path("rootfs/etc").display())).contains("Clusterfile"));
+    sh(&format!("rm -rf '{}'", m.path("rootfs/statics").display()));
+    assert!(!m.path("rootfs/statics").exists());
+    sh(&format!(
+        "mv '{}' '{}'",
+        m.path("rootfs/Kubefile").display(),
+        m.path("rootfs/Kubefile.orig").display()
+    ));
+    assert!(m.read("rootfs/Kubefile.orig").contains("FROM scratch"));
+    assert!(!m.path("rootfs/Kubefile").exists());
+    // A folder with lower content: rename(2) says EXDEV and mv copies instead.
+    let err = std::fs::rename(m.path("rootfs/scripts"), m.path("rootfs/scripts2")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EXDEV));
+    sh(&format!(
+        "mv '{}' '{}'",
+        m.path("rootfs/scripts").display(),
+        m.path("rootfs/scripts2").display()
+    ));
+    assert!(m.path("rootfs/scripts2/init.sh").is_file() && !m.path("rootfs/scripts").exists());
+    // A deleted folder made again is empty (opaque), not the old one back.
+    std::fs::create_dir(m.path("rootfs/scripts")).unwrap();
+    assert_eq!(
+        std::fs::read_dir(m.path("rootfs/scripts")).unwrap().count(),
+        0
+    );
+    // Symlinks and hard links in the upper layer.
+    std::os::unix::fs::symlink("Kubefile.orig", m.path("rootfs/Kubefile")).unwrap();
+    assert!(m.read("rootfs/Kubefile").contains("FROM scratch"));
+    std::fs::hard_link(m.path("rootfs/imageList"), m.path("rootfs/imageList.link")).unwrap();
+    assert_eq!(m.read("rootfs/imageList.link"), m.read("rootfs/imageList"));
+    // Writes into a cache-backed folder.
+    std::fs::write(m.path("amd64/bin/extra-tool"), b"#!/bin/sh\n").unwrap();
+    assert!(m.path("amd64/bin/kubeadm").is_file());
+
+    drop(m);
+    assert_eq!(fingerprint(cache), before, "the cache changed");
+    assert_eq!(
+        fingerprint(&repo().join("contexts")),
+        contexts_before,
+        "the contexts changed"
+    );
+    assert!(
+        upper.join("amd64/bin/extra-tool").is_file(),
+        "changes are kept in --upper"
+    );
+}
+
+#[test]
+fn chmod_of_a_large_cached_file_copies_no_data() {
+    let cache = scratch("big-cache");
+    let out = std::process::Command::new("bash")
+        .arg(repo().join("scripts/demo-cache.sh"))
+        .arg(&cache)
+        .arg("v1.23.4")
+        .env("DEMO_CACHE_BIG_MB", "64")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let upper = scratch("upper");
+    let m = Mount::with_cache(
+        &cache,
+        &[
+            "--k8s",
+            "v1.23.4",
+            "--arch",
+            "amd64",
+            "--upper",
+            upper.to_str().unwrap(),
+        ],
+    );
+    let blob = m.path("amd64/bin/bigblob");
+    let original = std::fs::read(cache.join("oss/amd64/bin/bigblob")).unwrap();
+    sh(&format!(
+        "chmod 0700 '{}' && touch -d @1700000000 '{}'",
+        blob.display(),
+        blob.display()
+    ));
+    let meta = std::fs::metadata(&blob).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+    assert_eq!(meta.mtime(), 1_700_000_000);
+    assert_eq!(meta.len(), original.len() as u64);
+    assert!(
+        std::fs::read(&blob).unwrap() == original,
+        "bytes changed by chmod"
+    );
+    assert!(
+        du_kib(&upper) < 256,
+        "chmod copied data: upper uses {} KiB",
+        du_kib(&upper)
+    );
+    // The first write copies the bytes up, once; the inode number stays.
+    let ino = meta.ino();
+    let f = std::fs::OpenOptions::new().write(true).open(&blob).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, b"XYZ", 10).unwrap();
+    drop(f);
+    let after = std::fs::read(&blob).unwrap();
+    assert_eq!(&after[10..13], b"XYZ");
+    assert_eq!(&after[13..], &original[13..]);
+    assert_eq!(std::fs::metadata(&blob).unwrap().ino(), ino);
+    assert_eq!(
+        std::fs::metadata(&blob).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert!(
+        std::fs::read(cache.join("oss/amd64/bin/bigblob")).unwrap() == original,
+        "the cache changed"
+    );
+}
+
+#[test]
+fn upper_persists_across_mounts() {
+    let upper = scratch("upper");
+    let u = upper.to_str().unwrap();
+    {
+        let m = Mount::new(&["--k8s", "v1.23.4", "--upper", u]);
+        std::fs::write(m.path("rootfs/notes.txt"), b"kept").unwrap();
+        std::fs::remove_file(m.path("rootfs/imageList")).unwrap();
+        sh(&format!(
+            "chmod 600 '{}'",
+            m.path("rootfs/etc/kubelet.service").display()
+        ));
+    }
+    let m = Mount::new(&["--k8s", "v1.23.4", "--upper", u]);
+    assert_eq!(m.read("rootfs/notes.txt"), "kept");
+    assert!(!m.path("rootfs/imageList").exists());
+    let mode = std::fs::metadata(m.path("rootfs/etc/kubelet.service"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert!(m.read("rootfs/etc/kubelet.service").contains("[Unit]"));
+}
+
+#[test]
+fn scratch_upper_is_removed_at_unmount() {
+    let tmpdir = scratch("tmpdir");
+    let m = Mount::with_env(demo_cache(), &["--k8s", "v1.23.4"], &[("TMPDIR", &tmpdir)]);
+    std::fs::write(m.path("rootfs/scratch.txt"), b"temporary").unwrap();
+    assert_eq!(
+        std::fs::read_dir(&tmpdir).unwrap().count(),
+        1,
+        "no scratch upper in TMPDIR"
+    );
+    let dir: PathBuf = m.dir.clone();
+    let out = run(&["umount", dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert!(!is_mounted(&dir));
+    let start = std::time::Instant::now();
+    while std::fs::read_dir(&tmpdir).unwrap().count() > 0 {
+        assert!(start.elapsed().as_secs() < 10, "scratch upper left behind");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn posix_corner_cases() {
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let f = m.path("rootfs/new.txt");
+    // O_EXCL on an existing name, O_TRUNC, append, fsync, fallocate.
+    std::fs::write(&f, b"0123456789").unwrap();
+    let excl = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&f);
+    assert_eq!(excl.unwrap_err().raw_os_error(), Some(libc::EEXIST));
+    let mut a = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+    std::io::Write::write_all(&mut a, b"AB").unwrap();
+    a.sync_all().unwrap();
+    drop(a);
+    assert_eq!(m.read("rootfs/new.txt"), "0123456789AB");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&f)
+        .unwrap();
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 0);
+    sh(&format!("fallocate -l 1M '{}'", f.display()));
+    assert_eq!(std::fs::metadata(&f).unwrap().len(), 1 << 20);
+    // Truncating a lower file copies it up and cuts it.
+    sh(&format!(
+        "truncate -s 5 '{}'",
+        m.path("rootfs/Kubefile").display()
+    ));
+    assert_eq!(m.read("rootfs/Kubefile").len(), 5);
+    // rename(2) with RENAME_NOREPLACE, and over an existing file.
+    std::fs::write(m.path("rootfs/a"), b"a").unwrap();
+    std::fs::write(m.path("rootfs/b"), b"b").unwrap();
+    let noreplace = sh(&format!(
+        "mv -n '{}' '{}'; cat '{}'",
+        m.path("rootfs/a").display(),
+        m.path("rootfs/b").display(),
+        m.path("rootfs/b").display()
+    ));
+    assert_eq!(noreplace, "b");
+    std::fs::rename(m.path("rootfs/a"), m.path("rootfs/b")).unwrap();
+    assert_eq!(m.read("rootfs/b"), "a");
+    // Folder semantics.
+    assert_eq!(
+        std::fs::remove_dir(m.path("rootfs/etc"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTEMPTY)
+    );
+    assert_eq!(
+        std::fs::remove_file(m.path("rootfs/etc"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EISDIR)
+    );
+    // Reserved names, user xattrs on upper files, and provenance still get-only.
+    assert_eq!(
+        std::fs::write(m.path("rootfs/.wh.x"), b"")
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EPERM)
+    );
+    sh(&format!("setfattr -n user.note -v hi '{}'", f.display()));
+    assert_eq!(
+        sh(&format!(
+            "getfattr --only-values -n user.note '{}'",
+            f.display()
+        )),
+        "hi"
+    );
+    let listed = sh(&format!("getfattr -d -m - '{}'", f.display()));
+    assert!(
+        listed.contains("user.note") && !listed.contains("user.rootfs"),
+        "{listed}"
+    );
+    assert!(sh(&format!(
+        "getfattr --only-values -n user.rootfs.source '{}'",
+        f.display()
+    ))
+    .ends_with("rootfs/new.txt"));
+    // Devices cannot be made.
+    assert!(std::process::Command::new("mknod")
+        .arg(m.path("rootfs/dev"))
+        .args(["c", "1", "3"])
+        .status()
+        .map(|s| !s.success())
+        .unwrap());
+}
