@@ -103,7 +103,7 @@ impl MergedTree {
     }
 
     /// The inode's path and node. Nodes that can be out of date (an on-disk contexts
-    /// tree, anything in the upper layer, anything resolved before the last change) are
+    /// tree, files in the upper layer, anything resolved before the last change) are
     /// resolved again; an entry that no longer resolves (unlinked while open) keeps its
     /// last node.
     pub(super) fn inode(&self, ino: u64) -> Result<(Arc<Path>, Arc<Node>), FsError> {
@@ -111,8 +111,10 @@ impl MergedTree {
             .inodes
             .get(ino)
             .ok_or_else(|| fs_err!(ESTALE, "inode {ino} is not known"))?;
+        // Upper files change size and times with every write; folders change shape only
+        // through operations that bump the generation.
         let stale = node.mutable
-            || node.upper != InUpper::No
+            || (node.upper != InUpper::No && node.entry.kind != EntryKind::Dir)
             || (self.ns.upper().is_some()
                 && node.generation != self.generation.load(Ordering::Acquire));
         if !stale {
