@@ -31,6 +31,8 @@ pub enum Command {
         #[arg(long)]
         lazy: bool,
     },
+    /// List the live mounts (or one): parameters, pid, uptime, read path and counters.
+    Status { mountpoint: Option<PathBuf> },
 }
 
 #[derive(Debug, Args)]
@@ -103,7 +105,12 @@ pub struct MountArgs {
     #[arg(short = 'f', long, help_heading = "Daemon")]
     pub foreground: bool,
 
-    /// Let other users read the mount (needs user_allow_other for non-root).
+    /// Recover a stale mount on MOUNTPOINT (its daemon was killed) before mounting.
+    #[arg(long, help_heading = "Daemon")]
+    pub force: bool,
+
+    /// Let other users read the mount (needs user_allow_other for non-root); also turns
+    /// on auto_unmount when fusermount3 is installed.
     #[arg(long, help_heading = "Daemon")]
     pub allow_other: bool,
 

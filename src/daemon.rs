@@ -1,5 +1,14 @@
 //! Daemon lifecycle: mountpoint checks, fork before any thread, a readiness pipe so the
-//! foreground process exits only once the mount answers, signals, and unmounting.
+//! foreground process exits only once the mount answers, signals, the state file
+//! (`crate::state`), `status`, and unmounting.
+//!
+//! `auto_unmount`: fuser implements it only through `fusermount3`, which stays beside
+//! the daemon and unmounts when the daemon dies, and only with `allow_other` (or fuser's
+//! `allow_root`, which also mounts with the kernel's `allow_other` and then filters
+//! users in userspace, letting cached attributes through to everyone). So a mount gets
+//! `auto_unmount` exactly when `--allow-other` is given and `fusermount3` is installed;
+//! without `--allow-other` the kernel keeps other users out, and a daemon killed with
+//! SIGKILL leaves a stale mount that `rootfs-mount umount` or `--force` recovers.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -7,6 +16,7 @@ use std::path::{Path, PathBuf};
 use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::fuse::BuildFs;
+use crate::state::{self, MountDescription, StateFile};
 use crate::sys;
 use crate::tree::MergedTree;
 
@@ -23,6 +33,8 @@ pub struct DaemonOptions {
     pub writable: bool,
     /// A scratch upper layer to remove once unmounted.
     pub scratch_upper: Option<PathBuf>,
+    /// What the mount is made of, for its state file and `status`.
+    pub description: MountDescription,
 }
 
 /// A scratch upper layer in `$TMPDIR` (default /var/tmp: on disk, not in memory, since
@@ -93,14 +105,22 @@ fn mounts() -> Vec<MountInfo> {
         .collect()
 }
 
-/// Checks the mountpoint (SPEC §6) and returns its canonical path.
-pub fn check_mountpoint(path: &Path, sources: &[PathBuf]) -> Result<PathBuf, String> {
+/// Checks the mountpoint (SPEC §6) and returns its canonical path. With `force`, a
+/// stale rootfs-mount mount there (its daemon was killed) is unmounted first; a live
+/// mount is never touched.
+pub fn check_mountpoint(path: &Path, sources: &[PathBuf], force: bool) -> Result<PathBuf, String> {
     let shown = path.display();
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) && force => {
+            umount(path, true)
+                .map_err(|e| format!("cannot recover the stale mount {shown}: {e}"))?;
+            eprintln!("rootfs-mount: unmounted the stale mount on {shown}");
+            return check_mountpoint(path, sources, false);
+        }
         Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
             return Err(format!(
-                "{shown} is a stale mount whose daemon is gone; run `rootfs-mount umount {shown}` first"
+                "{shown} is a stale mount whose daemon is gone; run `rootfs-mount umount {shown}` first, or mount with --force"
             ))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -156,6 +176,22 @@ fn init_logging(filter: &str) {
         .try_init();
 }
 
+/// Whether `name` is an executable file in a folder of `$PATH`.
+fn in_path(name: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join(name))
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    })
+}
+
+/// Whether a mount with these options gets `auto_unmount` (see the module doc).
+pub fn wants_auto_unmount(allow_other: bool) -> bool {
+    allow_other && in_path("fusermount3")
+}
+
 fn session_config(allow_other: bool, writable: bool) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
@@ -175,6 +211,9 @@ fn session_config(allow_other: bool, writable: bool) -> Config {
             .mount_options
             .push(MountOption::CUSTOM("allow_other".into()));
         config.acl = SessionACL::All;
+        if wants_auto_unmount(allow_other) {
+            config.mount_options.push(MountOption::AutoUnmount);
+        }
     }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -264,16 +303,28 @@ fn serve_until_unmounted(
     // Signals are blocked before any thread exists, so only the waiter below takes them.
     let signals = sys::block_termination_signals();
     let config = session_config(options.allow_other, options.writable);
-    let mut session = Session::new(BuildFs::new(tree), mountpoint, &config)
+    let fs = BuildFs::new(tree);
+    let stats = fs.stats();
+    let mut session = Session::new(fs, mountpoint, &config)
         .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
+    let state = publish_state(mountpoint, options, stats);
     let shown = mountpoint.display().to_string();
+    let point = mountpoint.to_path_buf();
+    let auto_unmount = config.mount_options.contains(&MountOption::AutoUnmount);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let signal = sys::wait_for_signal(&signals);
             tracing::info!(signal, mountpoint = %shown, "unmounting on signal");
-            if let Err(e) = unmounter.unmount() {
+            // fuser leaves an auto_unmount mount to fusermount3, which unmounts only
+            // once the daemon is dead: a live daemon unmounts it itself.
+            let result = if auto_unmount {
+                umount(&point, false)
+            } else {
+                unmounter.unmount().map_err(|e| e.to_string())
+            };
+            if let Err(e) = result {
                 tracing::error!(error = %e, "unmount failed");
             }
         })
@@ -282,11 +333,95 @@ fn serve_until_unmounted(
     if let Some(mut pipe) = ready.and_then(Option::take) {
         let _ = pipe.write_all(b"ready\n");
     }
-    session
-        .run()
-        .map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+    let served = session.run();
+    if let Some(state) = state {
+        state.remove();
+    }
+    served.map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
+}
+
+/// Writes the state file of this mount and starts the thread that refreshes its
+/// counters. A mount without a state file still serves: the failure is logged.
+fn publish_state(
+    mountpoint: &Path,
+    options: &DaemonOptions,
+    stats: std::sync::Arc<crate::fuse::Stats>,
+) -> Option<std::sync::Arc<StateFile>> {
+    let file = match StateFile::create(mountpoint, options.description.clone()) {
+        Ok(f) => std::sync::Arc::new(f),
+        Err(e) => {
+            tracing::warn!(error = %e, "no state file: `rootfs-mount status` will not list this mount");
+            return None;
+        }
+    };
+    tracing::debug!(path = %file.path().display(), "state file written");
+    let refreshed = file.clone();
+    let spawned = std::thread::Builder::new()
+        .name("state".into())
+        .spawn(move || loop {
+            std::thread::sleep(state::REFRESH);
+            if let Err(e) = refreshed.refresh(stats.snapshot()) {
+                tracing::debug!(error = %e, "refreshing the state file");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no state refresh thread: counters in `status` stay at zero");
+    }
+    Some(file)
+}
+
+/// `rootfs-mount status [MOUNT]`: the live mounts with their parameters and counters,
+/// and the rootfs-mount mounts of this mount namespace whose daemon is gone.
+pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
+    let live = state::live_mounts();
+    let ours: Vec<PathBuf> = mounts()
+        .into_iter()
+        .filter(|m| m.source == FS_NAME)
+        .map(|m| m.point)
+        .collect();
+    let now = state::now_secs();
+    let other = |point: &Path| -> String {
+        let shown = point.display();
+        match std::fs::metadata(point) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
+                format!("{shown}\n  stale: its daemon is gone; run `rootfs-mount umount {shown}`\n")
+            }
+            _ => {
+                format!("{shown}\n  daemon: not known (another user's mount, or no state folder)\n")
+            }
+        }
+    };
+    if let Some(path) = mountpoint {
+        let target = std::fs::canonicalize(path)
+            .or_else(|_| std::path::absolute(path))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(record) = live.iter().find(|r| r.mountpoint == target) {
+            return Ok(record.describe(now));
+        }
+        if ours.contains(&target) {
+            // Not live: say why, on stderr with a non-zero exit.
+            let text = other(&target);
+            let why = text.lines().nth(1).unwrap_or_default().trim();
+            return Err(format!("{}: {why}", path.display()));
+        }
+        return Err(format!("{} is not a rootfs-mount mount", path.display()));
+    }
+    let mut out = String::new();
+    for record in &live {
+        out.push_str(&record.describe(now));
+    }
+    for point in ours
+        .iter()
+        .filter(|p| !live.iter().any(|r| &r.mountpoint == *p))
+    {
+        out.push_str(&other(point));
+    }
+    if out.is_empty() {
+        out.push_str("no rootfs-mount mounts\n");
+    }
+    Ok(out)
 }
 
 /// `rootfs-mount umount MOUNT`: unmounts one of our mounts, stale ones included.

@@ -2,13 +2,15 @@
 //! FUSE as a union of layers, with templated files rendered on read.
 //!
 //! Core (no FUSE): [`layers`], [`tree`], [`versions`], [`render`], [`layout`].
-//! Adapter: [`fuse`]. Lifecycle: [`daemon`]. All `unsafe` code is in `sys`.
+//! Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files, `status`). All
+//! `unsafe` code is in `sys`.
 
 pub mod daemon;
 pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod render;
+pub mod state;
 pub mod sys;
 pub mod tree;
 pub mod upper;

@@ -1,4 +1,4 @@
-//! `rootfs-mount`: parse, then mount or unmount.
+//! `rootfs-mount`: parse, then mount, unmount or show status.
 
 mod cli;
 
@@ -11,12 +11,18 @@ use rootfs_mount::daemon::{self, DaemonOptions};
 use std::sync::Arc;
 
 use rootfs_mount::layout::{self, Upper};
+use rootfs_mount::state::MountDescription;
 use rootfs_mount::tree::MergedTree;
 use rootfs_mount::upper::UpperDir;
 
 fn run(cli: Cli) -> Result<(), String> {
-    if let Some(Command::Umount { mountpoint, lazy }) = cli.command {
-        return daemon::umount(&mountpoint, lazy);
+    match cli.command {
+        Some(Command::Umount { mountpoint, lazy }) => return daemon::umount(&mountpoint, lazy),
+        Some(Command::Status { mountpoint }) => {
+            print!("{}", daemon::status(mountpoint.as_deref())?);
+            return Ok(());
+        }
+        None => {}
     }
     let args = cli.mount;
     let params = args.params()?;
@@ -26,7 +32,7 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Upper::Kept(dir) = &params.upper {
         roots.push(dir.clone());
     }
-    let mountpoint = daemon::check_mountpoint(&mountpoint, &roots)?;
+    let mountpoint = daemon::check_mountpoint(&mountpoint, &roots, args.force)?;
     let build = layout::plan(&params)?;
     daemon::check_fuse_device()?;
     let (upper_dir, scratch) = match &params.upper {
@@ -36,6 +42,22 @@ fn run(cli: Cli) -> Result<(), String> {
             let dir = daemon::make_scratch_upper()?;
             (Some(dir.clone()), Some(dir))
         }
+    };
+    let description = MountDescription {
+        version: build.profile.version.to_string(),
+        cri: build.profile.cri.clone(),
+        cni: build
+            .profile
+            .cni
+            .as_ref()
+            .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
+        arches: params.arches.clone(),
+        cache: params.cache.clone(),
+        contexts: params.contexts.clone(),
+        registry_data: params.registry_dir(),
+        upper: upper_dir.clone(),
+        allow_other: args.allow_other,
+        auto_unmount: daemon::wants_auto_unmount(args.allow_other),
     };
     let namespace = match &upper_dir {
         Some(dir) => {
@@ -59,6 +81,7 @@ fn run(cli: Cli) -> Result<(), String> {
         log_file: args.log_file.clone(),
         writable: upper_dir.is_some(),
         scratch_upper: scratch,
+        description,
     };
     daemon::mount(tree, &mountpoint, &options)
 }

@@ -245,3 +245,157 @@ fn foreground_mode_serves_until_signalled() {
     assert!(status.success(), "{status:?}");
     assert!(!is_mounted(&mp));
 }
+
+/// `rootfs-mount status MOUNT`, as `key: value` pairs.
+fn status_of(mountpoint: &Path) -> std::collections::BTreeMap<String, String> {
+    let out = run(&["status", mountpoint.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[test]
+fn status_lists_parameters_pid_and_counters_and_state_is_removed_at_unmount() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--arch", "amd64", "--cni", "none"]);
+    let pid = daemon_pid(&m.dir);
+    let kubefile = m.read("rootfs/Kubefile");
+    let s = status_of(&m.dir);
+    assert_eq!(s["pid"], pid.to_string());
+    assert_eq!(s["version"], "v1.23.4");
+    assert_eq!(s["cri"], "docker");
+    assert_eq!(s["cni"], "none");
+    assert_eq!(s["arches"], "amd64");
+    assert_eq!(s["cache"], demo_cache().to_str().unwrap());
+    assert_eq!(s["contexts"], "embedded");
+    assert_eq!(s["read path"], "userspace");
+    assert_eq!(s["allow other"], "no");
+    assert!(s["uptime"].ends_with('s'), "{s:?}");
+    // Counters are published within a second.
+    wait_until("counters", || {
+        let s = status_of(&m.dir);
+        s["bytes read"].parse::<usize>().unwrap() >= kubefile.len()
+            && s["requests"].parse::<u64>().unwrap() > 0
+    });
+    assert_eq!(status_of(&m.dir)["errors"], "0");
+    let all = run(&["status"]);
+    assert!(String::from_utf8_lossy(&all.stdout).contains(m.dir.to_str().unwrap()));
+    let state = Path::new("/run/rootfs-mount").join(format!("{pid}.state"));
+    assert!(state.exists(), "{} missing", state.display());
+
+    let out = run(&["umount", m.dir.to_str().unwrap()]);
+    assert!(out.status.success());
+    wait_until("state file removal", || !state.exists());
+    let out = run(&["status", m.dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a rootfs-mount mount"));
+}
+
+#[test]
+fn stale_state_files_are_ignored_and_removed() {
+    let dir = Path::new("/run/rootfs-mount");
+    std::fs::create_dir_all(dir).unwrap();
+    // No process has this pid (above pid_max); a reused pid is caught by its start time.
+    let stale = dir.join("2147483647.state");
+    std::fs::write(
+        &stale,
+        "pid=2147483647\nstart_ticks=1\nmountpoint=/nonexistent/stale-test\nversion=v1.23.4\n",
+    )
+    .unwrap();
+    let me = std::process::id();
+    let reused = dir.join(format!("{me}.state"));
+    std::fs::write(
+        &reused,
+        format!("pid={me}\nstart_ticks=1\nmountpoint=/nonexistent/reused-test\n"),
+    )
+    .unwrap();
+    let out = run(&["status"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !text.contains("stale-test") && !text.contains("reused-test"),
+        "{text}"
+    );
+    assert!(
+        !stale.exists() && !reused.exists(),
+        "stale state files kept"
+    );
+}
+
+#[test]
+fn force_recovers_a_stale_mountpoint() {
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let pid = daemon_pid(&m.dir);
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until("daemon exit", || {
+        !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    let out = run(&["status", m.dir.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stale"));
+    let cache = demo_cache().to_str().unwrap().to_string();
+    let mp = m.dir.to_str().unwrap();
+    let out = run(&[mp, "--k8s", "v1.23.4", "--cache", &cache, "--force"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(m.path("rootfs/Kubefile").exists());
+    assert_ne!(daemon_pid(&m.dir), pid);
+    // --force never touches a live mount.
+    let out = run(&[mp, "--k8s", "v1.23.4", "--cache", &cache, "--force"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already a mount point"));
+    assert!(m.path("rootfs/Kubefile").exists());
+}
+
+#[test]
+fn allow_other_mounts_unmount_themselves_when_the_daemon_is_killed() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--allow-other"]);
+    assert_eq!(status_of(&m.dir)["auto unmount"], "yes");
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = info
+        .lines()
+        .find(|l| l.split(' ').nth(4) == m.dir.to_str())
+        .expect("mount in mountinfo");
+    for option in [
+        "ro",
+        "nosuid",
+        "nodev",
+        "default_permissions",
+        "allow_other",
+    ] {
+        assert!(
+            line.split([' ', ',']).any(|o| o == option),
+            "{option} missing: {line}"
+        );
+    }
+    let pid = daemon_pid(&m.dir);
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_until("auto unmount", || !is_mounted(&m.dir));
+}
+
+#[test]
+fn allow_other_mounts_unmount_cleanly_on_sigterm() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--allow-other"]);
+    let pid = daemon_pid(&m.dir);
+    // SAFETY: signalling the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    wait_until("unmount", || !is_mounted(&m.dir));
+    wait_until("daemon exit", || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| s.contains(") Z"))
+            .unwrap_or(true)
+    });
+    assert!(!Path::new(&format!("/run/rootfs-mount/{pid}.state")).exists());
+}

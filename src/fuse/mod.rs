@@ -2,10 +2,14 @@
 //! errnos. No filesystem logic lives here.
 
 mod attr;
+mod stats;
+
+pub use stats::{Counters, ReadPath, Stats};
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::Arc;
 
 use fuser::{
     Errno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
@@ -22,22 +26,33 @@ pub const SOURCE_XATTR: &str = "user.rootfs.source";
 
 pub struct BuildFs {
     tree: MergedTree,
+    stats: Arc<Stats>,
 }
 
 impl BuildFs {
     pub fn new(tree: MergedTree) -> Self {
-        BuildFs { tree }
+        BuildFs {
+            tree,
+            stats: Arc::default(),
+        }
     }
-}
 
-/// The one place errors are logged and turned into an errno.
-fn errno(op: &str, ino: u64, err: FsError) -> Errno {
-    if err.is_expected() {
-        tracing::debug!(op, ino, %err);
-    } else {
-        tracing::warn!(op, ino, %err);
+    /// The counters of this file system (`rootfs-mount status`).
+    pub fn stats(&self) -> Arc<Stats> {
+        self.stats.clone()
     }
-    Errno::from_i32(err.errno)
+
+    /// The one place errors are logged, counted and turned into an errno. Faults (not
+    /// the expected answers such as ENOENT) are logged as warnings and counted.
+    fn errno(&self, op: &str, ino: u64, err: FsError) -> Errno {
+        if err.is_expected() {
+            tracing::debug!(op, ino, %err);
+        } else {
+            self.stats.error();
+            tracing::warn!(op, ino, %err);
+        }
+        Errno::from_i32(err.errno)
+    }
 }
 
 /// Answers a size probe (`size == 0`) or the value, or ERANGE when it does not fit.
@@ -74,31 +89,36 @@ impl Filesystem for BuildFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.stats.request();
         match self.tree.lookup(parent.0, name) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
-            Err(e) => reply.error(errno("lookup", parent.0, e)),
+            Err(e) => reply.error(self.errno("lookup", parent.0, e)),
         }
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.stats.request();
         self.tree.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.stats.request();
         match self.tree.getattr(ino.0) {
             Ok(node) => reply.attr(&ttl(&node), &file_attr(ino.0, &node)),
-            Err(e) => reply.error(errno("getattr", ino.0, e)),
+            Err(e) => reply.error(self.errno("getattr", ino.0, e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        self.stats.request();
         match self.tree.readlink(ino.0) {
             Ok(target) => reply.data(target.as_os_str().as_bytes()),
-            Err(e) => reply.error(errno("readlink", ino.0, e)),
+            Err(e) => reply.error(self.errno("readlink", ino.0, e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.request();
         let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if writes {
             if !self.tree.is_writable() {
@@ -106,13 +126,13 @@ impl Filesystem for BuildFs {
             }
             return match self.tree.open_for_write(ino.0, flags.0) {
                 Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(errno("open", ino.0, e)),
+                Err(e) => reply.error(self.errno("open", ino.0, e)),
             };
         }
         match self.tree.open(ino.0) {
             // Content never changes while a file is open: keep the page cache across opens.
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(errno("open", ino.0, e)),
+            Err(e) => reply.error(self.errno("open", ino.0, e)),
         }
     }
 
@@ -127,9 +147,13 @@ impl Filesystem for BuildFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
+        self.stats.request();
         match self.tree.read(fh.0, offset, size) {
-            Ok(data) => reply.data(&data),
-            Err(e) => reply.error(errno("read", ino.0, e)),
+            Ok(data) => {
+                self.stats.read(data.len());
+                reply.data(&data)
+            }
+            Err(e) => reply.error(self.errno("read", ino.0, e)),
         }
     }
 
@@ -143,14 +167,16 @@ impl Filesystem for BuildFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         self.tree.release(fh.0);
         reply.ok();
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.stats.request();
         match self.tree.opendir(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-            Err(e) => reply.error(errno("opendir", ino.0, e)),
+            Err(e) => reply.error(self.errno("opendir", ino.0, e)),
         }
     }
 
@@ -162,9 +188,10 @@ impl Filesystem for BuildFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
+        self.stats.request();
         let items = match self.tree.listing(fh.0) {
             Ok(items) => items,
-            Err(e) => return reply.error(errno("readdir", ino.0, e)),
+            Err(e) => return reply.error(self.errno("readdir", ino.0, e)),
         };
         let dots = [(ino.0, "."), (self.tree.parent_of(ino.0), "..")];
         let dot_entries = dots
@@ -191,9 +218,10 @@ impl Filesystem for BuildFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
+        self.stats.request();
         let items = match self.tree.listing(fh.0) {
             Ok(items) => items,
-            Err(e) => return reply.error(errno("readdirplus", ino.0, e)),
+            Err(e) => return reply.error(self.errno("readdirplus", ino.0, e)),
         };
         // `.` and `..` are not lookups for the kernel; every other entry is one.
         for index in offset as usize..items.len() + 2 {
@@ -252,11 +280,13 @@ impl Filesystem for BuildFs {
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         self.tree.releasedir(fh.0);
         reply.ok();
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
+        self.stats.request();
         match self.tree.statfs() {
             Ok(st) => reply.statfs(
                 st.f_blocks,
@@ -268,11 +298,12 @@ impl Filesystem for BuildFs {
                 255,
                 st.f_frsize as u32,
             ),
-            Err(e) => reply.error(errno("statfs", ino.0, e)),
+            Err(e) => reply.error(self.errno("statfs", ino.0, e)),
         }
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.stats.request();
         let value = if name == SOURCE_XATTR {
             self.tree.source(ino.0).map(String::into_bytes)
         } else {
@@ -280,13 +311,14 @@ impl Filesystem for BuildFs {
         };
         match value {
             Ok(bytes) => xattr_reply(reply, size, &bytes),
-            Err(e) => reply.error(errno("getxattr", ino.0, e)),
+            Err(e) => reply.error(self.errno("getxattr", ino.0, e)),
         }
     }
 
     /// Never lists the provenance attribute: it is get-only, so `tar --xattrs` and image
     /// builders never pack it. Attributes set on upper entries are listed.
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.stats.request();
         match self.tree.listxattr(ino.0) {
             Ok(names) => {
                 let mut bytes = Vec::new();
@@ -296,11 +328,12 @@ impl Filesystem for BuildFs {
                 }
                 xattr_reply(reply, size, &bytes)
             }
-            Err(e) => reply.error(errno("listxattr", ino.0, e)),
+            Err(e) => reply.error(self.errno("listxattr", ino.0, e)),
         }
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
+        self.stats.request();
         if mask.contains(fuser::AccessFlags::W_OK) && !self.tree.is_writable() {
             reply.error(read_only("access"));
         } else {
@@ -326,6 +359,7 @@ impl Filesystem for BuildFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
+        self.stats.request();
         let time = |t: fuser::TimeOrNow| match t {
             fuser::TimeOrNow::SpecificTime(at) => SetTime::At(at),
             fuser::TimeOrNow::Now => SetTime::Now,
@@ -340,7 +374,7 @@ impl Filesystem for BuildFs {
         };
         match self.tree.setattr(ino.0, change) {
             Ok(node) => reply.attr(&ttl(&node), &file_attr(ino.0, &node)),
-            Err(e) => reply.error(errno("setattr", ino.0, e)),
+            Err(e) => reply.error(self.errno("setattr", ino.0, e)),
         }
     }
 
@@ -354,9 +388,10 @@ impl Filesystem for BuildFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.request();
         match self.tree.mknod(parent.0, name, mode, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
-            Err(e) => reply.error(errno("mknod", parent.0, e)),
+            Err(e) => reply.error(self.errno("mknod", parent.0, e)),
         }
     }
 
@@ -369,23 +404,26 @@ impl Filesystem for BuildFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
+        self.stats.request();
         match self.tree.mkdir(parent.0, name, mode, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
-            Err(e) => reply.error(errno("mkdir", parent.0, e)),
+            Err(e) => reply.error(self.errno("mkdir", parent.0, e)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.request();
         match self.tree.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("unlink", parent.0, e)),
+            Err(e) => reply.error(self.errno("unlink", parent.0, e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.request();
         match self.tree.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rmdir", parent.0, e)),
+            Err(e) => reply.error(self.errno("rmdir", parent.0, e)),
         }
     }
 
@@ -397,9 +435,10 @@ impl Filesystem for BuildFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
+        self.stats.request();
         match self.tree.symlink(parent.0, link_name, target, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
-            Err(e) => reply.error(errno("symlink", parent.0, e)),
+            Err(e) => reply.error(self.errno("symlink", parent.0, e)),
         }
     }
 
@@ -413,12 +452,13 @@ impl Filesystem for BuildFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         match self
             .tree
             .rename(parent.0, name, new_parent.0, new_name, flags.bits())
         {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("rename", parent.0, e)),
+            Err(e) => reply.error(self.errno("rename", parent.0, e)),
         }
     }
 
@@ -430,9 +470,10 @@ impl Filesystem for BuildFs {
         new_name: &OsStr,
         reply: ReplyEntry,
     ) {
+        self.stats.request();
         match self.tree.link(ino.0, new_parent.0, new_name) {
             Ok((child, node)) => reply.entry(&ttl(&node), &file_attr(child, &node), Generation(0)),
-            Err(e) => reply.error(errno("link", ino.0, e)),
+            Err(e) => reply.error(self.errno("link", ino.0, e)),
         }
     }
 
@@ -446,6 +487,7 @@ impl Filesystem for BuildFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
+        self.stats.request();
         match self.tree.create(parent.0, name, mode, flags, caller(req)) {
             Ok((ino, node, fh)) => reply.created(
                 &ttl(&node),
@@ -454,7 +496,7 @@ impl Filesystem for BuildFs {
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(errno("create", parent.0, e)),
+            Err(e) => reply.error(self.errno("create", parent.0, e)),
         }
     }
 
@@ -470,9 +512,10 @@ impl Filesystem for BuildFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
+        self.stats.request();
         match self.tree.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
-            Err(e) => reply.error(errno("write", ino.0, e)),
+            Err(e) => reply.error(self.errno("write", ino.0, e)),
         }
     }
 
@@ -484,6 +527,7 @@ impl Filesystem for BuildFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         reply.ok();
     }
 
@@ -495,9 +539,10 @@ impl Filesystem for BuildFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         match self.tree.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fsync", ino.0, e)),
+            Err(e) => reply.error(self.errno("fsync", ino.0, e)),
         }
     }
 
@@ -509,6 +554,7 @@ impl Filesystem for BuildFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         reply.ok();
     }
 
@@ -522,9 +568,10 @@ impl Filesystem for BuildFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         match self.tree.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("fallocate", ino.0, e)),
+            Err(e) => reply.error(self.errno("fallocate", ino.0, e)),
         }
     }
 
@@ -538,16 +585,18 @@ impl Filesystem for BuildFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        self.stats.request();
         match self.tree.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("setxattr", ino.0, e)),
+            Err(e) => reply.error(self.errno("setxattr", ino.0, e)),
         }
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.stats.request();
         match self.tree.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno("removexattr", ino.0, e)),
+            Err(e) => reply.error(self.errno("removexattr", ino.0, e)),
         }
     }
 }
