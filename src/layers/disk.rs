@@ -34,6 +34,9 @@ impl Root {
             .as_ref()
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         if rel.as_os_str().is_empty() {
+            if sys::fstat(fd)?.st_nlink == 0 {
+                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+            }
             return sys::reopen_readonly(fd);
         }
         sys::open_beneath(fd, rel, libc::O_RDONLY).map(File::from)
@@ -147,6 +150,13 @@ impl Layer for DiskTree {
             return Ok(None);
         };
         if rel.as_os_str().is_empty() {
+            // A single-file layer (a kube binary) keeps its file open: once that file is
+            // deleted or replaced in the cache, it is gone from the mount rather than
+            // served from the unlinked copy, as a file in a folder layer would be.
+            let st = sys::fstat(root)?;
+            if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 0 {
+                return Ok(None);
+            }
             return self.entry_of(rel, root).map(Some);
         }
         if self.hidden(rel) {

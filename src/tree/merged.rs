@@ -11,7 +11,7 @@ use dashmap::DashMap;
 
 use super::{FsError, InUpper, InodeTable, Namespace, Node, ROOT_INO};
 use crate::fs_err;
-use crate::layers::{is_plain_name, Content, EntryKind};
+use crate::layers::{is_plain_name, Content, EntryKind, LayerEntry};
 
 /// An open file. Read-only handles of the layers keep the bytes they opened; handles of
 /// the upper layer see every write.
@@ -46,6 +46,29 @@ fn read_at_most(file: &File, offset: u64, want: usize) -> std::io::Result<Vec<u8
     }
     buf.truncate(done);
     Ok(buf)
+}
+
+/// Refuses a backing file that is no longer the one `stat` described (replaced,
+/// rewritten or truncated under the mount): serving it would contradict the size the
+/// kernel and `tar` already have. EIO on that file only; remounting serves the new file.
+fn check_unchanged(file: &File, entry: &LayerEntry, path: &Path) -> Result<(), FsError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = file.metadata()?;
+    let mtime = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(
+            meta.mtime().max(0) as u64,
+            meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+        );
+    if meta.len() != entry.size || mtime != entry.mtime {
+        return Err(fs_err!(
+            EIO,
+            "{} changed under the mount ({} bytes when looked up, {} now); remount to serve it",
+            path.display(),
+            entry.size,
+            meta.len()
+        ));
+    }
+    Ok(())
 }
 
 /// One entry of a folder listing.
@@ -175,6 +198,7 @@ impl MergedTree {
                 if node.upper == InUpper::Yes {
                     OpenFile::Upper(file)
                 } else {
+                    check_unchanged(&file, &node.entry, &f.path())?;
                     OpenFile::Disk {
                         file,
                         size: node.entry.size,
@@ -273,12 +297,22 @@ impl MergedTree {
     }
 
     /// Space and file counts: of the upper layer's file system when the mount is
-    /// writable, else of the cache's with nothing free.
+    /// writable, else of the cache's with nothing free. Without the cache (removed
+    /// while mounted) all counts are zero: `df` keeps answering.
     pub fn statfs(&self) -> Result<libc::statvfs, FsError> {
         if let Some(upper) = self.ns.upper() {
             return Ok(crate::sys::statvfs(upper.path())?);
         }
-        let mut st = crate::sys::statvfs(&self.statfs_path)?;
+        let mut st = match crate::sys::statvfs(&self.statfs_path) {
+            Ok(st) => st,
+            Err(e) => {
+                tracing::debug!(error = %e, path = %self.statfs_path.display(), "statfs of the cache");
+                let mut st = crate::sys::statvfs(Path::new("/"))?;
+                st.f_blocks = 0;
+                st.f_files = 0;
+                st
+            }
+        };
         st.f_bfree = 0;
         st.f_bavail = 0;
         st.f_ffree = 0;

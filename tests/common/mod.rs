@@ -165,3 +165,68 @@ pub fn walk(root: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A private copy of the demo cache, for tests that damage or extend it.
+pub fn own_cache() -> PathBuf {
+    let dir = scratch("own-cache");
+    sh(&format!(
+        "cp -a '{}/.' '{}/'",
+        demo_cache().display(),
+        dir.display()
+    ));
+    dir
+}
+
+/// The pid of the daemon serving `mountpoint`, from `rootfs-mount status`.
+pub fn daemon_pid(mountpoint: &Path) -> u32 {
+    let out = run(&["status", mountpoint.to_str().expect("utf-8 mountpoint")]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("pid:"))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "no daemon for {}: {text}{}",
+                mountpoint.display(),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+}
+
+/// Whether `pid` runs (a zombie does not).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.contains(") Z ") && !s.contains(") X "))
+        .unwrap_or(false)
+}
+
+/// One `key: value` of `rootfs-mount status MOUNT`.
+pub fn status_field(mountpoint: &Path, key: &str) -> String {
+    let out = run(&["status", mountpoint.to_str().expect("utf-8 mountpoint")]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim() == key)
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| panic!("status has no {key}"))
+}
+
+/// The errno of a failed `std::fs` call.
+pub fn errno_of<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
+    result
+        .expect_err("expected an error")
+        .raw_os_error()
+        .expect("an OS error")
+}
+
+/// Waits up to 10 s for `cond`.
+pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
