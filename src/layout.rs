@@ -116,9 +116,8 @@ impl Contexts<'_> {
                 Ok(EmbeddedTree::new(name).map(|t| Box::new(t) as Box<dyn Layer>))
             }
             Contexts::Disk(dir) => {
-                let path = dir.join(name);
-                let tree = DiskTree::open(&path)
-                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let tree = DiskTree::open_in(dir, Path::new(name))
+                    .map_err(|e| format!("cannot read {}: {e}", dir.join(name).display()))?;
                 Ok(tree
                     .exists()
                     .then(|| Box::new(tree.mutable()) as Box<dyn Layer>))
@@ -170,8 +169,12 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     context_layers.push(("rootfs".into(), base));
 
     let mut branches = arch_branches(params, &profile)?;
-    let registry = DiskTree::open(&params.registry_dir())
-        .map_err(|e| format!("cannot read {}: {e}", params.registry_dir().display()))?;
+    // --registry-data is a folder the user named; CACHE/registry is inside the cache.
+    let registry = match &params.registry_data {
+        Some(dir) => DiskTree::open(dir),
+        None => DiskTree::open_in(&params.cache, Path::new("registry")),
+    }
+    .map_err(|e| format!("cannot read {}: {e}", params.registry_dir().display()))?;
     if registry.exists() {
         branches.push(Branch {
             at: "rootfs/registry".into(),
@@ -226,7 +229,8 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
         ));
         wanted.push((format!("{arch}/cri/lib64"), cri_dir.join("lib64"), false));
         for (at, path, required) in wanted {
-            let tree = DiskTree::open(&path)
+            let rel = path.strip_prefix(cache).unwrap_or(&path);
+            let tree = DiskTree::open_in(cache, rel)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
             // Release tarballs in oss/<arch>/bin/ are shown through their members.
             let tree = if at == format!("{arch}/bin") {

@@ -72,6 +72,34 @@ impl DiskTree {
         })
     }
 
+    /// Opens `base/rel` as a layer root, where `base` is a folder the user named (the
+    /// cache, a contexts folder) and `rel` a path of its documented layout. Symlinks on
+    /// the way are followed only while they stay inside `base`: one that leads out is
+    /// refused, so the cache cannot redirect the mount to other files of the host.
+    /// A missing root gives an empty layer.
+    pub fn open_in(base: &Path, rel: &Path) -> io::Result<Self> {
+        let path = base.join(rel);
+        let fd = match sys::open_path(base).and_then(|b| sys::open_path_beneath(&b, rel)) {
+            Ok(fd) => Some(fd),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => None,
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EXDEV) | Some(libc::ELOOP)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!(
+                        "a symlink on the way leads out of {}; the mount never follows those",
+                        base.display()
+                    ),
+                ))
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(DiskTree {
+            root: Arc::new(Root { path, fd }),
+            hide_suffix: None,
+            mutable: false,
+        })
+    }
+
     pub fn hiding_suffix(mut self, suffix: &'static str) -> Self {
         self.hide_suffix = Some(suffix);
         self

@@ -47,6 +47,32 @@ pub fn open_beneath(dir: &impl AsRawFd, rel: &Path, flags: libc::c_int) -> io::R
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
+/// Opens `rel` beneath the folder `dir` with `O_PATH`, following symlinks only while they
+/// stay beneath `dir` (`RESOLVE_BENEATH`): an absolute symlink or one that climbs out
+/// fails with `EXDEV`. For layer roots inside the cache or a contexts folder.
+pub fn open_path_beneath(dir: &impl AsRawFd, rel: &Path) -> io::Result<OwnedFd> {
+    let path = c_path(rel)?;
+    // SAFETY: open_how is plain data; all-zero is its documented default.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
+    // SAFETY: as in `open_beneath`: valid path and open_how, and we own the returned fd.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the syscall succeeded, so `fd` is an open descriptor owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+}
+
 /// Opens `path` with `O_PATH` (following symlinks: a layer root is whatever the user named).
 pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
     let c = c_path(path)?;
