@@ -167,15 +167,14 @@ impl MountArgs {
                 arches.push(arch.to_string());
             }
         }
+        // The domain is written into YAML and TOML configs: host names, IPv4, [IPv6]
+        // and a port only, so it can never break out of the value it is written into.
         let domain = self.registry_domain.trim();
-        if domain.is_empty()
-            || domain.contains(char::is_whitespace)
-            || domain.contains('"')
-            || domain.contains('/')
-        {
+        let host_chars = |c: char| c.is_ascii_alphanumeric() || ".-:[]_".contains(c);
+        if domain.is_empty() || domain.len() > 253 || !domain.chars().all(host_chars) {
             return Err(format!(
-                "invalid --registry-domain {:?}: expected host[:port]",
-                self.registry_domain
+                "invalid --registry-domain {}: expected host[:port]",
+                rootfs_mount::render::quote(&self.registry_domain)
             ));
         }
         let cache = absolute(&self.cache.clone().unwrap_or_else(default_cache))?;

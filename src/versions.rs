@@ -23,7 +23,8 @@ impl KubeVersion {
         match (well_formed, Version::parse(bare)) {
             (true, Ok(v)) => Ok(KubeVersion(v)),
             _ => Err(format!(
-                "invalid Kubernetes version {text:?}: expected vMAJOR.MINOR.PATCH, e.g. v1.23.4"
+                "invalid Kubernetes version {}: expected vMAJOR.MINOR.PATCH, e.g. v1.23.4",
+                crate::render::quote(text)
             )),
         }
     }

@@ -13,6 +13,10 @@ use crate::render::{render, TemplateError, Vars};
 
 const SUFFIX: &[u8] = b".in";
 
+/// Templates are rendered into memory whole: a config template is kilobytes, so a
+/// bigger one is a mistake (or hostile) and refuses the mount instead of eating memory.
+pub const MAX_TEMPLATE_BYTES: u64 = 16 << 20;
+
 /// A rendering, remembered with the identity of the template it came from so that an
 /// edited on-disk template is rendered again.
 struct Rendering {
@@ -90,6 +94,17 @@ impl TemplatedTree {
 
     fn render_fresh(&self, template: &LayerEntry) -> Result<Vec<u8>, TemplateError> {
         let file = label(&template.source);
+        if template.size > MAX_TEMPLATE_BYTES {
+            return Err(TemplateError {
+                file,
+                line: 0,
+                message: format!(
+                    "template is {} bytes; build-time templates are limited to {} MiB",
+                    template.size,
+                    MAX_TEMPLATE_BYTES >> 20
+                ),
+            });
+        }
         let src = read_all(template).map_err(|e| TemplateError {
             file: file.clone(),
             line: 0,

@@ -2,7 +2,7 @@
 
 pub mod template;
 
-pub use template::{render, TemplateError, Value, Vars};
+pub use template::{quote, render, TemplateError, Value, Vars};
 
 use crate::versions::Profile;
 

@@ -33,6 +33,16 @@ impl Value {
 /// The variables a template may use.
 pub type Vars = BTreeMap<String, Value>;
 
+/// `text` quoted and escaped for a one-line error message, cut after 60 characters so
+/// that hostile input (a binary file, a megabyte-long line) cannot flood the message.
+pub fn quote(text: &str) -> String {
+    const MAX: usize = 60;
+    match text.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{:?}...", &text[..cut]),
+        None => format!("{text:?}"),
+    }
+}
+
 /// A template that cannot be rendered, located at `file:line`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TemplateError {
@@ -106,7 +116,12 @@ pub fn render(file: &str, src: &[u8], vars: &Vars) -> Result<Vec<u8>, TemplateEr
                         return Err(err(line_no, "#@end without #@if".into()));
                     }
                 }
-                other => return Err(err(line_no, format!("unknown directive #@{other}"))),
+                other => {
+                    return Err(err(
+                        line_no,
+                        format!("unknown directive #@{}", quote(other)),
+                    ))
+                }
             }
             continue;
         }
@@ -131,7 +146,7 @@ fn trim_start(line: &[u8]) -> &[u8] {
 
 fn lookup<'a>(name: &str, vars: &'a Vars) -> Result<&'a Value, String> {
     vars.get(name)
-        .ok_or_else(|| format!("unknown variable {name:?}"))
+        .ok_or_else(|| format!("unknown variable {}", quote(name)))
 }
 
 /// `name`, `!name`, `name == "text"`, `name != "text"`.
@@ -146,7 +161,7 @@ fn eval(expr: &str, vars: &Vars) -> Result<bool, String> {
             let literal = literal
                 .strip_prefix('"')
                 .and_then(|l| l.strip_suffix('"'))
-                .ok_or_else(|| format!("expected a quoted string after {op} in {expr:?}"))?;
+                .ok_or_else(|| format!("expected a quoted string after {op} in {}", quote(expr)))?;
             check_name(name)?;
             return Ok((lookup(name, vars)?.text() == literal) == equal);
         }
@@ -163,7 +178,7 @@ fn check_name(name: &str) -> Result<(), String> {
     if !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         Ok(())
     } else {
-        Err(format!("bad variable name {name:?}"))
+        Err(format!("bad variable name {}", quote(name)))
     }
 }
 
