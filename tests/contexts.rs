@@ -16,6 +16,7 @@ fn shell_scripts_pass_bash_n_and_shellcheck() {
         .map(|p| repo().join("contexts").join(p))
         .collect();
     scripts.push(repo().join("scripts/demo-cache.sh"));
+    scripts.push(repo().join("scripts/soak.sh"));
     assert!(scripts.len() >= 10, "found only {} scripts", scripts.len());
     for script in &scripts {
         let out = Command::new("bash").arg("-n").arg(script).output().unwrap();
