@@ -130,8 +130,8 @@ fn reader(
     deadline: Instant,
     tally: &Tally,
 ) -> Result<(), String> {
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id + 1) * 0x1000_0001);
-    let drops_cache = id % 2 == 0;
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ ((id + 1) * 0x1000_0001));
+    let drops_cache = id.is_multiple_of(2);
     while Instant::now() < deadline {
         let (path, want) = &files[rng.below(files.len() as u64) as usize];
         let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;

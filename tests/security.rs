@@ -180,13 +180,17 @@ fn cache_layer_roots_that_lead_out_of_the_cache_are_refused() {
 }
 
 #[test]
-fn the_mount_is_nosuid_nodev_read_only_with_default_permissions() {
-    let m = Mount::new(&["--k8s", "v1.23.4"]);
-    let options = mount_options(&m.dir);
-    for option in ["ro", "nosuid", "nodev", "default_permissions"] {
-        assert!(options.iter().any(|o| o == option), "{option}: {options:?}");
+fn the_mount_is_nosuid_nodev_with_default_permissions() {
+    for (args, rw) in [(&["--read-only"][..], "ro"), (&[][..], "rw")] {
+        let mut full = vec!["--k8s", "v1.23.4"];
+        full.extend_from_slice(args);
+        let m = Mount::new(&full);
+        let options = mount_options(&m.dir);
+        for option in [rw, "nosuid", "nodev", "default_permissions"] {
+            assert!(options.iter().any(|o| o == option), "{option}: {options:?}");
+        }
+        assert!(!options.iter().any(|o| o == "allow_other"), "{options:?}");
     }
-    assert!(!options.iter().any(|o| o == "allow_other"), "{options:?}");
 }
 
 #[test]

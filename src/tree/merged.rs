@@ -51,7 +51,14 @@ fn read_at_most(file: &File, offset: u64, want: usize) -> std::io::Result<Vec<u8
 /// Refuses a backing file that is no longer the one `stat` described (replaced,
 /// rewritten or truncated under the mount): serving it would contradict the size the
 /// kernel and `tar` already have. EIO on that file only; remounting serves the new file.
-fn check_unchanged(file: &File, entry: &LayerEntry, path: &Path) -> Result<(), FsError> {
+/// The mtime is compared only where it is the backing file's own (`same_mtime`): a
+/// metadata-only copy-up keeps its own mtime over the bytes below.
+fn check_unchanged(
+    file: &File,
+    entry: &LayerEntry,
+    path: &Path,
+    same_mtime: bool,
+) -> Result<(), FsError> {
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata()?;
     let mtime = std::time::SystemTime::UNIX_EPOCH
@@ -59,7 +66,7 @@ fn check_unchanged(file: &File, entry: &LayerEntry, path: &Path) -> Result<(), F
             meta.mtime().max(0) as u64,
             meta.mtime_nsec().clamp(0, 999_999_999) as u32,
         );
-    if meta.len() != entry.size || mtime != entry.mtime {
+    if meta.len() != entry.size || (same_mtime && mtime != entry.mtime) {
         return Err(fs_err!(
             EIO,
             "{} changed under the mount ({} bytes when looked up, {} now); remount to serve it",
@@ -198,7 +205,7 @@ impl MergedTree {
                 if node.upper == InUpper::Yes {
                     OpenFile::Upper(file)
                 } else {
-                    check_unchanged(&file, &node.entry, &f.path())?;
+                    check_unchanged(&file, &node.entry, &f.path(), node.upper == InUpper::No)?;
                     OpenFile::Disk {
                         file,
                         size: node.entry.size,
