@@ -1,10 +1,11 @@
 //! rootfs-mount: the merged build directory of a sealer base ClusterImage, served over
 //! FUSE as a union of layers, with templated files rendered on read.
 //!
-//! Core (no FUSE): [`layers`], [`tree`], [`versions`], [`render`], [`layout`].
-//! Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files, `status`). All
-//! `unsafe` code is in `sys`.
+//! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`render`],
+//! [`layout`]. Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files,
+//! `status`). All `unsafe` code is in `sys`.
 
+pub mod archive;
 pub mod daemon;
 pub mod fuse;
 pub mod layers;

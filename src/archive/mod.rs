@@ -1,0 +1,310 @@
+//! Archives served in place (SPEC §4): tar listings and gzip random access, with no
+//! unpacked copy on disk and no whole member in memory.
+//!
+//! - [`tar_listing`]: the members of a tar stream (names, data offsets, sizes, modes).
+//! - [`gzip_index`]: seek points every ~1 MiB of output, so a read anywhere inflates at
+//!   most about one span.
+//! - [`index_file`]: both persisted under `CACHE/index/`, keyed by the archive's
+//!   identity, rebuilt when it changes.
+//! - [`LazyArchive`]: an archive indexed on first need (nothing at mount time), and
+//!   [`ArchiveSlice`]: a range of its decompressed bytes, which is what a file entry
+//!   backed by an archive reads.
+//!
+//! Memory, whatever the archive size: the seek points (32 bytes per MiB of output, i.e.
+//! 32 KiB per GiB) and the tar listing (one entry per member, about 100 bytes plus the
+//! name, at most [`tar_listing::MAX_MEMBERS`] members) of each archive that has been
+//! used, plus up to [`CURSORS_PER_ARCHIVE`] idle inflate cursors per archive (about
+//! 140 KiB each). The windows (32 KiB of output per seek point, stored deflated, about
+//! 3% of the decompressed size) stay in the index file, mapped read-only: page cache,
+//! not daemon memory. Only when the index folder cannot be written are they held in
+//! memory instead (then about 3% of the decompressed size per archive). Building an
+//! index needs about 1 MiB of buffers, whatever the archive.
+
+pub mod gzip_index;
+pub mod index_file;
+pub mod tar_listing;
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use gzip_index::{GzipIndex, InflateCursor, ReadAt, SeekPoint};
+pub use index_file::{ArchiveIdentity, BuildError, IndexOrigin, IndexStore};
+pub use tar_listing::{MemberKind, TarListing, TarMember};
+
+/// Idle inflate cursors kept per archive: sequential readers (and the kernel's
+/// readahead running a little ahead of them) each keep going where they stopped.
+pub const CURSORS_PER_ARCHIVE: usize = 4;
+
+/// An error that has already been logged (once, where it was found): the adapter
+/// answers it without logging it again.
+#[derive(Debug)]
+pub struct ReportedFault(pub String);
+
+impl fmt::Display for ReportedFault {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ReportedFault {}
+
+/// An EIO whose cause was logged already.
+pub fn reported(message: String) -> io::Error {
+    io::Error::other(ReportedFault(message))
+}
+
+/// Whether `e` was made by [`reported`].
+pub fn is_reported(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<ReportedFault>())
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// An archive whose index is ready.
+#[derive(Debug)]
+pub struct IndexedArchive {
+    path: PathBuf,
+    file: File,
+    meta: std::fs::Metadata,
+    identity: ArchiveIdentity,
+    gzip: GzipIndex,
+    listing: Option<TarListing>,
+    cursors: Mutex<Vec<InflateCursor>>,
+    read_fault_logged: AtomicBool,
+}
+
+impl IndexedArchive {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The archive file's own attributes (owner, mode, mtime), as indexed.
+    pub fn metadata(&self) -> &std::fs::Metadata {
+        &self.meta
+    }
+
+    pub fn decompressed_size(&self) -> u64 {
+        self.gzip.decompressed_size()
+    }
+
+    pub fn listing(&self) -> Option<&TarListing> {
+        self.listing.as_ref()
+    }
+
+    pub fn gzip_index(&self) -> &GzipIndex {
+        &self.gzip
+    }
+
+    /// The first read fault is logged; later ones are answered quietly.
+    fn read_fault(&self, message: String) -> io::Error {
+        if !self.read_fault_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(archive = %self.path.display(), error = %message, "cannot read the archive; its entries give EIO");
+        }
+        reported(format!("{}: {message}", self.path.display()))
+    }
+
+    /// EIO when the archive file was changed in place since it was indexed (a file
+    /// replaced by a rename is fine: the open file is still the indexed one).
+    pub fn check_unchanged(&self) -> io::Result<()> {
+        let meta = self
+            .file
+            .metadata()
+            .map_err(|e| self.read_fault(e.to_string()))?;
+        if self.identity.same_stat(&meta) {
+            Ok(())
+        } else {
+            Err(self.read_fault(
+                "the archive changed since it was indexed; remount to see the new one".into(),
+            ))
+        }
+    }
+
+    fn take_cursor(&self, pos: u64) -> io::Result<InflateCursor> {
+        let mut idle = lock(&self.cursors);
+        let best = idle
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                gzip_index::cursor_distance(&self.gzip, c.position(), pos).map(|d| (d, i))
+            })
+            .min();
+        match best {
+            Some((_, i)) => Ok(idle.remove(i)),
+            // None goes on from here: reuse the least recently used one.
+            None if !idle.is_empty() => Ok(idle.remove(0)),
+            None => {
+                drop(idle);
+                InflateCursor::new()
+            }
+        }
+    }
+
+    fn return_cursor(&self, cursor: InflateCursor) {
+        let mut idle = lock(&self.cursors);
+        if idle.len() >= CURSORS_PER_ARCHIVE {
+            idle.remove(0);
+        }
+        idle.push(cursor);
+    }
+
+    /// Reads decompressed bytes at `pos`; fills `buf` unless the stream ends first.
+    pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let mut cursor = self
+            .take_cursor(pos)
+            .map_err(|e| self.read_fault(e.to_string()))?;
+        match self.gzip.read_at(&self.file, &mut cursor, pos, buf) {
+            Ok(n) => {
+                self.return_cursor(cursor);
+                Ok(n)
+            }
+            Err(e) => Err(self.read_fault(e.to_string())),
+        }
+    }
+}
+
+/// Why an archive cannot be served; what was listed before the fault comes along.
+#[derive(Debug)]
+pub struct ArchiveFault {
+    pub message: String,
+    pub partial: Option<TarListing>,
+}
+
+type Opener = Box<dyn Fn() -> io::Result<File> + Send + Sync>;
+
+/// An archive indexed on first need. A fault is logged once and remembered: the
+/// archive's entries give EIO until the next mount.
+pub struct LazyArchive {
+    path: PathBuf,
+    open: Opener,
+    store: Arc<IndexStore>,
+    with_listing: bool,
+    state: Mutex<Option<Result<Arc<IndexedArchive>, Arc<ArchiveFault>>>>,
+}
+
+impl fmt::Debug for LazyArchive {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LazyArchive")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LazyArchive {
+    /// The archive at `path` (for messages and the index key), opened by `open`;
+    /// `with_listing` for a tarball whose members are listed.
+    pub fn new(path: PathBuf, open: Opener, store: Arc<IndexStore>, with_listing: bool) -> Self {
+        LazyArchive {
+            path,
+            open,
+            store,
+            with_listing,
+            state: Mutex::new(None),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The indexed archive, indexing it now if this is the first need. Concurrent
+    /// callers wait for the one that indexes.
+    pub fn get(&self) -> Result<Arc<IndexedArchive>, Arc<ArchiveFault>> {
+        let mut state = lock(&self.state);
+        if let Some(done) = &*state {
+            return done.clone();
+        }
+        let result = self.load();
+        match &result {
+            Ok(a) => {
+                if let Some(l) = a.listing.as_ref().filter(|l| l.refused > 0) {
+                    let examples: Vec<String> = l
+                        .refused_examples
+                        .iter()
+                        .map(|r| format!("{:?} ({})", r.name, r.reason))
+                        .collect();
+                    tracing::warn!(
+                        archive = %self.path.display(),
+                        refused = l.refused,
+                        examples = %examples.join(", "),
+                        "members refused: absolute or `..` names, or hard links to nothing"
+                    );
+                }
+            }
+            Err(f) => tracing::warn!(
+                archive = %self.path.display(),
+                error = %f.message,
+                "corrupt archive: its entries give EIO"
+            ),
+        }
+        *state = Some(result.clone());
+        result
+    }
+
+    fn load(&self) -> Result<Arc<IndexedArchive>, Arc<ArchiveFault>> {
+        let fault = |message: String, partial: Option<TarListing>| {
+            Arc::new(ArchiveFault { message, partial })
+        };
+        let file = (self.open)().map_err(|e| fault(format!("opening the archive: {e}"), None))?;
+        let meta = file
+            .metadata()
+            .map_err(|e| fault(format!("stat of the archive: {e}"), None))?;
+        let started = std::time::Instant::now();
+        let (index, origin) = self
+            .store
+            .load_or_build(&self.path, &file, self.with_listing)
+            .map_err(|e| match e {
+                BuildError::Archive { message, partial } => fault(message, partial),
+                BuildError::Sink(e) => fault(format!("building the index: {e}"), None),
+            })?;
+        tracing::info!(
+            archive = %self.path.display(),
+            ?origin,
+            size = index.gzip.decompressed_size(),
+            points = index.gzip.points().len(),
+            millis = started.elapsed().as_millis() as u64,
+            "archive index ready"
+        );
+        Ok(Arc::new(IndexedArchive {
+            path: self.path.clone(),
+            file,
+            meta,
+            identity: index.identity,
+            gzip: index.gzip,
+            listing: index.listing,
+            cursors: Mutex::new(Vec::new()),
+            read_fault_logged: AtomicBool::new(false),
+        }))
+    }
+}
+
+/// A range of an archive's decompressed bytes: a tar member, or the whole stream.
+#[derive(Clone, Debug)]
+pub struct ArchiveSlice {
+    pub archive: Arc<IndexedArchive>,
+    pub start: u64,
+    pub len: u64,
+}
+
+impl ArchiveSlice {
+    /// Up to `size` bytes at `offset` of the slice (fewer only at its end).
+    pub fn read(&self, offset: u64, size: usize) -> io::Result<Vec<u8>> {
+        let want = (size as u64).min(self.len.saturating_sub(offset)) as usize;
+        let mut buf = vec![0u8; want];
+        let n = self.archive.read_at(self.start + offset, &mut buf)?;
+        if n < want {
+            return Err(self
+                .archive
+                .read_fault("the decompressed stream is shorter than its index says".into()));
+        }
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests;
