@@ -83,6 +83,10 @@ pub struct MountArgs {
     #[arg(long, value_name = "DIR", help_heading = "Sources")]
     pub registry_data: Option<PathBuf>,
 
+    /// Where gzip seek indexes of the archives are kept [default: CACHE/index].
+    #[arg(long, value_name = "DIR", help_heading = "Sources")]
+    pub index_dir: Option<PathBuf>,
+
     /// Mount even when cache entries the tree needs are missing.
     #[arg(long, help_heading = "Sources")]
     pub allow_missing: bool,
@@ -187,6 +191,7 @@ impl MountArgs {
             contexts: self.contexts.as_deref().map(absolute).transpose()?,
             registry_domain: domain.to_string(),
             registry_data: self.registry_data.as_deref().map(absolute).transpose()?,
+            index_dir: self.index_dir.as_deref().map(absolute).transpose()?,
             allow_missing: self.allow_missing,
             upper: if self.read_only {
                 Upper::None

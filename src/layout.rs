@@ -4,7 +4,11 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::layers::{embedded_file, DiskTree, EmbeddedTree, EmptyDir, Layer, TemplatedTree};
+use crate::archive::IndexStore;
+use crate::layers::{
+    embedded_file, DiskTree, EmbeddedTree, EmptyDir, GunzippedFile, Layer, TarballMembers,
+    TemplatedTree,
+};
 use crate::render::template_vars;
 use crate::tree::{Branch, Namespace};
 use crate::versions::{KubeVersion, Profile, VersionFacts};
@@ -30,6 +34,8 @@ pub struct MountParams {
     pub registry_domain: String,
     /// `None`: `CACHE/registry`.
     pub registry_data: Option<PathBuf>,
+    /// `None`: `CACHE/index`.
+    pub index_dir: Option<PathBuf>,
     pub allow_missing: bool,
     pub upper: Upper,
 }
@@ -52,10 +58,18 @@ impl MountParams {
             .unwrap_or_else(|| self.cache.join("registry"))
     }
 
-    /// Folders the mount reads from and never writes: a mountpoint inside one of them
-    /// would be a loop, and so would an upper layer.
+    /// Where gzip seek indexes are kept: the only folder of the cache the daemon writes.
+    pub fn index_dir(&self) -> PathBuf {
+        self.index_dir
+            .clone()
+            .unwrap_or_else(|| self.cache.join("index"))
+    }
+
+    /// Folders the mount reads from (or keeps its indexes in) and never changes through
+    /// the mount: a mountpoint inside one of them would be a loop, and so would an upper
+    /// layer.
     pub fn source_roots(&self) -> Vec<PathBuf> {
-        let mut roots = vec![self.cache.clone(), self.registry_dir()];
+        let mut roots = vec![self.cache.clone(), self.registry_dir(), self.index_dir()];
         roots.extend(self.contexts.clone());
         roots
     }
@@ -205,6 +219,8 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
     let cri = &profile.cri;
     let mut branches = Vec::new();
     let mut missing: Vec<String> = Vec::new();
+    // Indexed on first need, never at mount time; shared by every archive of the mount.
+    let indexes = Arc::new(IndexStore::new(params.index_dir()));
     for arch in &params.arches {
         let cri_dir = cache.join(format!("cri/{cri}/{arch}"));
         let mut wanted: Vec<(String, PathBuf, bool)> = KUBE_BINARIES
@@ -252,9 +268,26 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
                 );
             }
         }
-        if !cri_dir.join("registry.tar.gz").exists() {
+        // Members of the release tarballs, below the plain files of oss/<arch>/bin/.
+        branches.push(Branch {
+            at: format!("{arch}/bin").into(),
+            layer: Arc::new(TarballMembers::new(
+                cache.join(format!("oss/{arch}/bin")),
+                indexes.clone(),
+            )),
+        });
+        let registry = cri_dir.join("registry.tar.gz");
+        if !registry.exists() {
             missing.push(format!("cri/{cri}/{arch}/registry.tar.gz"));
         }
+        branches.push(Branch {
+            at: format!("{arch}/images").into(),
+            layer: Arc::new(GunzippedFile::new(
+                registry,
+                "registry.tar",
+                indexes.clone(),
+            )),
+        });
         for folder in ["bin", "cri", "images"] {
             branches.push(Branch {
                 at: format!("{arch}/{folder}").into(),
@@ -289,6 +322,7 @@ mod tests {
             contexts: None,
             registry_domain: "sea.hub:5000".into(),
             registry_data: None,
+            index_dir: None,
             allow_missing: true,
             upper: Upper::None,
         }

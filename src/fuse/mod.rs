@@ -43,13 +43,18 @@ impl BuildFs {
     }
 
     /// The one place errors are logged, counted and turned into an errno. Faults (not
-    /// the expected answers such as ENOENT) are logged as warnings and counted.
+    /// the expected answers such as ENOENT) are logged as warnings and counted; a fault
+    /// already logged where it was found (a corrupt archive) is not logged again.
     fn errno(&self, op: &str, ino: u64, err: FsError) -> Errno {
         if err.is_expected() {
             tracing::debug!(op, ino, %err);
         } else {
             self.stats.error();
-            tracing::warn!(op, ino, %err);
+            if err.logged {
+                tracing::debug!(op, ino, %err);
+            } else {
+                tracing::warn!(op, ino, %err);
+            }
         }
         Errno::from_i32(err.errno)
     }

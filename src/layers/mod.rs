@@ -1,11 +1,13 @@
 //! Layer sources: each presents a tree of entries below its root, read-only. The virtual
 //! tree (`crate::tree`) stacks them; nothing here knows about FUSE.
 
+mod archive;
 mod disk;
 mod embedded;
 mod empty;
 mod templated;
 
+pub use archive::{GunzippedFile, TarballMembers};
 pub use disk::DiskTree;
 pub use embedded::{embedded_file, EmbeddedTree};
 pub use empty::EmptyDir;
@@ -38,6 +40,12 @@ pub enum Content {
     Bytes(Arc<[u8]>),
     /// A symlink and its target.
     Link(PathBuf),
+    /// Bytes of an archive (a tarball member, a decompressed `.gz`), read through the
+    /// archive's seek index.
+    Archive(crate::archive::ArchiveSlice),
+    /// A file whose backing is known to be broken (a member of a corrupt archive):
+    /// opening it fails with EIO. The message says why; it was logged when found.
+    Faulty(Arc<str>),
 }
 
 /// A regular file of a [`DiskTree`], addressed relative to the tree's root.
@@ -83,6 +91,8 @@ pub enum Source {
     Rendered(Box<Source>),
     /// A folder that exists because the tree's layout needs it.
     Synthetic,
+    /// A member of an archive: `ARCHIVE.tar.gz:member`.
+    ArchiveMember { archive: PathBuf, member: PathBuf },
 }
 
 impl fmt::Display for Source {
@@ -92,6 +102,9 @@ impl fmt::Display for Source {
             Source::Embedded(p) => write!(f, "embedded:contexts/{p}"),
             Source::Rendered(t) => write!(f, "rendered:{t}"),
             Source::Synthetic => write!(f, "synthetic"),
+            Source::ArchiveMember { archive, member } => {
+                write!(f, "{}:{}", archive.display(), member.display())
+            }
         }
     }
 }
@@ -142,6 +155,8 @@ pub fn read_all(entry: &LayerEntry) -> io::Result<Vec<u8>> {
             f.open()?.read_to_end(&mut out)?;
             Ok(out)
         }
+        Content::Archive(slice) => slice.read(0, slice.len as usize),
+        Content::Faulty(why) => Err(crate::archive::reported(why.to_string())),
         Content::Dir | Content::Link(_) => Err(io::Error::from_raw_os_error(libc::EISDIR)),
     }
 }

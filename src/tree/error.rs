@@ -7,6 +7,8 @@ use std::io;
 pub struct FsError {
     pub errno: i32,
     pub message: String,
+    /// The fault was logged where it was found (once): not worth logging per request.
+    pub logged: bool,
 }
 
 impl FsError {
@@ -14,6 +16,7 @@ impl FsError {
         FsError {
             errno,
             message: message.into(),
+            logged: false,
         }
     }
 
@@ -44,6 +47,7 @@ impl From<io::Error> for FsError {
         FsError {
             errno: e.raw_os_error().unwrap_or(libc::EIO),
             message: e.to_string(),
+            logged: crate::archive::is_reported(&e),
         }
     }
 }

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::{FsError, InUpper, InodeTable, Namespace, Node, ROOT_INO};
+use crate::archive::{reported, ArchiveSlice};
 use crate::fs_err;
 use crate::layers::{is_plain_name, Content, EntryKind, LayerEntry};
 
@@ -22,6 +23,8 @@ pub(super) enum OpenFile {
         size: u64,
     },
     Bytes(Arc<[u8]>),
+    /// Archive bytes, inflated on read through the archive's seek index.
+    Archive(ArchiveSlice),
     Upper(File),
     /// Opened for writing but not written yet: the copy-up waits for the first write,
     /// so `touch` or an open that only reads copies nothing.
@@ -213,6 +216,11 @@ impl MergedTree {
                 }
             }
             Content::Bytes(b) => OpenFile::Bytes(b.clone()),
+            Content::Archive(slice) => {
+                slice.archive.check_unchanged()?;
+                OpenFile::Archive(slice.clone())
+            }
+            Content::Faulty(why) => return Err(reported(why.to_string()).into()),
             Content::Dir => return Err(fs_err!(EISDIR, "{} is a folder", path.display())),
             Content::Link(_) => return Err(fs_err!(ELOOP, "{} is a symlink", path.display())),
         };
@@ -226,7 +234,14 @@ impl MergedTree {
             .files
             .get(&fh)
             .ok_or_else(|| fs_err!(EBADF, "no open file {fh}"))?;
+        if let OpenFile::Archive(slice) = &*file {
+            // Cloned out, so that no shard lock is held while inflating.
+            let slice = slice.clone();
+            drop(file);
+            return Ok(slice.read(offset, size as usize)?);
+        }
         match &*file {
+            OpenFile::Archive(slice) => Ok(slice.read(offset, size as usize)?),
             OpenFile::Bytes(b) => {
                 let start = (offset as usize).min(b.len());
                 let end = start.saturating_add(size as usize).min(b.len());

@@ -690,6 +690,17 @@ fn copy_bytes(content: &Content, out: &mut std::fs::File) -> std::io::Result<()>
             Ok(())
         }
         Content::Bytes(b) => out.write_all(b),
+        // An archive member is inflated a MiB at a time, never held whole.
+        Content::Archive(slice) => {
+            let mut at = 0;
+            while at < slice.len {
+                let chunk = slice.read(at, 1 << 20)?;
+                out.write_all(&chunk)?;
+                at += chunk.len() as u64;
+            }
+            Ok(())
+        }
+        Content::Faulty(why) => Err(crate::archive::reported(why.to_string())),
         Content::Dir | Content::Link(_) => Err(std::io::Error::from_raw_os_error(libc::EISDIR)),
     }
 }

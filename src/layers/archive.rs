@@ -1,0 +1,544 @@
+//! Archives shown in place (SPEC §4), read through their seek index (`crate::archive`):
+//!
+//! - [`TarballMembers`]: the members of every `oss/<arch>/bin/*.tar.gz`, flattened into
+//!   `<arch>/bin/` by basename;
+//! - [`GunzippedFile`]: `cri/<cri>/<arch>/registry.tar.gz` as `<arch>/images/registry.tar`,
+//!   its decompressed bytes.
+//!
+//! Nothing is read at mount time: an archive is indexed when one of its entries is first
+//! looked up or its folder first listed (the index is then reused across mounts).
+//!
+//! Rules of the flattened `bin/` (a plain file of the cache is mounted higher and wins
+//! over all of these):
+//! - a regular-file member (or a hard link to one) is shown by its basename, with its
+//!   own mode and mtime; directories and special members are not shown;
+//! - two members of one archive with the same basename: the later one in the archive
+//!   wins (what extracting the archive flattened into one folder leaves);
+//! - two archives with the same basename: the archive whose file name sorts first wins;
+//! - a symlink member is shown as a symlink to the basename of the regular-file member
+//!   it leads to inside the archive (`nerdctl -> nerdctl-1.7.6`), when that member is
+//!   the one shown under that basename; a symlink that leaves the archive, dangles or
+//!   loops is not shown.
+//!
+//! A corrupt archive is logged once; the members listed before the fault are shown and
+//! opening them fails with EIO; the rest of the mount is not affected.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use super::{build_epoch, Child, Content, EntryKind, Layer, LayerEntry, Source};
+use crate::archive::{
+    reported, ArchiveFault, ArchiveSlice, IndexStore, IndexedArchive, LazyArchive, MemberKind,
+    TarListing, TarMember,
+};
+use crate::sys;
+
+/// How many symlinks a member may go through before it is given up as a loop.
+const MAX_LINK_HOPS: usize = 16;
+
+fn dir_entry(source: Source) -> LayerEntry {
+    LayerEntry {
+        kind: EntryKind::Dir,
+        perm: 0o755,
+        size: 4096,
+        mtime: build_epoch(),
+        uid: 0,
+        gid: 0,
+        content: Content::Dir,
+        source,
+    }
+}
+
+fn time_of(secs: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+}
+
+/// Opens `name` in the folder `dir` without following a symlink anywhere: a symlinked
+/// archive is not served (it could lead out of the cache).
+fn opener(dir: Arc<OwnedFd>, name: OsString) -> Box<dyn Fn() -> io::Result<File> + Send + Sync> {
+    Box::new(move || sys::open_beneath(&*dir, Path::new(&name), libc::O_RDONLY).map(File::from))
+}
+
+/// Whether `name` in `dir` is a regular file (not a symlink, not a folder).
+fn is_regular(dir: &OwnedFd, name: &OsStr) -> bool {
+    sys::open_beneath(dir, Path::new(name), libc::O_PATH)
+        .and_then(|fd| sys::fstat(&fd))
+        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+}
+
+/// The folder at `path`, opened `O_PATH`; `None` when it does not exist.
+fn open_dir(path: &Path) -> io::Result<Option<Arc<OwnedFd>>> {
+    match sys::open_path(path) {
+        Ok(fd) => Ok(Some(Arc::new(fd))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `a/b` joined with a symlink target, lexically; `None` when it leaves the archive.
+fn resolve_link(member: &Path, target: &Path) -> Option<PathBuf> {
+    let mut out: Vec<&OsStr> = member
+        .parent()
+        .map(|p| p.iter().collect())
+        .unwrap_or_default();
+    for part in target.components() {
+        match part {
+            Component::Normal(name) => out.push(name),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop()?;
+            }
+            Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out.iter().collect())
+}
+
+/// One archive's contribution to `bin/`.
+#[derive(Debug, Default)]
+struct Flattened {
+    entries: HashMap<OsString, LayerEntry>,
+}
+
+impl Flattened {
+    fn new(
+        listing: &TarListing,
+        archive: &Path,
+        content: &dyn Fn(&TarMember) -> Content,
+        owner: (u32, u32),
+    ) -> Self {
+        let members = &listing.members;
+        let mut by_path: HashMap<&Path, usize> = HashMap::new();
+        let mut by_name: HashMap<&OsStr, usize> = HashMap::new();
+        for (i, m) in members.iter().enumerate() {
+            by_path.insert(&m.path, i);
+            if matches!(m.kind, MemberKind::File | MemberKind::Symlink) {
+                if let Some(name) = m.path.file_name() {
+                    by_name.insert(name, i);
+                }
+            }
+        }
+        let mut entries = HashMap::new();
+        for (name, &i) in &by_name {
+            let m = &members[i];
+            let source = Source::ArchiveMember {
+                archive: archive.to_path_buf(),
+                member: m.path.clone(),
+            };
+            let (kind, perm, size, content) = match m.kind {
+                MemberKind::File => (
+                    EntryKind::File,
+                    (m.mode & 0o7777) as u16,
+                    m.size,
+                    content(m),
+                ),
+                _ => {
+                    // Follow the symlink inside the archive to a regular file.
+                    let mut at = i;
+                    let mut target = None;
+                    for _ in 0..MAX_LINK_HOPS {
+                        let cur = &members[at];
+                        let Some(next) =
+                            cur.link.as_deref().and_then(|l| resolve_link(&cur.path, l))
+                        else {
+                            break;
+                        };
+                        let Some(&j) = by_path.get(next.as_path()) else {
+                            break;
+                        };
+                        match members[j].kind {
+                            MemberKind::File => {
+                                target = Some(j);
+                                break;
+                            }
+                            MemberKind::Symlink => at = j,
+                            _ => break,
+                        }
+                    }
+                    let Some(j) = target else {
+                        continue;
+                    };
+                    let Some(target_name) = members[j].path.file_name() else {
+                        continue;
+                    };
+                    if by_name.get(target_name) != Some(&j) {
+                        continue;
+                    }
+                    let link = PathBuf::from(target_name);
+                    let len = link.as_os_str().len() as u64;
+                    (EntryKind::Symlink, 0o777, len, Content::Link(link))
+                }
+            };
+            let entry = LayerEntry {
+                kind,
+                perm,
+                size,
+                mtime: time_of(m.mtime),
+                uid: owner.0,
+                gid: owner.1,
+                content,
+                source,
+            };
+            entries.insert(name.to_os_string(), entry);
+        }
+        Flattened { entries }
+    }
+
+    fn of_archive(archive: &LazyArchive) -> Self {
+        match archive.get() {
+            Ok(indexed) => {
+                let Some(listing) = indexed.listing() else {
+                    return Flattened::default();
+                };
+                let meta = indexed.metadata();
+                let content = |m: &TarMember| {
+                    Content::Archive(ArchiveSlice {
+                        archive: indexed.clone(),
+                        start: m.data_offset,
+                        len: m.size,
+                    })
+                };
+                Flattened::new(listing, archive.path(), &content, (meta.uid(), meta.gid()))
+            }
+            Err(fault) => {
+                let Some(listing) = &fault.partial else {
+                    return Flattened::default();
+                };
+                let fault: &ArchiveFault = &fault;
+                let message: Arc<str> =
+                    Arc::from(format!("{}: {}", archive.path().display(), fault.message));
+                let content = |_: &TarMember| Content::Faulty(message.clone());
+                Flattened::new(listing, archive.path(), &content, (0, 0))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Tarball {
+    archive: LazyArchive,
+    flattened: OnceLock<Flattened>,
+}
+
+impl Tarball {
+    fn flattened(&self) -> &Flattened {
+        self.flattened
+            .get_or_init(|| Flattened::of_archive(&self.archive))
+    }
+}
+
+/// `<arch>/bin/`: the members of the release tarballs in `oss/<arch>/bin/` (see the
+/// module doc for the rules).
+#[derive(Debug)]
+pub struct TarballMembers {
+    dir: PathBuf,
+    store: Arc<IndexStore>,
+    /// The tarballs, by file name; found on first use.
+    tarballs: OnceLock<Vec<Tarball>>,
+}
+
+impl TarballMembers {
+    pub fn new(dir: PathBuf, store: Arc<IndexStore>) -> Self {
+        TarballMembers {
+            dir,
+            store,
+            tarballs: OnceLock::new(),
+        }
+    }
+
+    fn tarballs(&self) -> io::Result<&[Tarball]> {
+        if let Some(found) = self.tarballs.get() {
+            return Ok(found);
+        }
+        let mut found = Vec::new();
+        if let Some(dir) = open_dir(&self.dir)? {
+            let mut names: Vec<OsString> = sys::read_dir_fd(&*dir)?
+                .into_iter()
+                .filter(|(name, kind)| {
+                    name.as_bytes().ends_with(b".tar.gz")
+                        && match *kind {
+                            libc::DT_REG => true,
+                            libc::DT_UNKNOWN => is_regular(&dir, name),
+                            _ => false,
+                        }
+                })
+                .map(|(name, _)| name)
+                .collect();
+            names.sort();
+            for name in names {
+                let path = self.dir.join(&name);
+                let archive =
+                    LazyArchive::new(path, opener(dir.clone(), name), self.store.clone(), true);
+                found.push(Tarball {
+                    archive,
+                    flattened: OnceLock::new(),
+                });
+            }
+        }
+        Ok(self.tarballs.get_or_init(|| found))
+    }
+}
+
+impl Layer for TarballMembers {
+    fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
+        let mut parts = rel.components();
+        let name = match (parts.next(), parts.next()) {
+            (None, _) => return Ok(Some(dir_entry(Source::Path(self.dir.clone())))),
+            (Some(Component::Normal(name)), None) => name,
+            _ => return Ok(None),
+        };
+        for tarball in self.tarballs()? {
+            if let Some(e) = tarball.flattened().entries.get(name) {
+                return Ok(Some(e.clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    fn children(&self, rel: &Path) -> io::Result<Vec<Child>> {
+        if !rel.as_os_str().is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out: Vec<Child> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for tarball in self.tarballs()? {
+            let mut names: Vec<(&OsString, &LayerEntry)> =
+                tarball.flattened().entries.iter().collect();
+            names.sort_by(|a, b| a.0.cmp(b.0));
+            for (name, e) in names {
+                if seen.insert(name.clone()) {
+                    out.push(Child {
+                        name: name.clone(),
+                        kind: e.kind,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A folder holding one file: the decompressed bytes of a `.gz` (`<arch>/images/` with
+/// `registry.tar` from `registry.tar.gz`).
+#[derive(Debug)]
+pub struct GunzippedFile {
+    gz: PathBuf,
+    name: OsString,
+    archive: LazyArchive,
+}
+
+impl GunzippedFile {
+    /// Shows the gzip file `gz` as `name` in the layer's root folder.
+    pub fn new(gz: PathBuf, name: &str, store: Arc<IndexStore>) -> Self {
+        let dir = gz.parent().map(Path::to_path_buf).unwrap_or_default();
+        let gz_name = gz.file_name().map(OsStr::to_os_string).unwrap_or_default();
+        let open = Box::new(move || -> io::Result<File> {
+            let dir = sys::open_path(&dir)?;
+            sys::open_beneath(&dir, Path::new(&gz_name), libc::O_RDONLY).map(File::from)
+        });
+        let archive = LazyArchive::new(gz.clone(), open, store, false);
+        GunzippedFile {
+            gz,
+            name: OsString::from(name),
+            archive,
+        }
+    }
+
+    fn exists(&self) -> io::Result<bool> {
+        let (Some(parent), Some(name)) = (self.gz.parent(), self.gz.file_name()) else {
+            return Ok(false);
+        };
+        Ok(open_dir(parent)?.is_some_and(|dir| is_regular(&dir, name)))
+    }
+
+    fn file_entry(&self, indexed: Arc<IndexedArchive>) -> LayerEntry {
+        let meta = indexed.metadata();
+        let size = indexed.decompressed_size();
+        let mtime = SystemTime::UNIX_EPOCH
+            + Duration::new(
+                meta.mtime().max(0) as u64,
+                meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            );
+        LayerEntry {
+            kind: EntryKind::File,
+            perm: (meta.mode() & 0o7777) as u16,
+            size,
+            mtime,
+            uid: meta.uid(),
+            gid: meta.gid(),
+            content: Content::Archive(ArchiveSlice {
+                archive: indexed.clone(),
+                start: 0,
+                len: size,
+            }),
+            source: Source::Path(self.gz.clone()),
+        }
+    }
+}
+
+impl Layer for GunzippedFile {
+    fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
+        if rel.as_os_str().is_empty() {
+            return Ok(Some(dir_entry(Source::Synthetic)));
+        }
+        if rel.as_os_str() != self.name || !self.exists()? {
+            return Ok(None);
+        }
+        match self.archive.get() {
+            Ok(indexed) => Ok(Some(self.file_entry(indexed))),
+            // Its size is unknown: the entry itself fails (EIO), logged once already.
+            Err(fault) => Err(reported(format!(
+                "{}: {}",
+                self.gz.display(),
+                fault.message
+            ))),
+        }
+    }
+
+    fn children(&self, rel: &Path) -> io::Result<Vec<Child>> {
+        if !rel.as_os_str().is_empty() || !self.exists()? {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Child {
+            name: self.name.clone(),
+            kind: EntryKind::File,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "rootfs-mount-archive-layer-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// A .tar.gz of (name, bytes or symlink target, kind) made with the tar crate.
+    fn tarball(path: &Path, members: &[(&str, &[u8], tar::EntryType)]) {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data, kind) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o755);
+            h.set_mtime(1_700_000_000);
+            if kind.is_symlink() || kind.is_hard_link() {
+                h.set_size(0);
+                b.append_link(&mut h, name, std::str::from_utf8(data).unwrap())
+                    .unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, *data).unwrap();
+            }
+        }
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&b.into_inner().unwrap()).unwrap();
+        std::fs::write(path, gz.finish().unwrap()).unwrap();
+    }
+
+    fn read(e: &LayerEntry) -> Vec<u8> {
+        crate::layers::read_all(e).unwrap()
+    }
+
+    #[test]
+    fn members_are_flattened_by_the_documented_rules() {
+        use tar::EntryType::{Directory, Link, Regular, Symlink};
+        let dir = scratch("flat");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        tarball(
+            &bin.join("a.tar.gz"),
+            &[
+                ("pkg/", b"", Directory),
+                ("pkg/bin/tool-1.0", b"tool v1", Regular),
+                ("pkg/bin/tool", b"tool-1.0", Symlink),
+                ("pkg/bin/hard", b"pkg/bin/tool-1.0", Link),
+                ("pkg/README", b"first", Regular),
+                ("pkg/docs/README", b"second", Regular),
+                ("pkg/bin/out", b"/usr/bin/env", Symlink),
+                ("pkg/bin/loop", b"loop", Symlink),
+            ],
+        );
+        tarball(
+            &bin.join("b.tar.gz"),
+            &[("README", b"from b", Regular), ("only-b", b"b!", Regular)],
+        );
+        std::fs::write(bin.join("c.tar.gz"), b"not gzip at all").unwrap();
+        let store = Arc::new(IndexStore::new(dir.join("index")));
+        let layer = TarballMembers::new(bin.clone(), store);
+
+        let names: Vec<String> = layer
+            .children(Path::new(""))
+            .unwrap()
+            .iter()
+            .map(|c| c.name.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["README", "hard", "tool", "tool-1.0", "only-b"]);
+        let get = |n: &str| layer.entry(Path::new(n)).unwrap().unwrap();
+        assert_eq!(read(&get("tool-1.0")), b"tool v1");
+        assert_eq!(get("tool-1.0").perm, 0o755);
+        assert_eq!(read(&get("hard")), b"tool v1");
+        assert!(matches!(get("tool").content, Content::Link(ref t) if t == Path::new("tool-1.0")));
+        // Later member of one archive wins; the first archive wins over the second.
+        assert_eq!(read(&get("README")), b"second");
+        assert_eq!(
+            get("README").source.to_string(),
+            format!("{}:pkg/docs/README", bin.join("a.tar.gz").display())
+        );
+        assert!(layer.entry(Path::new("out")).unwrap().is_none());
+        assert!(layer.entry(Path::new("loop")).unwrap().is_none());
+        assert!(layer.entry(Path::new("pkg")).unwrap().is_none());
+        assert_eq!(
+            layer.entry(Path::new("")).unwrap().unwrap().kind,
+            EntryKind::Dir
+        );
+        // The index was written under the store's folder.
+        assert!(dir.join("index").read_dir().unwrap().count() >= 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn gunzipped_file_shows_decompressed_bytes_or_fails_alone() {
+        let dir = scratch("gunzip");
+        let store = Arc::new(IndexStore::new(dir.join("index")));
+        let missing = GunzippedFile::new(dir.join("none.tar.gz"), "registry.tar", store.clone());
+        assert!(missing.children(Path::new("")).unwrap().is_empty());
+        assert!(missing.entry(Path::new("registry.tar")).unwrap().is_none());
+
+        tarball(
+            &dir.join("registry.tar.gz"),
+            &[("manifest.json", b"[]", tar::EntryType::Regular)],
+        );
+        let view = GunzippedFile::new(dir.join("registry.tar.gz"), "registry.tar", store.clone());
+        let e = view.entry(Path::new("registry.tar")).unwrap().unwrap();
+        assert_eq!(e.size, 2048);
+        let bytes = read(&e);
+        assert_eq!(&bytes[..13], b"manifest.json");
+        assert_eq!(
+            e.source.to_string(),
+            dir.join("registry.tar.gz").display().to_string()
+        );
+
+        std::fs::write(dir.join("bad.tar.gz"), b"\x1f\x8b\x08\x00garbage").unwrap();
+        let bad = GunzippedFile::new(dir.join("bad.tar.gz"), "registry.tar", store);
+        assert_eq!(bad.children(Path::new("")).unwrap().len(), 1);
+        let err = bad.entry(Path::new("registry.tar")).unwrap_err();
+        assert!(crate::archive::is_reported(&err));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
