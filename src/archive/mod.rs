@@ -11,13 +11,13 @@
 //!   backed by an archive reads.
 //!
 //! Memory, whatever the archive size: the seek points (32 bytes per MiB of output, i.e.
-//! 32 KiB per GiB) and the tar listing (one entry per member, about 100 bytes plus the
-//! name, at most [`tar_listing::MAX_MEMBERS`] members) of each archive that has been
-//! used, plus up to [`CURSORS_PER_ARCHIVE`] idle inflate cursors per archive (about
-//! 140 KiB each). The windows (32 KiB of output per seek point, stored deflated, about
-//! 3% of the decompressed size) stay in the index file, mapped read-only: page cache,
+//! 32 KiB per GiB) and the tar listing (a few hundred bytes plus the name per member, with
+//! the entry the layer makes of it; at most [`tar_listing::MAX_MEMBERS`] members) of each
+//! archive that has been used, plus up to [`CURSORS_PER_ARCHIVE`] idle inflate cursors
+//! per archive and one per read in flight (about 140 KiB each). The windows (32 KiB of output per seek point, stored deflated: at most
+//! about 3% of the decompressed size) stay in the index file, mapped read-only: page cache,
 //! not daemon memory. Only when the index folder cannot be written are they held in
-//! memory instead (then about 3% of the decompressed size per archive). Building an
+//! memory instead (then up to about 3% of the decompressed size per archive). Building an
 //! index needs about 1 MiB of buffers, whatever the archive.
 
 pub mod gzip_index;
