@@ -295,6 +295,9 @@ impl ArchiveSlice {
     /// Up to `size` bytes at `offset` of the slice (fewer only at its end).
     pub fn read(&self, offset: u64, size: usize) -> io::Result<Vec<u8>> {
         let want = (size as u64).min(self.len.saturating_sub(offset)) as usize;
+        if want == 0 {
+            return Ok(Vec::new());
+        }
         let mut buf = vec![0u8; want];
         let n = self.archive.read_at(self.start + offset, &mut buf)?;
         if n < want {

@@ -31,6 +31,7 @@ use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
@@ -57,8 +58,11 @@ fn dir_entry(source: Source) -> LayerEntry {
     }
 }
 
+/// The last second of year 9999: later (hostile) member times are clamped to it.
+const LATEST_MTIME: i64 = 253_402_300_799;
+
 fn time_of(secs: i64) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.max(0) as u64)
+    SystemTime::UNIX_EPOCH + Duration::from_secs(secs.clamp(0, LATEST_MTIME) as u64)
 }
 
 /// Opens `name` in the folder `dir` without following a symlink anywhere: a symlinked
@@ -260,18 +264,21 @@ impl TarballMembers {
         }
         let mut found = Vec::new();
         if let Some(dir) = open_dir(&self.dir)? {
-            let mut names: Vec<OsString> = sys::read_dir_fd(&*dir)?
-                .into_iter()
-                .filter(|(name, kind)| {
-                    name.as_bytes().ends_with(b".tar.gz")
-                        && match *kind {
-                            libc::DT_REG => true,
-                            libc::DT_UNKNOWN => is_regular(&dir, name),
-                            _ => false,
-                        }
-                })
-                .map(|(name, _)| name)
-                .collect();
+            let mut names: Vec<OsString> = Vec::new();
+            for (name, kind) in sys::read_dir_fd(&*dir)? {
+                if !name.as_bytes().ends_with(b".tar.gz") {
+                    continue;
+                }
+                match kind {
+                    libc::DT_REG => names.push(name),
+                    libc::DT_UNKNOWN if is_regular(&dir, &name) => names.push(name),
+                    libc::DT_LNK => tracing::warn!(
+                        archive = %self.dir.join(&name).display(),
+                        "a symlink: archives are opened without following symlinks, so its members are not shown"
+                    ),
+                    _ => {}
+                }
+            }
             names.sort();
             for name in names {
                 let path = self.dir.join(&name);
@@ -333,6 +340,8 @@ pub struct GunzippedFile {
     gz: PathBuf,
     name: OsString,
     archive: LazyArchive,
+    /// Whether "the .gz is a symlink" was logged.
+    symlink_logged: AtomicBool,
 }
 
 impl GunzippedFile {
@@ -349,6 +358,7 @@ impl GunzippedFile {
             gz,
             name: OsString::from(name),
             archive,
+            symlink_logged: AtomicBool::new(false),
         }
     }
 
@@ -356,7 +366,22 @@ impl GunzippedFile {
         let (Some(parent), Some(name)) = (self.gz.parent(), self.gz.file_name()) else {
             return Ok(false);
         };
-        Ok(open_dir(parent)?.is_some_and(|dir| is_regular(&dir, name)))
+        let Some(dir) = open_dir(parent)? else {
+            return Ok(false);
+        };
+        if is_regular(&dir, name) {
+            return Ok(true);
+        }
+        let is_link = sys::open_beneath(&dir, Path::new(name), libc::O_PATH)
+            .and_then(|fd| sys::fstat(&fd))
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+        if is_link && !self.symlink_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                archive = %self.gz.display(),
+                "a symlink: archives are opened without following symlinks, so it is not shown"
+            );
+        }
+        Ok(false)
     }
 
     fn file_entry(&self, indexed: Arc<IndexedArchive>) -> LayerEntry {
@@ -479,6 +504,8 @@ mod tests {
             &[("README", b"from b", Regular), ("only-b", b"b!", Regular)],
         );
         std::fs::write(bin.join("c.tar.gz"), b"not gzip at all").unwrap();
+        // A symlinked archive is not opened (it could lead out of the cache).
+        std::os::unix::fs::symlink("b.tar.gz", bin.join("0.tar.gz")).unwrap();
         let store = Arc::new(IndexStore::new(dir.join("index")));
         let layer = TarballMembers::new(bin.clone(), store);
 
