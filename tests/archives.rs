@@ -350,3 +350,30 @@ fn indexes_are_built_lazily_persisted_and_reused() {
     let _ = std::fs::remove_dir_all(&work);
     let _ = std::fs::remove_dir_all(&elsewhere);
 }
+
+#[test]
+fn writing_a_member_copies_it_up_from_the_archive() {
+    let cache = scratch("write-cache");
+    let work = scratch("write-work");
+    sh(&format!(
+        "set -e; cd {w}; mkdir -p rel; seq 1 200000 > rel/tool; chmod 0755 rel/tool; \
+         mkdir -p {c}/oss/amd64/bin; tar -czf {c}/oss/amd64/bin/rel.tar.gz rel",
+        w = q(&work),
+        c = q(&cache)
+    ));
+    let before = std::fs::read(cache.join("oss/amd64/bin/rel.tar.gz")).unwrap();
+    let m = Mount::with_cache(&cache, SPARSE);
+    let tool = m.path("amd64/bin/tool");
+    let original = std::fs::read(work.join("rel/tool")).unwrap();
+    // chmod copies up the metadata only; an append copies the bytes from the archive.
+    sh(&format!("chmod 0700 {}", q(&tool)));
+    assert_eq!(std::fs::metadata(&tool).unwrap().mode() & 0o7777, 0o700);
+    assert!(std::fs::read(&tool).unwrap() == original);
+    sh(&format!("printf 'appended\\n' >> {}", q(&tool)));
+    let now = std::fs::read(&tool).unwrap();
+    assert!(now.starts_with(&original) && now.ends_with(b"appended\n"));
+    assert_eq!(now.len(), original.len() + 9);
+    drop(m);
+    assert!(std::fs::read(cache.join("oss/amd64/bin/rel.tar.gz")).unwrap() == before);
+    let _ = std::fs::remove_dir_all(&work);
+}
