@@ -78,7 +78,8 @@ member_size=$(tar -tvzf "$archive" "$member" | awk '{print $3}')
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 mount_it() {
-    "$bin" "$mnt" --k8s v1.23.4 --arch amd64 --cache "$cache" --allow-missing --log-file "$work/daemon.log"
+    "$bin" "$mnt" --k8s v1.23.4 --arch amd64 --cache "$cache" --allow-missing --read-only \
+        --log-file "$work/daemon.log"
 }
 unmount_it() {
     if grep -q " $mnt " /proc/self/mounts; then
