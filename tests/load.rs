@@ -59,6 +59,28 @@ fn source_of(path: &Path) -> String {
     String::from_utf8(buf).unwrap()
 }
 
+/// The bytes behind a backing provenance, read from outside the mount: the file itself,
+/// a member of a release tarball (`ARCHIVE.tar.gz:member`, through `tar -xzOf`), or a
+/// `.gz` shown decompressed (`registry.tar`, through `gunzip -c`).
+fn backing_bytes(source: &str, shown: &Path) -> Vec<u8> {
+    let command = |program: &str, args: &[&str]| {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{program} {args:?} failed");
+        out.stdout
+    };
+    if let Some(at) = source.rfind(".tar.gz:") {
+        let (archive, member) = (&source[..at + 7], &source[at + 8..]);
+        return command("tar", &["-xzOf", archive, member]);
+    }
+    if source.ends_with(".gz") && !shown.to_string_lossy().ends_with(".gz") {
+        return command("gunzip", &["-c", source]);
+    }
+    std::fs::read(source).unwrap()
+}
+
 /// The expected bytes of every regular file of the mount, from outside the mount where
 /// possible: the backing file, or the contexts file it is embedded from. Rendered files
 /// (computed by the daemon) are checked against their first read.
@@ -74,7 +96,7 @@ fn references(m: &Mount) -> Vec<(PathBuf, Arc<Vec<u8>>)> {
         let source = source_of(&path);
         let bytes = if source.starts_with('/') {
             backed += 1;
-            std::fs::read(&source).unwrap()
+            backing_bytes(&source, &path)
         } else if let Some(p) = source.strip_prefix("embedded:contexts/") {
             embedded += 1;
             std::fs::read(repo().join("contexts").join(p)).unwrap()
