@@ -272,21 +272,24 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
         branches.push(Branch {
             at: format!("{arch}/bin").into(),
             layer: Arc::new(TarballMembers::new(
-                cache.join(format!("oss/{arch}/bin")),
+                cache,
+                Path::new(&format!("oss/{arch}/bin")),
                 indexes.clone(),
             )),
         });
-        let registry = cri_dir.join("registry.tar.gz");
-        if !registry.exists() {
-            missing.push(format!("cri/{cri}/{arch}/registry.tar.gz"));
+        let registry_rel = format!("cri/{cri}/{arch}/registry.tar.gz");
+        let registry = GunzippedFile::new(
+            cache,
+            Path::new(&registry_rel),
+            "registry.tar",
+            indexes.clone(),
+        );
+        if !registry.probe()? {
+            missing.push(registry_rel);
         }
         branches.push(Branch {
             at: format!("{arch}/images").into(),
-            layer: Arc::new(GunzippedFile::new(
-                registry,
-                "registry.tar",
-                indexes.clone(),
-            )),
+            layer: Arc::new(registry),
         });
         for folder in ["bin", "cri", "images"] {
             branches.push(Branch {

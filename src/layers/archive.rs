@@ -20,6 +20,11 @@
 //!   the one shown under that basename; a symlink that leaves the archive, dangles or
 //!   loops is not shown.
 //!
+//! Archives are opened beneath the cache folder, as every layer root of the cache is:
+//! a symlink (to the archive, or on the way to it) is followed while it stays inside the
+//! cache, never out of it (such a tarball is left out, logged; such a `registry.tar.gz`
+//! refuses the mount).
+//!
 //! A corrupt archive is logged once; the members listed before the fault are shown and
 //! opening them fails with EIO; the rest of the mount is not affected.
 
@@ -65,27 +70,82 @@ fn time_of(secs: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_secs(secs.clamp(0, LATEST_MTIME) as u64)
 }
 
-/// Opens `name` in the folder `dir` without following a symlink anywhere: a symlinked
-/// archive is not served (it could lead out of the cache).
-fn opener(dir: Arc<OwnedFd>, name: OsString) -> Box<dyn Fn() -> io::Result<File> + Send + Sync> {
-    Box::new(move || sys::open_beneath(&*dir, Path::new(&name), libc::O_RDONLY).map(File::from))
+/// A path of the cache's documented layout (`oss/amd64/bin/crictl.tar.gz`), resolved
+/// beneath the cache folder as `DiskTree::open_in` does: symlinks on the way are followed
+/// only while they stay inside the cache, so an archive may be a symlink to another file
+/// of the cache, never to a file elsewhere on the host.
+#[derive(Clone, Debug)]
+struct InCache {
+    cache: PathBuf,
+    rel: PathBuf,
 }
 
-/// Whether `name` in `dir` is a regular file (not a symlink, not a folder).
-fn is_regular(dir: &OwnedFd, name: &OsStr) -> bool {
-    sys::open_beneath(dir, Path::new(name), libc::O_PATH)
-        .and_then(|fd| sys::fstat(&fd))
-        .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG)
+/// What an [`InCache`] path is.
+enum Found {
+    /// Opened `O_PATH`.
+    At(OwnedFd),
+    Missing,
+    /// A symlink on the way leads out of the cache: never followed.
+    Escapes,
 }
 
-/// The folder at `path`, opened `O_PATH`; `None` when it does not exist.
-fn open_dir(path: &Path) -> io::Result<Option<Arc<OwnedFd>>> {
-    match sys::open_path(path) {
-        Ok(fd) => Ok(Some(Arc::new(fd))),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
+impl InCache {
+    fn path(&self) -> PathBuf {
+        self.cache.join(&self.rel)
+    }
+
+    fn join(&self, name: &OsStr) -> InCache {
+        InCache {
+            cache: self.cache.clone(),
+            rel: self.rel.join(name),
+        }
+    }
+
+    fn find(&self) -> io::Result<Found> {
+        let cache = match sys::open_path(&self.cache) {
+            Ok(fd) => fd,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Found::Missing),
+            Err(e) => return Err(e),
+        };
+        match sys::open_path_beneath(&cache, &self.rel) {
+            Ok(fd) => Ok(Found::At(fd)),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(Found::Missing),
+                Some(libc::EXDEV) | Some(libc::ELOOP) => Ok(Found::Escapes),
+                _ => Err(e),
+            },
+        }
+    }
+
+    /// The regular file there, if it is one (`Ok(None)` for anything else).
+    fn regular_file(&self) -> io::Result<Option<OwnedFd>> {
+        match self.find()? {
+            Found::At(fd) if sys::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                Ok(Some(fd))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Opens the archive for reading.
+    fn open(&self) -> io::Result<File> {
+        match self.find()? {
+            Found::At(fd) if sys::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFREG => {
+                sys::reopen_readonly(&fd)
+            }
+            Found::At(_) => Err(io::Error::other("not a regular file")),
+            Found::Missing => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+            Found::Escapes => Err(io::Error::other(ESCAPES)),
+        }
+    }
+
+    fn opener(&self) -> Box<dyn Fn() -> io::Result<File> + Send + Sync> {
+        let at = self.clone();
+        Box::new(move || at.open())
     }
 }
+
+const ESCAPES: &str = "a symlink on the way leads out of the cache; the mount never follows those";
 
 /// `a/b` joined with a symlink target, lexically; `None` when it leaves the archive.
 fn resolve_link(member: &Path, target: &Path) -> Option<PathBuf> {
@@ -243,16 +303,20 @@ impl Tarball {
 /// module doc for the rules).
 #[derive(Debug)]
 pub struct TarballMembers {
-    dir: PathBuf,
+    dir: InCache,
     store: Arc<IndexStore>,
     /// The tarballs, by file name; found on first use.
     tarballs: OnceLock<Vec<Tarball>>,
 }
 
 impl TarballMembers {
-    pub fn new(dir: PathBuf, store: Arc<IndexStore>) -> Self {
+    /// The tarballs in the folder `rel` of the cache folder `cache` (`oss/<arch>/bin`).
+    pub fn new(cache: &Path, rel: &Path, store: Arc<IndexStore>) -> Self {
         TarballMembers {
-            dir,
+            dir: InCache {
+                cache: cache.to_path_buf(),
+                rel: rel.to_path_buf(),
+            },
             store,
             tarballs: OnceLock::new(),
         }
@@ -263,27 +327,28 @@ impl TarballMembers {
             return Ok(found);
         }
         let mut found = Vec::new();
-        if let Some(dir) = open_dir(&self.dir)? {
+        if let Found::At(dir) = self.dir.find()? {
             let mut names: Vec<OsString> = Vec::new();
-            for (name, kind) in sys::read_dir_fd(&*dir)? {
-                if !name.as_bytes().ends_with(b".tar.gz") {
+            for (name, kind) in sys::read_dir_fd(&dir)? {
+                if !name.as_bytes().ends_with(b".tar.gz")
+                    || !matches!(kind, libc::DT_REG | libc::DT_LNK | libc::DT_UNKNOWN)
+                {
                     continue;
                 }
-                match kind {
-                    libc::DT_REG => names.push(name),
-                    libc::DT_UNKNOWN if is_regular(&dir, &name) => names.push(name),
-                    libc::DT_LNK => tracing::warn!(
-                        archive = %self.dir.join(&name).display(),
-                        "a symlink: archives are opened without following symlinks, so its members are not shown"
+                let at = self.dir.join(&name);
+                match at.find()? {
+                    Found::Escapes => tracing::warn!(
+                        archive = %at.path().display(),
+                        "{ESCAPES}: its members are not shown"
                     ),
+                    _ if at.regular_file()?.is_some() => names.push(name),
                     _ => {}
                 }
             }
             names.sort();
             for name in names {
-                let path = self.dir.join(&name);
-                let archive =
-                    LazyArchive::new(path, opener(dir.clone(), name), self.store.clone(), true);
+                let at = self.dir.join(&name);
+                let archive = LazyArchive::new(at.path(), at.opener(), self.store.clone(), true);
                 found.push(Tarball {
                     archive,
                     flattened: OnceLock::new(),
@@ -298,7 +363,7 @@ impl Layer for TarballMembers {
     fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
         let mut parts = rel.components();
         let name = match (parts.next(), parts.next()) {
-            (None, _) => return Ok(Some(dir_entry(Source::Path(self.dir.clone())))),
+            (None, _) => return Ok(Some(dir_entry(Source::Path(self.dir.path())))),
             (Some(Component::Normal(name)), None) => name,
             _ => return Ok(None),
         };
@@ -337,51 +402,53 @@ impl Layer for TarballMembers {
 /// `registry.tar` from `registry.tar.gz`).
 #[derive(Debug)]
 pub struct GunzippedFile {
-    gz: PathBuf,
+    gz: InCache,
     name: OsString,
     archive: LazyArchive,
-    /// Whether "the .gz is a symlink" was logged.
-    symlink_logged: AtomicBool,
+    /// Whether "the .gz leads out of the cache" was logged.
+    escape_logged: AtomicBool,
 }
 
 impl GunzippedFile {
-    /// Shows the gzip file `gz` as `name` in the layer's root folder.
-    pub fn new(gz: PathBuf, name: &str, store: Arc<IndexStore>) -> Self {
-        let dir = gz.parent().map(Path::to_path_buf).unwrap_or_default();
-        let gz_name = gz.file_name().map(OsStr::to_os_string).unwrap_or_default();
-        let open = Box::new(move || -> io::Result<File> {
-            let dir = sys::open_path(&dir)?;
-            sys::open_beneath(&dir, Path::new(&gz_name), libc::O_RDONLY).map(File::from)
-        });
-        let archive = LazyArchive::new(gz.clone(), open, store, false);
+    /// Shows the gzip file `rel` of the cache folder `cache` as `name` in the layer's
+    /// root folder.
+    pub fn new(cache: &Path, rel: &Path, name: &str, store: Arc<IndexStore>) -> Self {
+        let gz = InCache {
+            cache: cache.to_path_buf(),
+            rel: rel.to_path_buf(),
+        };
+        let archive = LazyArchive::new(gz.path(), gz.opener(), store, false);
         GunzippedFile {
             gz,
             name: OsString::from(name),
             archive,
-            symlink_logged: AtomicBool::new(false),
+            escape_logged: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the `.gz` is there, for the mount's start-up check: a symlink that leads
+    /// out of the cache is an error (as for every layer root of the cache).
+    pub fn probe(&self) -> Result<bool, String> {
+        let shown = || self.gz.path().display().to_string();
+        match self
+            .gz
+            .find()
+            .map_err(|e| format!("cannot read {}: {e}", shown()))?
+        {
+            Found::Escapes => Err(format!("cannot read {}: {ESCAPES}", shown())),
+            Found::Missing => Ok(false),
+            Found::At(_) => Ok(true),
         }
     }
 
     fn exists(&self) -> io::Result<bool> {
-        let (Some(parent), Some(name)) = (self.gz.parent(), self.gz.file_name()) else {
+        if let Found::Escapes = self.gz.find()? {
+            if !self.escape_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(archive = %self.gz.path().display(), "{ESCAPES}: not shown");
+            }
             return Ok(false);
-        };
-        let Some(dir) = open_dir(parent)? else {
-            return Ok(false);
-        };
-        if is_regular(&dir, name) {
-            return Ok(true);
         }
-        let is_link = sys::open_beneath(&dir, Path::new(name), libc::O_PATH)
-            .and_then(|fd| sys::fstat(&fd))
-            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
-        if is_link && !self.symlink_logged.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                archive = %self.gz.display(),
-                "a symlink: archives are opened without following symlinks, so it is not shown"
-            );
-        }
-        Ok(false)
+        Ok(self.gz.regular_file()?.is_some())
     }
 
     fn file_entry(&self, indexed: Arc<IndexedArchive>) -> LayerEntry {
@@ -404,7 +471,7 @@ impl GunzippedFile {
                 start: 0,
                 len: size,
             }),
-            source: Source::Path(self.gz.clone()),
+            source: Source::Path(self.gz.path()),
         }
     }
 }
@@ -422,7 +489,7 @@ impl Layer for GunzippedFile {
             // Its size is unknown: the entry itself fails (EIO), logged once already.
             Err(fault) => Err(reported(format!(
                 "{}: {}",
-                self.gz.display(),
+                self.gz.path().display(),
                 fault.message
             ))),
         }
@@ -504,10 +571,15 @@ mod tests {
             &[("README", b"from b", Regular), ("only-b", b"b!", Regular)],
         );
         std::fs::write(bin.join("c.tar.gz"), b"not gzip at all").unwrap();
-        // A symlinked archive is not opened (it could lead out of the cache).
-        std::os::unix::fs::symlink("b.tar.gz", bin.join("0.tar.gz")).unwrap();
+        // A symlink to an archive elsewhere in the cache is followed; one that leads out
+        // of the cache is not.
+        tarball(&dir.join("shared.tar.gz"), &[("zero", b"0", Regular)]);
+        std::os::unix::fs::symlink("../shared.tar.gz", bin.join("0.tar.gz")).unwrap();
+        let outside = scratch("flat-outside");
+        tarball(&outside.join("x.tar.gz"), &[("outside", b"x", Regular)]);
+        std::os::unix::fs::symlink(outside.join("x.tar.gz"), bin.join("1.tar.gz")).unwrap();
         let store = Arc::new(IndexStore::new(dir.join("index")));
-        let layer = TarballMembers::new(bin.clone(), store);
+        let layer = TarballMembers::new(&dir, Path::new("bin"), store);
 
         let names: Vec<String> = layer
             .children(Path::new(""))
@@ -515,7 +587,14 @@ mod tests {
             .iter()
             .map(|c| c.name.to_string_lossy().into_owned())
             .collect();
-        assert_eq!(names, ["README", "hard", "tool", "tool-1.0", "only-b"]);
+        assert_eq!(
+            names,
+            ["zero", "README", "hard", "tool", "tool-1.0", "only-b"]
+        );
+        assert_eq!(
+            get_source(&layer, "zero"),
+            format!("{}:zero", bin.join("0.tar.gz").display())
+        );
         let get = |n: &str| layer.entry(Path::new(n)).unwrap().unwrap();
         assert_eq!(read(&get("tool-1.0")), b"tool v1");
         assert_eq!(get("tool-1.0").perm, 0o755);
@@ -537,13 +616,22 @@ mod tests {
         // The index was written under the store's folder.
         assert!(dir.join("index").read_dir().unwrap().count() >= 2);
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    fn get_source(layer: &dyn Layer, name: &str) -> String {
+        let e = layer.entry(Path::new(name)).unwrap().unwrap();
+        e.source.to_string()
     }
 
     #[test]
     fn gunzipped_file_shows_decompressed_bytes_or_fails_alone() {
         let dir = scratch("gunzip");
         let store = Arc::new(IndexStore::new(dir.join("index")));
-        let missing = GunzippedFile::new(dir.join("none.tar.gz"), "registry.tar", store.clone());
+        let view =
+            |rel: &str| GunzippedFile::new(&dir, Path::new(rel), "registry.tar", store.clone());
+        let missing = view("none.tar.gz");
+        assert_eq!(missing.probe(), Ok(false));
         assert!(missing.children(Path::new("")).unwrap().is_empty());
         assert!(missing.entry(Path::new("registry.tar")).unwrap().is_none());
 
@@ -551,8 +639,10 @@ mod tests {
             &dir.join("registry.tar.gz"),
             &[("manifest.json", b"[]", tar::EntryType::Regular)],
         );
-        let view = GunzippedFile::new(dir.join("registry.tar.gz"), "registry.tar", store.clone());
-        let e = view.entry(Path::new("registry.tar")).unwrap().unwrap();
+        let e = view("registry.tar.gz")
+            .entry(Path::new("registry.tar"))
+            .unwrap()
+            .unwrap();
         assert_eq!(e.size, 2048);
         let bytes = read(&e);
         assert_eq!(&bytes[..13], b"manifest.json");
@@ -561,8 +651,31 @@ mod tests {
             dir.join("registry.tar.gz").display().to_string()
         );
 
+        // A symlink inside the cache is followed (docker's and containerd's registry.tar.gz
+        // are often one file); one leading out of it refuses the mount.
+        std::fs::create_dir(dir.join("containerd")).unwrap();
+        std::os::unix::fs::symlink("../registry.tar.gz", dir.join("containerd/registry.tar.gz"))
+            .unwrap();
+        let linked = view("containerd/registry.tar.gz");
+        assert_eq!(linked.probe(), Ok(true));
+        assert_eq!(
+            linked
+                .entry(Path::new("registry.tar"))
+                .unwrap()
+                .unwrap()
+                .size,
+            2048
+        );
+        std::os::unix::fs::symlink("/etc/hostname", dir.join("escape.tar.gz")).unwrap();
+        let escape = view("escape.tar.gz");
+        assert!(escape
+            .probe()
+            .unwrap_err()
+            .contains("leads out of the cache"));
+        assert!(escape.entry(Path::new("registry.tar")).unwrap().is_none());
+
         std::fs::write(dir.join("bad.tar.gz"), b"\x1f\x8b\x08\x00garbage").unwrap();
-        let bad = GunzippedFile::new(dir.join("bad.tar.gz"), "registry.tar", store);
+        let bad = view("bad.tar.gz");
         assert_eq!(bad.children(Path::new("")).unwrap().len(), 1);
         let err = bad.entry(Path::new("registry.tar")).unwrap_err();
         assert!(crate::archive::is_reported(&err));
