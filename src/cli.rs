@@ -105,6 +105,11 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Writes")]
     pub read_only: bool,
 
+    /// Serve every read from the daemon, even where the kernel could read plain backing
+    /// files directly (FUSE passthrough, Linux >= 6.9, root).
+    #[arg(long, help_heading = "Daemon")]
+    pub no_passthrough: bool,
+
     /// Stay in the foreground.
     #[arg(short = 'f', long, help_heading = "Daemon")]
     pub foreground: bool,

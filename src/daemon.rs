@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::fuse::passthrough::PassthroughPolicy;
 use crate::fuse::BuildFs;
 use crate::state::{self, MountDescription, StateFile};
 use crate::sys;
@@ -35,6 +36,8 @@ pub struct DaemonOptions {
     pub scratch_upper: Option<PathBuf>,
     /// What the mount is made of, for its state file and `status`.
     pub description: MountDescription,
+    /// How plain backing files are read (`--no-passthrough` turns passthrough off).
+    pub passthrough: PassthroughPolicy,
 }
 
 /// A scratch upper layer in `$TMPDIR` (default /var/tmp: on disk, not in memory, since
@@ -63,6 +66,8 @@ pub fn remove_scratch(dir: Option<&Path>) {
 
 /// One line of /proc/self/mountinfo: the mount point, fs type and source.
 struct MountInfo {
+    /// `major:minor` of the mounted file system.
+    device: String,
     point: PathBuf,
     source: String,
 }
@@ -98,6 +103,7 @@ fn mounts() -> Vec<MountInfo> {
             let fields: Vec<&str> = line.split(' ').collect();
             let dash = fields.iter().position(|f| *f == "-")?;
             Some(MountInfo {
+                device: fields.get(2)?.to_string(),
                 point: unescape(fields.get(4)?),
                 source: fields.get(dash + 2)?.to_string(),
             })
@@ -303,10 +309,15 @@ fn serve_until_unmounted(
     // Signals are blocked before any thread exists, so only the waiter below takes them.
     let signals = sys::block_termination_signals();
     let config = session_config(options.allow_other, options.writable);
-    let fs = BuildFs::new(tree);
+    match sys::raise_open_files_limit() {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::debug!(error = %e, "cannot raise the open files limit"),
+    }
+    let fs = BuildFs::new(tree, options.passthrough);
     let stats = fs.stats();
     let mut session = Session::new(fs, mountpoint, &config)
         .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+    raise_readahead(mountpoint);
     let mut unmounter = session.unmount_callable();
     let state = publish_state(mountpoint, options, stats);
     let shown = mountpoint.display().to_string();
@@ -422,6 +433,27 @@ pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
         out.push_str("no rootfs-mount mounts\n");
     }
     Ok(out)
+}
+
+/// Sequential reads served by the daemon come in requests of the kernel's readahead
+/// window (128 KiB by default); a 1 MiB window (the largest FUSE request) cuts the round
+/// trips by 8. Best effort: only root may write the knob, and passthrough reads do not
+/// need it (they read ahead on the backing file).
+fn raise_readahead(mountpoint: &Path) {
+    const READ_AHEAD_KB: &str = "1024";
+    let Some(device) = mounts()
+        .into_iter()
+        .rev()
+        .find(|m| m.point == mountpoint)
+        .map(|m| m.device)
+    else {
+        return;
+    };
+    let knob = format!("/sys/class/bdi/{device}/read_ahead_kb");
+    match std::fs::write(&knob, READ_AHEAD_KB) {
+        Ok(()) => tracing::debug!(%knob, kb = READ_AHEAD_KB, "raised the readahead window"),
+        Err(e) => tracing::debug!(%knob, error = %e, "readahead window left as is"),
+    }
 }
 
 /// `rootfs-mount umount MOUNT`: unmounts one of our mounts, stale ones included.

@@ -10,6 +10,7 @@ use cli::{Cli, Command};
 use rootfs_mount::daemon::{self, DaemonOptions};
 use std::sync::Arc;
 
+use rootfs_mount::fuse::passthrough::PassthroughPolicy;
 use rootfs_mount::layout::{self, Upper};
 use rootfs_mount::state::MountDescription;
 use rootfs_mount::tree::MergedTree;
@@ -82,6 +83,11 @@ fn run(cli: Cli) -> Result<(), String> {
         writable: upper_dir.is_some(),
         scratch_upper: scratch,
         description,
+        passthrough: if args.no_passthrough {
+            PassthroughPolicy::Off
+        } else {
+            PassthroughPolicy::for_roots(&params.source_roots())
+        },
     };
     daemon::mount(tree, &mountpoint, &options)
 }

@@ -1,7 +1,15 @@
 //! The FUSE adapter: maps kernel requests onto [`MergedTree`] calls and their errors onto
 //! errnos. No filesystem logic lives here.
+//!
+//! Kernel caching (SPEC §7): entries and attributes of immutable layers are cached for a
+//! day; folders are listed once and then read from the kernel's cache (`FOPEN_CACHE_DIR`,
+//! and no opendir/releasedir round trips when the kernel offers
+//! `FUSE_NO_OPENDIR_SUPPORT`); ACL answers are cached by the kernel (`FUSE_POSIX_ACL`), so
+//! `ls -l` does not ask the daemon for them on every entry; plain backing files of a
+//! read-only mount are read through kernel passthrough when available ([`passthrough`]).
 
 mod attr;
+pub mod passthrough;
 mod stats;
 
 pub use stats::{Counters, ReadPath, Stats};
@@ -18,8 +26,9 @@ use fuser::{
 };
 
 use crate::sys::at::SetTime;
-use crate::tree::{AttrChange, Caller, FsError, MergedTree};
+use crate::tree::{AttrChange, Caller, DirItem, FsError, MergedTree};
 use attr::{file_attr, file_type, ttl};
+use passthrough::{Passthrough, PassthroughPolicy};
 
 /// The get-only extended attribute that tells where a file comes from (SPEC §6).
 pub const SOURCE_XATTR: &str = "user.rootfs.source";
@@ -27,14 +36,35 @@ pub const SOURCE_XATTR: &str = "user.rootfs.source";
 pub struct BuildFs {
     tree: MergedTree,
     stats: Arc<Stats>,
+    passthrough: Passthrough,
+    /// The kernel does without opendir/releasedir (we answered the first with ENOSYS).
+    no_opendir: bool,
 }
 
+/// Folders are listed once per kernel cache fill: the listing is kept in the kernel
+/// (`FOPEN_CACHE_DIR`) and survives later opens (`FOPEN_KEEP_CACHE`); a change of the
+/// folder's mtime (an edit of a mutable layer) or a change through the mount drops it.
+const DIR_OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_CACHE_DIR.union(FopenFlags::FOPEN_KEEP_CACHE);
+
 impl BuildFs {
-    pub fn new(tree: MergedTree) -> Self {
+    pub fn new(tree: MergedTree, passthrough: PassthroughPolicy) -> Self {
+        let stats: Arc<Stats> = Arc::default();
         BuildFs {
             tree,
-            stats: Arc::default(),
+            passthrough: Passthrough::new(passthrough, stats.clone()),
+            stats,
+            no_opendir: false,
         }
+    }
+
+    /// The listing a readdir at `offset` pages through; `.` and `..` take offsets 0 and 1,
+    /// so a call past the last entry ends the pass.
+    fn listing(&self, ino: u64, offset: u64) -> Result<Arc<Vec<DirItem>>, FsError> {
+        let items = self.tree.listing(ino, offset)?;
+        if offset >= items.len() as u64 + 2 {
+            self.tree.listing_done(ino);
+        }
+        Ok(items)
     }
 
     /// The counters of this file system (`rootfs-mount status`).
@@ -86,9 +116,25 @@ fn read_only(op: &str) -> Errno {
 impl Filesystem for BuildFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         // READDIRPLUS answers `ls -l` and `find` walks with the attributes in one trip.
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO;
-        if let Err(missing) = config.add_capabilities(wanted) {
-            tracing::info!(?missing, "kernel lacks some FUSE capabilities");
+        // POSIX_ACL: the kernel asks once per inode for ACLs and caches the answer.
+        // AUTO_INVAL_DATA: when the attributes of a mutable entry are refreshed and its
+        // mtime moved, cached pages and listings of it are dropped.
+        // PARALLEL_DIROPS: lookups and readdirs in one folder run concurrently.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS
+            | InitFlags::FUSE_READDIRPLUS_AUTO
+            | InitFlags::FUSE_POSIX_ACL
+            | InitFlags::FUSE_AUTO_INVAL_DATA
+            | InitFlags::FUSE_PARALLEL_DIROPS;
+        for flag in wanted.iter() {
+            if config.add_capabilities(flag).is_err() {
+                tracing::info!(?flag, "kernel lacks a FUSE capability");
+            }
+        }
+        let offered = config.capabilities();
+        self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        match self.passthrough.init(config, self.tree.is_writable()) {
+            Ok(()) => tracing::info!("read path: kernel passthrough to the backing files"),
+            Err(reason) => tracing::info!(%reason, "read path: the daemon (pread)"),
         }
         Ok(())
     }
@@ -134,11 +180,24 @@ impl Filesystem for BuildFs {
                 Err(e) => reply.error(self.errno("open", ino.0, e)),
             };
         }
-        match self.tree.open(ino.0) {
-            // Content never changes while a file is open: keep the page cache across opens.
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
-            Err(e) => reply.error(self.errno("open", ino.0, e)),
+        let opened = match self.tree.open(ino.0) {
+            Ok(opened) => opened,
+            Err(e) => return reply.error(self.errno("open", ino.0, e)),
+        };
+        let fh = FileHandle(opened.fh);
+        if let Some(file) = &opened.backing {
+            if let Some(backing) = self.passthrough.open(ino.0, opened.fh, file, &reply) {
+                return reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
+            }
         }
+        // Content never changes while a file is open: keep the page cache across opens
+        // (not for entries of a layer edited while mounted).
+        let flags = if opened.keep_cache {
+            FopenFlags::FOPEN_KEEP_CACHE
+        } else {
+            FopenFlags::empty()
+        };
+        reply.opened(fh, flags)
     }
 
     fn read(
@@ -153,13 +212,13 @@ impl Filesystem for BuildFs {
         reply: ReplyData,
     ) {
         self.stats.request();
-        match self.tree.read(fh.0, offset, size) {
+        self.tree.read(fh.0, offset, size, |read| match read {
             Ok(data) => {
                 self.stats.read(data.len());
-                reply.data(&data)
+                reply.data(data)
             }
             Err(e) => reply.error(self.errno("read", ino.0, e)),
-        }
+        })
     }
 
     fn release(
@@ -173,14 +232,20 @@ impl Filesystem for BuildFs {
         reply: ReplyEmpty,
     ) {
         self.stats.request();
+        self.passthrough.release(fh.0);
         self.tree.release(fh.0);
         reply.ok();
     }
 
+    /// Folders need no handle (listings are by inode): where the kernel can do without
+    /// opendir, ENOSYS tells it so, and it stops sending opendir and releasedir.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.stats.request();
-        match self.tree.opendir(ino.0) {
-            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+        if self.no_opendir {
+            return reply.error(Errno::ENOSYS);
+        }
+        match self.tree.check_dir(ino.0) {
+            Ok(()) => reply.opened(FileHandle(0), DIR_OPEN_FLAGS),
             Err(e) => reply.error(self.errno("opendir", ino.0, e)),
         }
     }
@@ -189,12 +254,12 @@ impl Filesystem for BuildFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
         self.stats.request();
-        let items = match self.tree.listing(fh.0) {
+        let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdir", ino.0, e)),
         };
@@ -219,12 +284,12 @@ impl Filesystem for BuildFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        fh: FileHandle,
+        _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
         self.stats.request();
-        let items = match self.tree.listing(fh.0) {
+        let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdirplus", ino.0, e)),
         };
@@ -277,19 +342,6 @@ impl Filesystem for BuildFs {
         reply.ok();
     }
 
-    fn releasedir(
-        &self,
-        _req: &Request,
-        _ino: INodeNo,
-        fh: FileHandle,
-        _flags: OpenFlags,
-        reply: ReplyEmpty,
-    ) {
-        self.stats.request();
-        self.tree.releasedir(fh.0);
-        reply.ok();
-    }
-
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
         self.stats.request();
         match self.tree.statfs() {
@@ -307,6 +359,9 @@ impl Filesystem for BuildFs {
         }
     }
 
+    /// `ls -l` asks for `security.selinux` and the POSIX ACLs of every entry: ACL answers
+    /// are cached by the kernel (`FUSE_POSIX_ACL`), and "not supported" for an absent
+    /// security label makes `ls` stop asking for the rest of the device.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.stats.request();
         let value = if name == SOURCE_XATTR {
@@ -316,6 +371,9 @@ impl Filesystem for BuildFs {
         };
         match value {
             Ok(bytes) => xattr_reply(reply, size, &bytes),
+            Err(e) if e.errno == libc::ENODATA && name == "security.selinux" => {
+                reply.error(Errno::EOPNOTSUPP)
+            }
             Err(e) => reply.error(self.errno("getxattr", ino.0, e)),
         }
     }
@@ -524,6 +582,8 @@ impl Filesystem for BuildFs {
         }
     }
 
+    /// Writes reach the upper file as they come: there is nothing to flush at close, and
+    /// ENOSYS stops the kernel from sending a flush on every close.
     fn flush(
         &self,
         _req: &Request,
@@ -533,7 +593,7 @@ impl Filesystem for BuildFs {
         reply: ReplyEmpty,
     ) {
         self.stats.request();
-        reply.ok();
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(

@@ -187,6 +187,37 @@ pub fn statvfs(path: &Path) -> io::Result<libc::statvfs> {
     Ok(st)
 }
 
+/// The file system type (`f_type` of statfs(2)) of the file system holding `path`.
+pub fn fs_magic(path: &Path) -> io::Result<i64> {
+    let c = c_path(path)?;
+    // SAFETY: zeroed statfs is a valid out-buffer.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid NUL-terminated path and out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as i64)
+}
+
+/// Raises the soft limit of open files to the hard limit: every open of a file in the
+/// mount holds one backing fd in the daemon. Returns the new soft limit.
+pub fn raise_open_files_limit() -> io::Result<u64> {
+    // SAFETY: zeroed rlimit is a valid out-buffer.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: valid resource and out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid resource and pointer to an initialised rlimit.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(lim.rlim_cur as u64)
+}
+
 /// Detaches a mount (`umount2(MNT_DETACH)`); works on stale FUSE mounts too.
 pub fn unmount(path: &Path, detach: bool) -> io::Result<()> {
     let c = c_path(path)?;

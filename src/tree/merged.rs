@@ -1,5 +1,6 @@
 //! Filesystem operations on the merged tree, addressed by inode number.
 
+use std::cell::RefCell;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,7 +20,7 @@ use crate::layers::{is_plain_name, Content, EntryKind, LayerEntry};
 #[derive(Debug)]
 pub(super) enum OpenFile {
     Disk {
-        file: File,
+        file: Arc<File>,
         size: u64,
     },
     Bytes(Arc<[u8]>),
@@ -33,6 +34,68 @@ pub(super) enum OpenFile {
         flags: i32,
         lower: Option<File>,
     },
+}
+
+/// A file opened by [`MergedTree::open`].
+#[derive(Debug)]
+pub struct Opened {
+    pub fh: u64,
+    /// The plain file on disk whose bytes the handle serves, when they cannot change
+    /// while mounted (a file of an immutable layer, on a read-only mount): the kernel
+    /// may read it directly.
+    pub backing: Option<Arc<File>>,
+    /// False for entries of a layer edited while mounted: pages cached by an earlier
+    /// open may be stale.
+    pub keep_cache: bool,
+}
+
+thread_local! {
+    /// Read buffer of each serving thread: a large read costs no allocation.
+    static READ_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Reads `want` bytes at `offset` of a layer's file into the thread's buffer and hands
+/// them, or the error, to `answer`. A backing file shorter than its stat size fails
+/// (EIO) instead of short-reading.
+fn read_disk<R>(
+    file: &File,
+    expected: u64,
+    offset: u64,
+    size: u32,
+    answer: impl FnOnce(Result<&[u8], FsError>) -> R,
+) -> R {
+    READ_BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let want = (size as u64).min(expected.saturating_sub(offset)) as usize;
+        if buf.len() < want {
+            buf.resize(want, 0);
+        }
+        let mut done = 0;
+        while done < want {
+            match file.read_at(&mut buf[done..want], offset + done as u64) {
+                Ok(0) => {
+                    // The backing file shrank under the mount: its size no longer matches
+                    // what stat said, so this file fails, loudly, instead of short-reading.
+                    return answer(Err(fs_err!(EIO, "backing file shorter than its stat size")));
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return answer(Err(e.into())),
+            }
+        }
+        answer(Ok(&buf[..want]))
+    })
+}
+
+/// Hands the result of a read that made its own buffer to `answer`.
+fn answer_owned<R>(
+    read: Result<Vec<u8>, FsError>,
+    answer: impl FnOnce(Result<&[u8], FsError>) -> R,
+) -> R {
+    match read {
+        Ok(bytes) => answer(Ok(&bytes)),
+        Err(e) => answer(Err(e)),
+    }
 }
 
 /// Reads up to `want` bytes at `offset`, fewer only at end of file.
@@ -94,7 +157,8 @@ pub struct MergedTree {
     pub(super) ns: Namespace,
     pub(super) inodes: InodeTable,
     pub(super) files: DashMap<u64, OpenFile>,
-    dirs: DashMap<u64, Arc<Vec<DirItem>>>,
+    /// Folder listings being paged through by `readdir`, by folder inode.
+    listings: DashMap<u64, Arc<Vec<DirItem>>>,
     next_handle: AtomicU64,
     /// Where `statfs` reports space from (the cache, or the upper layer when writable).
     statfs_path: PathBuf,
@@ -112,7 +176,7 @@ impl MergedTree {
             ns,
             inodes: InodeTable::new(root),
             files: DashMap::new(),
-            dirs: DashMap::new(),
+            listings: DashMap::new(),
             next_handle: AtomicU64::new(1),
             statfs_path,
             generation: AtomicU64::new(1),
@@ -179,6 +243,9 @@ impl MergedTree {
 
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
+        if self.inodes.get(ino).is_none() {
+            self.listings.remove(&ino);
+        }
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Arc<Node>, FsError> {
@@ -197,7 +264,9 @@ impl MergedTree {
         Ok(self.inode(ino)?.1.entry.source.to_string())
     }
 
-    pub fn open(&self, ino: u64) -> Result<u64, FsError> {
+    /// The content of the file `ino`, opened for reading: a layer's file checked against
+    /// what its lookup reported, bytes in memory, an archive slice, or an upper file.
+    fn open_content(&self, ino: u64) -> Result<(OpenFile, Arc<Node>), FsError> {
         let (path, node) = self.inode(ino)?;
         let open = match &node.entry.content {
             Content::Disk(f) => {
@@ -210,7 +279,7 @@ impl MergedTree {
                 } else {
                     check_unchanged(&file, &node.entry, &f.path(), node.upper == InUpper::No)?;
                     OpenFile::Disk {
-                        file,
+                        file: Arc::new(file),
                         size: node.entry.size,
                     }
                 }
@@ -224,48 +293,78 @@ impl MergedTree {
             Content::Dir => return Err(fs_err!(EISDIR, "{} is a folder", path.display())),
             Content::Link(_) => return Err(fs_err!(ELOOP, "{} is a symlink", path.display())),
         };
-        let fh = self.handle();
-        self.files.insert(fh, open);
-        Ok(fh)
+        Ok((open, node))
     }
 
-    pub fn read(&self, fh: u64, offset: u64, size: u32) -> Result<Vec<u8>, FsError> {
-        let file = self
-            .files
-            .get(&fh)
-            .ok_or_else(|| fs_err!(EBADF, "no open file {fh}"))?;
-        if let OpenFile::Archive(slice) = &*file {
-            // Cloned out, so that no shard lock is held while inflating.
-            let slice = slice.clone();
-            drop(file);
-            return Ok(slice.read(offset, size as usize)?);
-        }
-        match &*file {
-            OpenFile::Archive(slice) => Ok(slice.read(offset, size as usize)?),
-            OpenFile::Bytes(b) => {
-                let start = (offset as usize).min(b.len());
-                let end = start.saturating_add(size as usize).min(b.len());
-                Ok(b[start..end].to_vec())
+    pub fn open(&self, ino: u64) -> Result<Opened, FsError> {
+        let (open, node) = self.open_content(ino)?;
+        // Passthrough needs bytes that stay the same for as long as the kernel may hold
+        // the backing: a lower file of an immutable layer, on a read-only mount (on a
+        // writable one, a copy-up or a rename over the file would have to replace the
+        // backing of an inode that open readers still hold, which the kernel refuses).
+        let backing = match &open {
+            OpenFile::Disk { file, .. } if !node.mutable && !self.is_writable() => {
+                Some(file.clone())
             }
+            _ => None,
+        };
+        let fh = self.handle();
+        self.files.insert(fh, open);
+        Ok(Opened {
+            fh,
+            backing,
+            keep_cache: !node.mutable,
+        })
+    }
+
+    /// Reads up to `size` bytes at `offset` of the open file `fh` and hands them, or the
+    /// error, to `answer` (borrowed: rendered bytes are not copied, and a read of a
+    /// layer's file lands in a buffer that each thread reuses).
+    pub fn read<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        answer: impl FnOnce(Result<&[u8], FsError>) -> R,
+    ) -> R {
+        let Some(file) = self.files.get(&fh) else {
+            return answer(Err(fs_err!(EBADF, "no open file {fh}")));
+        };
+        // Layer contents are cloned out, so that no shard lock is held while reading.
+        match &*file {
             OpenFile::Disk {
-                file,
+                file: f,
                 size: expected,
             } => {
-                let want = (size as u64).min(expected.saturating_sub(offset)) as usize;
-                let buf = read_at_most(file, offset, want)?;
-                if buf.len() < want {
-                    // The backing file shrank under the mount: its size no longer matches
-                    // what stat said, so this file fails, loudly, instead of short-reading.
-                    return Err(fs_err!(EIO, "backing file shorter than its stat size"));
-                }
-                Ok(buf)
+                let (f, expected) = (f.clone(), *expected);
+                drop(file);
+                read_disk(&f, expected, offset, size, answer)
             }
-            OpenFile::Upper(file) => Ok(read_at_most(file, offset, size as usize)?),
-            OpenFile::PendingWrite {
-                lower: Some(file), ..
-            } => Ok(read_at_most(file, offset, size as usize)?),
+            OpenFile::Bytes(b) => {
+                let b = b.clone();
+                drop(file);
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                answer(Ok(&b[start..end]))
+            }
+            OpenFile::Archive(slice) => {
+                let slice = slice.clone();
+                drop(file);
+                answer_owned(
+                    slice.read(offset, size as usize).map_err(FsError::from),
+                    answer,
+                )
+            }
+            OpenFile::Upper(f) => answer_owned(
+                read_at_most(f, offset, size as usize).map_err(FsError::from),
+                answer,
+            ),
+            OpenFile::PendingWrite { lower: Some(f), .. } => answer_owned(
+                read_at_most(f, offset, size as usize).map_err(FsError::from),
+                answer,
+            ),
             OpenFile::PendingWrite { lower: None, .. } => {
-                Err(fs_err!(EBADF, "file {fh} is not open for reading"))
+                answer(Err(fs_err!(EBADF, "file {fh} is not open for reading")))
             }
         }
     }
@@ -274,8 +373,17 @@ impl MergedTree {
         self.files.remove(&fh);
     }
 
-    /// Lists a folder once per open; `readdir` pages through the snapshot.
-    pub fn opendir(&self, ino: u64) -> Result<u64, FsError> {
+    /// The entries of the folder `ino` (without `.` and `..`), sorted by name so that a
+    /// `readdir` offset (an index) names the same entry on every call while the folder
+    /// is unchanged. A listing is taken at offset 0 and kept while the kernel pages
+    /// through it, so that a change in between (through the mount, or in a mutable
+    /// layer) cannot shift offsets within one pass; [`MergedTree::listing_done`] drops it.
+    pub fn listing(&self, ino: u64, offset: u64) -> Result<Arc<Vec<DirItem>>, FsError> {
+        if offset > 0 {
+            if let Some(listing) = self.listings.get(&ino) {
+                return Ok(listing.clone());
+            }
+        }
         let (path, node) = self.inode(ino)?;
         if node.entry.kind != EntryKind::Dir {
             return Err(fs_err!(ENOTDIR, "{} is not a folder", path.display()));
@@ -291,20 +399,23 @@ impl MergedTree {
             })
             .collect();
         items.sort_by(|a, b| a.name.cmp(&b.name));
-        let fh = self.handle();
-        self.dirs.insert(fh, Arc::new(items));
-        Ok(fh)
+        let items = Arc::new(items);
+        self.listings.insert(ino, items.clone());
+        Ok(items)
     }
 
-    pub fn listing(&self, fh: u64) -> Result<Arc<Vec<DirItem>>, FsError> {
-        self.dirs
-            .get(&fh)
-            .map(|d| d.clone())
-            .ok_or_else(|| fs_err!(EBADF, "no open folder {fh}"))
+    /// The kernel has read the listing of `ino` to its end (and caches it itself).
+    pub fn listing_done(&self, ino: u64) {
+        self.listings.remove(&ino);
     }
 
-    pub fn releasedir(&self, fh: u64) {
-        self.dirs.remove(&fh);
+    /// Checks that `ino` is a folder (for `opendir`).
+    pub fn check_dir(&self, ino: u64) -> Result<(), FsError> {
+        let (path, node) = self.inode(ino)?;
+        if node.entry.kind != EntryKind::Dir {
+            return Err(fs_err!(ENOTDIR, "{} is not a folder", path.display()));
+        }
+        Ok(())
     }
 
     /// The parent inode of `ino`, for `..` entries.

@@ -265,6 +265,13 @@ impl Namespace {
                     // A synthetic folder takes its attributes from the first real one.
                     if matches!(node.entry.source, Source::Synthetic) {
                         node.entry = e;
+                    } else if node.upper == InUpper::No && e.mtime > node.entry.mtime {
+                        // A merged folder changed when any of its layers' folders did:
+                        // its mtime is the newest, so the kernel's cached listing of it
+                        // is dropped when a name is added or removed in any layer. (An
+                        // upper folder keeps its own mtime: changes through the mount
+                        // reach the kernel's caches anyway.)
+                        node.entry.mtime = e.mtime;
                     }
                     node.branches.push(index);
                     node.mutable |= mutable;
