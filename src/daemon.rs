@@ -11,7 +11,9 @@
 //! SIGKILL leaves a stale mount that `rootfs-mount umount` or `--force` recovers.
 
 use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
@@ -313,13 +315,26 @@ fn serve_until_unmounted(
         Ok(limit) => tracing::debug!(limit, "open files limit"),
         Err(e) => tracing::debug!(error = %e, "cannot raise the open files limit"),
     }
-    let fs = BuildFs::new(tree, options.passthrough);
+    let connection: Arc<OnceLock<OwnedFd>> = Arc::default();
+    let state_file: Arc<OnceLock<Arc<StateFile>>> = Arc::default();
+    let fs = BuildFs::new(tree, options.passthrough).on_destroy({
+        let point = mountpoint.to_path_buf();
+        let (connection, state_file) = (connection.clone(), state_file.clone());
+        let scratch = options.scratch_upper.clone();
+        move || leave_if_unmounted(&point, connection.get(), state_file.get(), scratch)
+    });
     let stats = fs.stats();
     let mut session = Session::new(fs, mountpoint, &config)
         .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+    if let Ok(fd) = session.as_fd().try_clone_to_owned() {
+        let _ = connection.set(fd);
+    }
     raise_readahead(mountpoint);
     let mut unmounter = session.unmount_callable();
     let state = publish_state(mountpoint, options, stats);
+    if let Some(file) = &state {
+        let _ = state_file.set(file.clone());
+    }
     let shown = mountpoint.display().to_string();
     let point = mountpoint.to_path_buf();
     let auto_unmount = config.mount_options.contains(&MountOption::AutoUnmount);
@@ -351,6 +366,31 @@ fn serve_until_unmounted(
     served.map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
+}
+
+/// Ends the daemon when the session ended because the mount is gone (`umount`,
+/// `rootfs-mount umount`: the kernel closed the FUSE `connection`), doing what `serve`
+/// does after the session (state file, scratch upper layer). fuser 0.18.0 unmounts its
+/// mountpoint by path as the session ends, even when the kernel has unmounted it
+/// already (its `is_mounted` check is inverted, cberner/fuser#703): by then the path
+/// may hold a newer mount (an unmount followed at once by a new mount, which may even
+/// get the same device number), and fuser would take it down. Exiting here, before
+/// fuser gets there, leaves that mount alone. While the connection is open (the session
+/// failed), fuser unmounts our mount as it should.
+fn leave_if_unmounted(
+    mountpoint: &Path,
+    connection: Option<&OwnedFd>,
+    state: Option<&Arc<StateFile>>,
+    scratch_upper: Option<PathBuf>,
+) {
+    if connection.is_some_and(sys::fuse_connection_closed) {
+        if let Some(state) = state {
+            state.remove();
+        }
+        remove_scratch(scratch_upper.as_deref());
+        tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
+        std::process::exit(0);
+    }
 }
 
 /// Writes the state file of this mount and starts the thread that refreshes its

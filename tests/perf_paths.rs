@@ -512,3 +512,34 @@ fn edits_of_an_on_disk_contexts_tree_reach_cached_listings() {
     std::fs::remove_file(&added).unwrap();
     eventually("added.conf gone", || !names(&etc).contains("added.conf"));
 }
+
+fn is_mounted(point: &Path) -> bool {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let point = point.to_str().unwrap();
+    text.lines().any(|l| l.split(' ').nth(4) == Some(point))
+}
+
+/// The benchmark (and anyone scripting) unmounts and mounts again at once: the old
+/// daemon, on its way out, must not take the new mount down with it.
+#[test]
+fn a_mount_made_right_after_an_unmount_stays_mounted() {
+    if !can_mount() {
+        return;
+    }
+    let mount = Mount::new("remount", &[]);
+    let fx = fixture();
+    for _ in 0..10 {
+        run(Command::new("umount").arg(&mount.point));
+        run(Command::new(BIN)
+            .arg(&mount.point)
+            .args(["--k8s", VERSION, "--arch", "amd64"])
+            .arg("--cache")
+            .arg(&fx.cache)
+            .arg("--registry-data")
+            .arg(&fx.registry));
+    }
+    // The old daemons have had ample time to finish leaving.
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(is_mounted(&mount.point), "the newest mount was taken down");
+    assert!(mount.path("amd64/bin/kubeadm").exists());
+}

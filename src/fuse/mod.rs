@@ -39,6 +39,7 @@ pub struct BuildFs {
     passthrough: Passthrough,
     /// The kernel does without opendir/releasedir (we answered the first with ENOSYS).
     no_opendir: bool,
+    on_destroy: Option<Box<dyn FnOnce() + Send + Sync>>,
 }
 
 /// Folders are listed once per kernel cache fill: the listing is kept in the kernel
@@ -54,7 +55,14 @@ impl BuildFs {
             passthrough: Passthrough::new(passthrough, stats.clone()),
             stats,
             no_opendir: false,
+            on_destroy: None,
         }
+    }
+
+    /// Runs `hook` when the session ends (all serving threads have stopped).
+    pub fn on_destroy(mut self, hook: impl FnOnce() + Send + Sync + 'static) -> Self {
+        self.on_destroy = Some(Box::new(hook));
+        self
     }
 
     /// The listing a readdir at `offset` pages through; `.` and `..` take offsets 0 and 1,
@@ -137,6 +145,12 @@ impl Filesystem for BuildFs {
             Err(reason) => tracing::info!(%reason, "read path: the daemon (pread)"),
         }
         Ok(())
+    }
+
+    fn destroy(&mut self) {
+        if let Some(hook) = self.on_destroy.take() {
+            hook();
+        }
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -218,6 +218,24 @@ pub fn raise_open_files_limit() -> io::Result<u64> {
     Ok(lim.rlim_cur as u64)
 }
 
+/// Whether the kernel has closed the FUSE connection of `/dev/fuse` fd `fuse` (the file
+/// system was unmounted or the connection aborted): poll(2) then reports POLLERR.
+pub fn fuse_connection_closed(fuse: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: fuse.as_raw_fd(),
+        events: 0,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one valid pollfd for the duration of the call; zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return n > 0 && pfd.revents & libc::POLLERR != 0;
+    }
+}
+
 /// Detaches a mount (`umount2(MNT_DETACH)`); works on stale FUSE mounts too.
 pub fn unmount(path: &Path, detach: bool) -> io::Result<()> {
     let c = c_path(path)?;
