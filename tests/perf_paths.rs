@@ -479,38 +479,55 @@ fn eventually(what: &str, check: impl Fn() -> bool) {
 }
 
 #[test]
-fn edits_of_an_on_disk_contexts_tree_reach_cached_listings() {
+fn edits_of_an_on_disk_contexts_tree_reach_cached_listings_and_pages() {
     if !can_mount() {
         return;
     }
-    let fx = fixture();
-    let contexts = fx.root.join("contexts-edited");
-    let _ = std::fs::remove_dir_all(&contexts);
-    copy_tree(
-        &Path::new(env!("CARGO_MANIFEST_DIR")).join("contexts"),
-        &contexts,
-    );
-    let args = ["--contexts", contexts.to_str().unwrap()];
-    let mount = Mount::new("contexts", &args);
-    let etc = mount.path("rootfs/etc");
-    // Listed twice, so the kernel has the listing cached.
-    assert_eq!(names(&etc), names(&etc));
-    assert!(!names(&etc).contains("added.conf"));
-    // Added in a lower layer (the base rootfs context), then removed.
-    let added = contexts.join("rootfs/etc/added.conf");
-    std::fs::write(&added, b"added while mounted\n").unwrap();
-    eventually("added.conf listed", || names(&etc).contains("added.conf"));
-    assert_eq!(
-        std::fs::read(etc.join("added.conf")).unwrap(),
-        b"added while mounted\n"
-    );
-    // Edited in place: new bytes, not stale pages.
-    std::fs::write(&added, b"edited\n").unwrap();
-    eventually("added.conf edited", || {
-        std::fs::read(etc.join("added.conf")).ok().as_deref() == Some(b"edited\n")
-    });
-    std::fs::remove_file(&added).unwrap();
-    eventually("added.conf gone", || !names(&etc).contains("added.conf"));
+    // Both read paths: plain opens, and the kernel's own opens (--no-passthrough).
+    for (name, extra) in [
+        ("contexts", None),
+        ("contexts-pread", Some("--no-passthrough")),
+    ] {
+        let fx = fixture();
+        let contexts = fx.root.join(format!("{name}-edited"));
+        let _ = std::fs::remove_dir_all(&contexts);
+        copy_tree(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("contexts"),
+            &contexts,
+        );
+        let mut args = vec!["--contexts", contexts.to_str().unwrap()];
+        args.extend(extra);
+        let mount = Mount::new(name, &args);
+        let etc = mount.path("rootfs/etc");
+        // Listed twice, so the kernel has the listing cached.
+        assert_eq!(names(&etc), names(&etc));
+        assert!(!names(&etc).contains("added.conf"));
+        // Added in a lower layer (the base rootfs context), then removed.
+        let added = contexts.join("rootfs/etc/added.conf");
+        std::fs::write(&added, b"added while mounted\n").unwrap();
+        eventually("added.conf listed", || names(&etc).contains("added.conf"));
+        assert_eq!(
+            std::fs::read(etc.join("added.conf")).unwrap(),
+            b"added while mounted\n"
+        );
+        // Edited in place: new bytes, not stale pages.
+        std::fs::write(&added, b"edited\n").unwrap();
+        eventually("added.conf edited", || {
+            std::fs::read(etc.join("added.conf")).ok().as_deref() == Some(b"edited\n")
+        });
+        // A template edited: its rendering follows.
+        let template = contexts.join("cri/docker/etc/daemon.json.in");
+        let rendered = etc.join("daemon.json");
+        let before = std::fs::read(&rendered).unwrap();
+        let mut source = std::fs::read(&template).unwrap();
+        source.extend_from_slice(b"\n");
+        std::fs::write(&template, &source).unwrap();
+        eventually("daemon.json rendered again", || {
+            std::fs::read(&rendered).is_ok_and(|now| now.len() == before.len() + 1)
+        });
+        std::fs::remove_file(&added).unwrap();
+        eventually("added.conf gone", || !names(&etc).contains("added.conf"));
+    }
 }
 
 fn is_mounted(point: &Path) -> bool {
@@ -542,4 +559,29 @@ fn a_mount_made_right_after_an_unmount_stays_mounted() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(is_mounted(&mount.point), "the newest mount was taken down");
     assert!(mount.path("amd64/bin/kubeadm").exists());
+}
+
+/// SPEC §6: a backing file truncated under the mount fails that file with EIO on both
+/// read paths, instead of a short read that `tar` would pad with zeros.
+#[test]
+fn a_backing_file_truncated_under_the_mount_gives_eio() {
+    if !can_mount() {
+        return;
+    }
+    let fx = fixture();
+    for (name, extra) in [("shrink", None), ("shrink-pread", Some("--no-passthrough"))] {
+        let backing = fx.registry.join(format!("{name}.bin"));
+        std::fs::write(&backing, pseudo_random(1 << 20, 3)).unwrap();
+        let args: Vec<&str> = extra.into_iter().collect();
+        let mount = Mount::new(name, &args);
+        let path = mount.path(&format!("rootfs/registry/{name}.bin"));
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
+        File::create(&backing).unwrap().set_len(100).unwrap();
+        let err = std::fs::read(&path).expect_err("a truncated backing file must not read");
+        assert_eq!(err.raw_os_error(), Some(libc::EIO), "{name}: {err}");
+        // Everything else still answers.
+        assert!(mount.path("amd64/bin/kubeadm").exists());
+        drop(mount);
+        let _ = std::fs::remove_file(&backing);
+    }
 }

@@ -369,6 +369,43 @@ impl MergedTree {
         }
     }
 
+    /// [`MergedTree::read`] for a file the kernel did not open with us (it does without
+    /// open requests on a read-only mount): the content is opened for this read alone.
+    pub fn read_unopened<R>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        answer: impl FnOnce(Result<&[u8], FsError>) -> R,
+    ) -> R {
+        let content = match self.open_content(ino) {
+            Ok((content, _)) => content,
+            Err(e) => return answer(Err(e)),
+        };
+        match content {
+            OpenFile::Disk {
+                file,
+                size: expected,
+            } => read_disk(&file, expected, offset, size, answer),
+            OpenFile::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let end = start.saturating_add(size as usize).min(b.len());
+                answer(Ok(&b[start..end]))
+            }
+            OpenFile::Archive(slice) => answer_owned(
+                slice.read(offset, size as usize).map_err(FsError::from),
+                answer,
+            ),
+            OpenFile::Upper(f) => answer_owned(
+                read_at_most(&f, offset, size as usize).map_err(FsError::from),
+                answer,
+            ),
+            OpenFile::PendingWrite { .. } => {
+                answer(Err(fs_err!(EBADF, "inode {ino} is not open for reading")))
+            }
+        }
+    }
+
     pub fn release(&self, fh: u64) {
         self.files.remove(&fh);
     }
