@@ -1,10 +1,14 @@
-//! Real mounts of the read paths and kernel caching of issue 4 (SPEC §7): passthrough and
-//! daemon reads give the backing bytes, backings survive many concurrent opens, the
+//! Real mounts of the read paths and kernel caching of issue 4 (SPEC §7): every read path
+//! gives the backing bytes (passthrough and the daemon's, on read-only mounts; the daemon's
+//! with open handles, on writable ones), backings survive many concurrent opens, the
 //! provenance xattr still answers, big folders list every name once with stable inode
-//! numbers, and edits of an on-disk contexts tree reach cached listings.
+//! numbers, edits of an on-disk contexts tree and changes through the mount reach the
+//! kernel's cached listings and pages, and a truncated backing file is EIO.
 //!
 //! Needs /dev/fuse (and root for passthrough); without it every test says so and passes.
 //! No timings are asserted here: speed is measured by scripts/bench.sh.
+
+mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
@@ -15,21 +19,26 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-const BIN: &str = env!("CARGO_BIN_EXE_rootfs-mount");
+use common::{is_mounted, Mount, BIN};
+
 const VERSION: &str = "v1.23.4";
 /// Files in the big registry folder.
 const MANY: usize = 10_000;
 /// A plain file larger than any FUSE request, with a ragged tail.
 const BIG_LEN: usize = 6 * 1024 * 1024 + 12_345;
 
+/// The read paths, as mount arguments: passthrough, the daemon without open round
+/// trips (both read-only), and the daemon with open handles (a writable mount).
+const READ_PATHS: [(&str, &[&str]); 3] = [
+    ("passthrough", &["--read-only"]),
+    ("no-open", &["--read-only", "--no-passthrough"]),
+    ("writable", &[]),
+];
+
 struct Fixture {
     root: PathBuf,
     cache: PathBuf,
     registry: PathBuf,
-}
-
-fn scratch_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("perf_paths")
 }
 
 /// Deterministic bytes that no two offsets share a pattern of (xorshift).
@@ -47,13 +56,13 @@ fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// The demo cache plus a big plain file, and a registry folder of `MANY` files; made
-/// once per run and reused by later runs.
+/// once and reused by later runs (under the target dir).
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let root = scratch_root();
+        let root = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("perf_paths");
         let cache = root.join("cache");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/demo-cache.sh");
+        let script = common::repo().join("scripts/demo-cache.sh");
         let out = Command::new("bash")
             .arg(&script)
             .arg(&cache)
@@ -115,57 +124,54 @@ fn run(cmd: &mut Command) -> Output {
     out
 }
 
-/// A mount of its own, unmounted when dropped, also when the test panics.
-struct Mount {
-    point: PathBuf,
+/// A mount of the fixture (its own mountpoint, unmounted by the shared guard even when
+/// the test panics), with the daemon's log.
+struct Mounted {
+    mount: Mount,
     log: PathBuf,
 }
 
-impl Mount {
-    fn new(name: &str, extra: &[&str]) -> Mount {
+impl Mounted {
+    fn new(name: &str, extra: &[&str]) -> Mounted {
         let fx = fixture();
-        let point = fx.root.join(format!("mnt-{name}"));
-        // Left over by an earlier run that was killed: detach it first.
-        let _ = Command::new("umount").arg("-l").arg(&point).output();
-        let _ = std::fs::remove_dir_all(&point);
-        std::fs::create_dir_all(&point).unwrap();
-        let log = fx.root.join(format!("{name}.log"));
+        let log = fx.root.join(format!("{name}.{}.log", std::process::id()));
         let _ = std::fs::remove_file(&log);
-        let mount = Mount { point, log };
-        run(Command::new(BIN)
-            .arg(&mount.point)
-            .args(["--k8s", VERSION, "--arch", "amd64"])
-            .arg("--cache")
-            .arg(&fx.cache)
-            .arg("--registry-data")
-            .arg(&fx.registry)
-            .arg("--log-file")
-            .arg(&mount.log)
-            .args(extra));
-        mount
+        let (registry, log_arg) = (fx.registry.to_str().unwrap(), log.to_str().unwrap());
+        let mut args = vec!["--k8s", VERSION, "--arch", "amd64"];
+        args.extend(["--registry-data", registry, "--log-file", log_arg]);
+        args.extend(extra);
+        Mounted {
+            mount: Mount::with_cache(&fx.cache, &args),
+            log,
+        }
     }
 
     fn path(&self, rel: &str) -> PathBuf {
-        self.point.join(rel)
+        self.mount.path(rel)
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Whether the daemon reads plain files through kernel passthrough; says so when a
+    /// read-only mount could not have it (not root, old kernel).
+    fn passes_through(&self) -> bool {
+        let log = self.log();
+        let yes = log.contains("read path: kernel passthrough");
+        if !yes && !log.contains("writable") && !log.contains("--no-passthrough") {
+            eprintln!("note: passthrough not available here: {log}");
+        }
+        yes
+    }
 }
 
-impl Drop for Mount {
+impl Drop for Mounted {
+    /// The log stays behind only when the test failed.
     fn drop(&mut self) {
-        let clean = Command::new(BIN)
-            .arg("umount")
-            .arg(&self.point)
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-        if !clean {
-            let _ = Command::new("umount").arg("-l").arg(&self.point).output();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
         }
-        let _ = std::fs::remove_dir(&self.point);
     }
 }
 
@@ -211,69 +217,68 @@ fn read_both_ways(path: &Path) -> (Vec<u8>, Vec<u8>) {
     (whole, pieces)
 }
 
-fn passthrough_expected(mount: &Mount) -> bool {
-    let log = mount.log();
-    if log.contains("read path: kernel passthrough") {
-        return true;
-    }
-    eprintln!("note: passthrough not available here; the daemon read path was tested twice");
-    false
-}
-
 #[test]
-fn passthrough_and_daemon_reads_give_the_backing_bytes() {
+fn every_read_path_gives_the_backing_bytes() {
     if !can_mount() {
         return;
     }
     let fx = fixture();
-    let passthrough = Mount::new("read-passthrough", &[]);
-    let daemon = Mount::new("read-daemon", &["--no-passthrough"]);
-    assert!(
-        daemon.log().contains("--no-passthrough"),
-        "log: {}",
-        daemon.log()
-    );
+    let mounts: Vec<(&str, Mounted)> = READ_PATHS
+        .iter()
+        .map(|(name, args)| (*name, Mounted::new(&format!("read-{name}"), args)))
+        .collect();
     for (rel, backing) in backed_files(fx) {
         let expected = std::fs::read(&backing).unwrap();
-        for mount in [&passthrough, &daemon] {
+        for (name, mount) in &mounts {
             let (whole, pieces) = read_both_ways(&mount.path(rel));
             assert!(
                 whole == expected,
-                "{rel} differs from {}",
+                "{name}: {rel} differs from {}",
                 backing.display()
             );
-            assert!(pieces == expected, "{rel} read in pieces differs");
+            assert!(pieces == expected, "{name}: {rel} read in pieces differs");
         }
     }
-    // Rendered files take the daemon path in both mounts.
+    // Rendered files take the daemon path everywhere.
     for rel in ["rootfs/Kubefile", "rootfs/etc/kubeadm.yml"] {
-        let a = std::fs::read(passthrough.path(rel)).unwrap();
-        let b = std::fs::read(daemon.path(rel)).unwrap();
-        assert!(
-            !a.is_empty() && a == b,
-            "{rel} differs between the two mounts"
-        );
+        let first = std::fs::read(mounts[0].1.path(rel)).unwrap();
+        assert!(!first.is_empty());
+        for (name, mount) in &mounts[1..] {
+            assert!(
+                std::fs::read(mount.path(rel)).unwrap() == first,
+                "{name}: {rel}"
+            );
+        }
     }
     // A file executed from the mount (the kernel reads it like mmap would).
-    for mount in [&passthrough, &daemon] {
+    for (name, mount) in &mounts {
         let out = run(&mut Command::new(mount.path("amd64/bin/kubeadm")));
         let said = String::from_utf8_lossy(&out.stdout);
         assert!(
             said.contains("stand-in: kubeadm v1.23.4 linux/amd64"),
-            "{said}"
+            "{name}: {said}"
         );
     }
-    if passthrough_expected(&passthrough) {
+    let [(_, passthrough), (_, no_open), (_, writable)] = &mounts[..] else {
+        unreachable!()
+    };
+    if passthrough.passes_through() {
         assert!(
             !passthrough.log().contains("passthrough is off"),
-            "log: {}",
+            "{}",
             passthrough.log()
         );
     }
     assert!(
-        daemon.log().contains("read path: the daemon"),
-        "log: {}",
-        daemon.log()
+        no_open.log().contains("no open round trips"),
+        "{}",
+        no_open.log()
+    );
+    assert!(!writable.passes_through(), "{}", writable.log());
+    assert!(
+        writable.log().contains("the mount is writable"),
+        "{}",
+        writable.log()
     );
 }
 
@@ -283,7 +288,7 @@ fn many_concurrent_opens_of_one_file_share_its_backing_until_the_last_close() {
         return;
     }
     let fx = fixture();
-    let mount = Mount::new("opens", &[]);
+    let mount = Mounted::new("opens", &["--read-only"]);
     let path = mount.path("amd64/bin/big-tool");
     let expected = std::fs::read(fx.cache.join("oss/amd64/bin/big-tool")).unwrap();
     for round in 0..3 {
@@ -296,11 +301,7 @@ fn many_concurrent_opens_of_one_file_share_its_backing_until_the_last_close() {
                         let mut held: Vec<File> =
                             (0..40).map(|_| File::open(path).unwrap()).collect();
                         // Read through a few of them while all are open.
-                        for (i, file) in held
-                            .iter_mut()
-                            .enumerate()
-                            .filter(|(i, _)| i % 13 == t % 13)
-                        {
+                        for (i, file) in held.iter_mut().enumerate().filter(|(i, _)| i % 13 == t) {
                             let mut buf = [0u8; 4096];
                             let at = ((i * 7919 + t * 104_729) % (expected.len() - 4096)) as u64;
                             file.read_exact_at(&mut buf, at).unwrap();
@@ -328,10 +329,10 @@ fn many_concurrent_opens_of_one_file_share_its_backing_until_the_last_close() {
     }
     assert!(
         !mount.log().contains("passthrough is off"),
-        "log: {}",
+        "{}",
         mount.log()
     );
-    passthrough_expected(&mount);
+    mount.passes_through();
 }
 
 fn getfattr(path: &Path, name: &str) -> Output {
@@ -343,47 +344,57 @@ fn getfattr(path: &Path, name: &str) -> Output {
 }
 
 #[test]
-fn the_source_xattr_still_answers_and_is_not_listed() {
+fn the_source_xattr_still_answers_and_upper_xattrs_still_work() {
     if !can_mount() {
         return;
     }
     let fx = fixture();
-    let mount = Mount::new("xattr", &[]);
-    let kubeadm = mount.path("amd64/bin/kubeadm");
-    // `ls -l` first, so that ACL answers are in the kernel's cache.
-    run(Command::new("ls").arg("-l").arg(mount.path("amd64/bin")));
-    run(Command::new("ls").arg("-lR").arg(mount.path("rootfs/etc")));
-    for _ in 0..2 {
-        let out = getfattr(&kubeadm, "user.rootfs.source");
+    for (name, args) in READ_PATHS {
+        let mount = Mounted::new(&format!("xattr-{name}"), args);
+        let kubeadm = mount.path("amd64/bin/kubeadm");
+        // `ls -l` first, so that ACL answers are in the kernel's cache.
+        run(Command::new("ls").arg("-l").arg(mount.path("amd64/bin")));
+        run(Command::new("ls").arg("-lR").arg(mount.path("rootfs/etc")));
+        for _ in 0..2 {
+            let out = getfattr(&kubeadm, "user.rootfs.source");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let backing = fx.cache.join(format!("kube/{VERSION}/amd64/kubeadm"));
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout),
+                backing.display().to_string()
+            );
+            let out = getfattr(&mount.path("rootfs/Kubefile"), "user.rootfs.source");
+            assert!(String::from_utf8_lossy(&out.stdout).starts_with("rendered:"));
+        }
+        // No ACL and no security label; nothing is listed.
+        let acl = getfattr(&kubeadm, "system.posix_acl_access");
+        assert!(String::from_utf8_lossy(&acl.stderr).contains("No such attribute"));
+        assert!(!getfattr(&kubeadm, "security.selinux").status.success());
+        let other = getfattr(&kubeadm, "user.other");
+        assert!(String::from_utf8_lossy(&other.stderr).contains("No such attribute"));
+        let dump = run(Command::new("getfattr")
+            .args(["-d", "-m", "-"])
+            .arg(&kubeadm));
         assert!(
-            out.status.success(),
+            dump.stdout.is_empty(),
             "{}",
-            String::from_utf8_lossy(&out.stderr)
+            String::from_utf8_lossy(&dump.stdout)
         );
-        let backing = fx.cache.join(format!("kube/{VERSION}/amd64/kubeadm"));
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout),
-            backing.display().to_string()
-        );
-        let out = getfattr(&mount.path("rootfs/Kubefile"), "user.rootfs.source");
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("rendered:"));
+        if name == "writable" {
+            // Attributes set through the mount land in the upper layer and read back.
+            let conf = mount.path("rootfs/etc/kubelet.service");
+            run(Command::new("setfattr")
+                .args(["-n", "user.note", "-v", "kept"])
+                .arg(&conf));
+            assert_eq!(getfattr(&conf, "user.note").stdout, b"kept");
+            let dump = run(Command::new("getfattr").args(["-d", "-m", "-"]).arg(&conf));
+            assert!(String::from_utf8_lossy(&dump.stdout).contains("user.note"));
+        }
     }
-    // No ACL and no security label; nothing is listed.
-    let acl = getfattr(&kubeadm, "system.posix_acl_access");
-    assert!(!acl.status.success());
-    assert!(String::from_utf8_lossy(&acl.stderr).contains("No such attribute"));
-    let label = getfattr(&kubeadm, "security.selinux");
-    assert!(!label.status.success());
-    let other = getfattr(&kubeadm, "user.other");
-    assert!(String::from_utf8_lossy(&other.stderr).contains("No such attribute"));
-    let dump = run(Command::new("getfattr")
-        .args(["-d", "-m", "-"])
-        .arg(&kubeadm));
-    assert!(
-        dump.stdout.is_empty(),
-        "listed: {}",
-        String::from_utf8_lossy(&dump.stdout)
-    );
 }
 
 /// `ls -i` pairs of a folder: name -> inode number.
@@ -399,52 +410,62 @@ fn ls_inodes(dir: &Path) -> BTreeMap<String, u64> {
     seen
 }
 
+/// Lists `dir` with `ls -i`, `stat` and readdir, and checks every name of `wanted` is
+/// there once, with the inode number `stat` reports.
+fn check_listing(dir: &Path, wanted: &BTreeSet<String>, pass: &str) {
+    let listed = ls_inodes(dir);
+    assert_eq!(
+        &listed.keys().cloned().collect::<BTreeSet<_>>(),
+        wanted,
+        "{pass}"
+    );
+    let stat = run(Command::new("find").arg(dir).args([
+        "-mindepth",
+        "1",
+        "-exec",
+        "stat",
+        "-c",
+        "%i %n",
+        "{}",
+        "+",
+    ]));
+    let text = String::from_utf8(stat.stdout).unwrap();
+    assert_eq!(text.lines().count(), wanted.len(), "{pass}");
+    for line in text.lines() {
+        let (ino, path) = line.split_once(' ').unwrap();
+        let name = Path::new(path).file_name().unwrap().to_string_lossy();
+        let ino: u64 = ino.parse().unwrap();
+        assert_eq!(listed[&*name], ino, "{pass}: {name}: ls -i vs stat");
+    }
+    // readdir's d_ino against lstat, without tools in between.
+    let mut count = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let ino = entry.path().symlink_metadata().unwrap().ino();
+        assert_eq!(entry.ino(), ino, "{pass}");
+        count += 1;
+    }
+    assert_eq!(count, wanted.len(), "{pass}");
+}
+
 #[test]
 fn a_10k_folder_lists_every_name_once_with_the_inode_stat_reports() {
     if !can_mount() {
         return;
     }
-    let mount = Mount::new("many", &[]);
+    let mount = Mounted::new("many", &[]);
     let dir = mount.path("rootfs/registry/many");
-    let wanted: BTreeSet<String> = (0..MANY).map(|i| format!("blob-{i:05}")).collect();
+    let mut wanted: BTreeSet<String> = (0..MANY).map(|i| format!("blob-{i:05}")).collect();
     // Twice: filled from the daemon, then from the kernel's cached listing.
-    for pass in 0..2 {
-        let listed = ls_inodes(&dir);
-        assert_eq!(
-            listed.keys().cloned().collect::<BTreeSet<_>>(),
-            wanted,
-            "pass {pass}"
-        );
-        let stat = run(Command::new("find").arg(&dir).args([
-            "-mindepth",
-            "1",
-            "-exec",
-            "stat",
-            "-c",
-            "%i %n",
-            "{}",
-            "+",
-        ]));
-        let text = String::from_utf8(stat.stdout).unwrap();
-        assert_eq!(text.lines().count(), MANY);
-        for line in text.lines() {
-            let (ino, path) = line.split_once(' ').unwrap();
-            let name = Path::new(path).file_name().unwrap().to_string_lossy();
-            assert_eq!(
-                listed[&*name],
-                ino.parse::<u64>().unwrap(),
-                "{name}: ls -i vs stat"
-            );
-        }
-        // readdir's d_ino against lstat, without tools in between.
-        let mut count = 0;
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let entry = entry.unwrap();
-            assert_eq!(entry.ino(), entry.path().symlink_metadata().unwrap().ino());
-            count += 1;
-        }
-        assert_eq!(count, MANY);
-    }
+    check_listing(&dir, &wanted, "first listing");
+    check_listing(&dir, &wanted, "cached listing");
+    // Changes through the mount reach the cached listing.
+    std::fs::write(dir.join("added-through-the-mount"), b"new\n").unwrap();
+    wanted.insert("added-through-the-mount".into());
+    check_listing(&dir, &wanted, "after a create");
+    std::fs::remove_file(dir.join("blob-00007")).unwrap();
+    wanted.remove("blob-00007");
+    check_listing(&dir, &wanted, "after an unlink");
     let found = run(Command::new("find").arg(mount.path("rootfs/registry")));
     assert!(String::from_utf8_lossy(&found.stdout).lines().count() > MANY);
 }
@@ -483,21 +504,16 @@ fn edits_of_an_on_disk_contexts_tree_reach_cached_listings_and_pages() {
     if !can_mount() {
         return;
     }
-    // Both read paths: plain opens, and the kernel's own opens (--no-passthrough).
-    for (name, extra) in [
-        ("contexts", None),
-        ("contexts-pread", Some("--no-passthrough")),
-    ] {
-        let fx = fixture();
-        let contexts = fx.root.join(format!("{name}-edited"));
+    let fx = fixture();
+    for (name, extra) in READ_PATHS {
+        let contexts = fx
+            .root
+            .join(format!("contexts-{name}.{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&contexts);
-        copy_tree(
-            &Path::new(env!("CARGO_MANIFEST_DIR")).join("contexts"),
-            &contexts,
-        );
+        copy_tree(&common::repo().join("contexts"), &contexts);
         let mut args = vec!["--contexts", contexts.to_str().unwrap()];
         args.extend(extra);
-        let mount = Mount::new(name, &args);
+        let mount = Mounted::new(&format!("contexts-{name}"), &args);
         let etc = mount.path("rootfs/etc");
         // Listed twice, so the kernel has the listing cached.
         assert_eq!(names(&etc), names(&etc));
@@ -527,13 +543,9 @@ fn edits_of_an_on_disk_contexts_tree_reach_cached_listings_and_pages() {
         });
         std::fs::remove_file(&added).unwrap();
         eventually("added.conf gone", || !names(&etc).contains("added.conf"));
+        drop(mount);
+        let _ = std::fs::remove_dir_all(&contexts);
     }
-}
-
-fn is_mounted(point: &Path) -> bool {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let point = point.to_str().unwrap();
-    text.lines().any(|l| l.split(' ').nth(4) == Some(point))
 }
 
 /// The benchmark (and anyone scripting) unmounts and mounts again at once: the old
@@ -543,13 +555,15 @@ fn a_mount_made_right_after_an_unmount_stays_mounted() {
     if !can_mount() {
         return;
     }
-    let mount = Mount::new("remount", &[]);
     let fx = fixture();
+    let mount = Mounted::new("remount", &["--read-only"]);
+    let point = mount.path("");
+    let point = point.to_str().unwrap().trim_end_matches('/');
     for _ in 0..10 {
-        run(Command::new("umount").arg(&mount.point));
+        run(Command::new("umount").arg(point));
         run(Command::new(BIN)
-            .arg(&mount.point)
-            .args(["--k8s", VERSION, "--arch", "amd64"])
+            .arg(point)
+            .args(["--k8s", VERSION, "--arch", "amd64", "--read-only"])
             .arg("--cache")
             .arg(&fx.cache)
             .arg("--registry-data")
@@ -557,24 +571,27 @@ fn a_mount_made_right_after_an_unmount_stays_mounted() {
     }
     // The old daemons have had ample time to finish leaving.
     std::thread::sleep(Duration::from_millis(500));
-    assert!(is_mounted(&mount.point), "the newest mount was taken down");
+    assert!(
+        is_mounted(Path::new(point)),
+        "the newest mount was taken down"
+    );
     assert!(mount.path("amd64/bin/kubeadm").exists());
 }
 
-/// SPEC §6: a backing file truncated under the mount fails that file with EIO on both
-/// read paths, instead of a short read that `tar` would pad with zeros.
+/// SPEC §6: a backing file truncated under the mount fails that file with EIO on every
+/// read path, instead of a short read that `tar` would pad with zeros.
 #[test]
 fn a_backing_file_truncated_under_the_mount_gives_eio() {
     if !can_mount() {
         return;
     }
     let fx = fixture();
-    for (name, extra) in [("shrink", None), ("shrink-pread", Some("--no-passthrough"))] {
-        let backing = fx.registry.join(format!("{name}.bin"));
+    for (name, args) in READ_PATHS {
+        let file = format!("shrink-{name}.{}.bin", std::process::id());
+        let backing = fx.registry.join(&file);
         std::fs::write(&backing, pseudo_random(1 << 20, 3)).unwrap();
-        let args: Vec<&str> = extra.into_iter().collect();
-        let mount = Mount::new(name, &args);
-        let path = mount.path(&format!("rootfs/registry/{name}.bin"));
+        let mount = Mounted::new(&format!("shrink-{name}"), args);
+        let path = mount.path(&format!("rootfs/registry/{file}"));
         assert_eq!(std::fs::metadata(&path).unwrap().len(), 1 << 20);
         File::create(&backing).unwrap().set_len(100).unwrap();
         let err = std::fs::read(&path).expect_err("a truncated backing file must not read");
