@@ -14,12 +14,14 @@
 #    paths as rootfs-mount's: rootfs/registry, amd64/bin, amd64/cri, rootfs).
 # 3. Measures, one system at a time (each freshly mounted, unmounted after its rows, so
 #    that no two page caches compete for memory):
-#      native                     the backing folders themselves
-#      rootfs-mount               default: FUSE passthrough where the kernel has it
-#      rootfs-mount --no-passthrough  ("rootfs-mount-pread": the daemon reads, the
-#                                 kernel opens files without asking it)
-#      mergerfs                   with its caching options on (see MERGERFS_OPTS)
-#      fuse-overlayfs             lower layers only (read-only)
+#      native               the backing folders themselves
+#      rootfs-mount         --read-only: FUSE passthrough where the kernel has it
+#      rootfs-mount-pread   --read-only --no-passthrough: the daemon reads (pread), the
+#                           kernel opens files without asking it
+#      rootfs-mount-rw      the default, writable mount (scratch upper layer): the
+#                           daemon reads, files are opened through it
+#      mergerfs             with its caching options on (see MERGERFS_OPTS)
+#      fuse-overlayfs       lower layers only (read-only)
 #    rows: mount ready time, `find | wc -l` over the registry (cold: caches dropped with
 #    `echo 3 > /proc/sys/vm/drop_caches`; warm), `ls -lR` (warm), sequential read of the
 #    2 GiB blob (cold and warm), parallel random 4 KiB reads of it (fio, 4 jobs, warm),
@@ -41,8 +43,9 @@
 #   BENCH_BLOBS    small registry blobs (default 20000)
 #   BENCH_RUNS     timed runs per cold cell, median shown (default 3)
 #   BENCH_WARM_RUNS  timed runs per warm cell, after one untimed (default 5)
-#   BENCH_SYSTEMS  which columns to run (default: all five; names as in the table:
-#                  native rootfs-mount rootfs-mount-pread mergerfs fuse-overlayfs)
+#   BENCH_SYSTEMS  which columns to run (default: all six; names as in the table:
+#                  native rootfs-mount rootfs-mount-pread rootfs-mount-rw mergerfs
+#                  fuse-overlayfs)
 #   ROOTFS_MOUNT   the binary to measure (default: `cargo build --release` here)
 #
 # Exit status: 0 when every measurement ran (targets missed are reported, not fatal).
@@ -57,7 +60,7 @@ B=${BENCH_DIR:-/var/tmp/rootfs-mount-bench}
 BLOBS=${BENCH_BLOBS:-20000}
 RUNS=${BENCH_RUNS:-3}
 WARM_RUNS=${BENCH_WARM_RUNS:-5}
-SYSTEMS=${BENCH_SYSTEMS:-native rootfs-mount rootfs-mount-pread mergerfs fuse-overlayfs}
+SYSTEMS=${BENCH_SYSTEMS:-native rootfs-mount rootfs-mount-pread rootfs-mount-rw mergerfs fuse-overlayfs}
 VERSION=v1.23.4
 MERGERFS_OPTS=ro,category.search=ff,cache.files=full,cache.attr=86400,cache.entry=86400,cache.negative_entry=86400,cache.readdir=true,cache.statfs=86400,xattr=nosys,dropcacheonclose=false
 
@@ -244,15 +247,21 @@ record() { R[$1,$2]=$3; printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$results/results
 mount_cmd() { # SYSTEM MOUNTPOINT
     local sys=$1 mnt=$2
     case $sys in
-    rootfs-mount) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log" ;;
-    rootfs-mount-pread) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log --no-passthrough" ;;
+    rootfs-mount) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log --read-only" ;;
+    rootfs-mount-pread) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log --read-only --no-passthrough" ;;
+    rootfs-mount-rw) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log" ;;
     mergerfs) echo "mergerfs -o $MERGERFS_OPTS,fsname=bench-mergerfs $mergerfs_branches $mnt" ;;
     fuse-overlayfs) echo "fuse-overlayfs -o lowerdir=$lower $mnt" ;;
     esac
 }
 
-daemon_pid() { # MOUNTPOINT: the newest process whose command line names it
-    pgrep -n -f -- " $1( |\$)" || true
+daemon_pid() { # SYSTEM MOUNTPOINT: rootfs-mount says (status); else the newest
+    # process whose command line names the mountpoint
+    if [[ $1 == rootfs-mount* ]]; then
+        "$BIN" status "$2" | awk '$1 == "pid:" { print $2; exit }'
+    else
+        pgrep -n -f -- " $2( |\$)" || true
+    fi
 }
 
 measure() { # SYSTEM
@@ -288,7 +297,7 @@ measure() { # SYSTEM
     record "$sys" lslr_warm_s "$(secs)"
     if [[ $sys != native ]]; then
         local pid
-        pid=$(daemon_pid "$mnt")
+        pid=$(daemon_pid "$sys" "$mnt")
         record "$sys" rss_mb "$(awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null || echo '?')"
     fi
     bytes=$(stat -L -c %s "$seq")
@@ -316,7 +325,7 @@ measure() { # SYSTEM
 : >"$results/results.tsv"
 for sys in $SYSTEMS; do
     case $sys in
-    native | rootfs-mount | rootfs-mount-pread | mergerfs | fuse-overlayfs) measure "$sys" ;;
+    native | rootfs-mount | rootfs-mount-pread | rootfs-mount-rw | mergerfs | fuse-overlayfs) measure "$sys" ;;
     *) die "unknown system '$sys' in BENCH_SYSTEMS" ;;
     esac
 done
@@ -329,7 +338,8 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
 {
     echo "rootfs-mount benchmark -- $(date -u +%Y-%m-%dT%H:%MZ), $(uname -r), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "fixture: $B (registry: ${R[native,entries]:-?} entries; 2 GiB blob; bin/: ${#bin_names[@]} files)"
-    echo "rootfs-mount: ${read_path:-read path unknown}${switched:+ (passthrough switched off $switched time(s))}; medians of $RUNS cold / $WARM_RUNS warm runs (mount: 5)"
+    echo "rootfs-mount (--read-only): ${read_path:-read path unknown}${switched:+ (passthrough switched off $switched time(s))}"
+    echo "medians of $RUNS cold / $WARM_RUNS warm runs (mount: 5)"
     echo
     printf '%-24s' "metric"
     for sys in $SYSTEMS; do printf '%21s' "$sys"; done
@@ -366,7 +376,7 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
     verdict "ls -lR, warm (within 2x)" "$(ratio lslr_warm_s t)" 0.5
     verdict "tar -cf - | wc -c" "$(ratio tar_gbs r)" 0.8
     awk -v m="${R[rootfs-mount,mount_ms]:-nan}" 'BEGIN { if (m == "nan") print "  mount ready: not measured"; else printf "  %-44s %.1f ms (target < 200 ms): %s\n", "mount ready", m, (m < 200 ? "met" : "MISSED") }'
-    echo "  daemon RSS after the ls -lR walks: ${R[rootfs-mount,rss_mb]:-?} MB (passthrough), ${R[rootfs-mount-pread,rss_mb]:-?} MB (--no-passthrough)"
+    echo "  daemon RSS after the ls -lR walks: ${R[rootfs-mount,rss_mb]:-?} MB (passthrough), ${R[rootfs-mount-pread,rss_mb]:-?} MB (--no-passthrough), ${R[rootfs-mount-rw,rss_mb]:-?} MB (writable)"
     echo
     echo "rootfs-mount (passthrough) against the other FUSE unions, row by row:"
     for row in mount_ms:t find_cold_s:t find_warm_s:t lslr_warm_s:t seq_cold_gbs:r seq_warm_gbs:r rand4k_kiops:r tar_gbs:r sha_bin_s:t rss_mb:t; do
