@@ -42,6 +42,9 @@ pub struct DaemonOptions {
     pub passthrough: PassthroughPolicy,
 }
 
+/// How scratch upper layers are named (and recognised when a killed daemon left one).
+pub const SCRATCH_PREFIX: &str = "rootfs-mount-upper.";
+
 /// A scratch upper layer in `$TMPDIR` (default /var/tmp: on disk, not in memory, since
 /// builds may download large files into the mount).
 pub fn make_scratch_upper() -> Result<PathBuf, String> {
@@ -52,7 +55,7 @@ pub fn make_scratch_upper() -> Result<PathBuf, String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
         .unwrap_or(0);
-    let dir = base.join(format!("rootfs-mount-upper.{}.{nanos}", std::process::id()));
+    let dir = base.join(format!("{SCRATCH_PREFIX}{}.{nanos}", std::process::id()));
     std::fs::create_dir(&dir)
         .map_err(|e| format!("cannot make a scratch upper layer {}: {e}", dir.display()))?;
     Ok(dir)
@@ -512,7 +515,17 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
             found.source
         ));
     }
-    match sys::unmount(&target, lazy) {
+    let result = unmount_as_allowed(&target, lazy);
+    if result.is_ok() {
+        // A killed daemon left its state file, and maybe a scratch upper layer: clean up.
+        state::live_mounts();
+    }
+    result
+}
+
+fn unmount_as_allowed(target: &Path, lazy: bool) -> Result<(), String> {
+    let shown = target.display();
+    match sys::unmount(target, lazy) {
         Ok(()) => Ok(()),
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => Err(format!(
             "{shown} is busy (a process has files open or its working folder there); close them or use --lazy"
@@ -523,7 +536,7 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
             if lazy {
                 cmd.arg("-z");
             }
-            let status = cmd.arg(&target).status().map_err(|e| format!("running fusermount3: {e}"))?;
+            let status = cmd.arg(target).status().map_err(|e| format!("running fusermount3: {e}"))?;
             if status.success() {
                 Ok(())
             } else {

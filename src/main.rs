@@ -57,6 +57,7 @@ fn run(cli: Cli) -> Result<(), String> {
         contexts: params.contexts.clone(),
         registry_data: params.registry_dir(),
         upper: upper_dir.clone(),
+        scratch_upper: scratch.is_some(),
         allow_other: args.allow_other,
         auto_unmount: daemon::wants_auto_unmount(args.allow_other),
     };

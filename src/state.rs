@@ -36,6 +36,9 @@ pub struct MountDescription {
     pub registry_data: PathBuf,
     /// The upper layer writes go to; `None`: a read-only mount.
     pub upper: Option<PathBuf>,
+    /// The upper layer is a scratch folder, removed with the mount (or, when the daemon
+    /// was killed, when its stale state file is cleaned up).
+    pub scratch_upper: bool,
     pub allow_other: bool,
     pub auto_unmount: bool,
 }
@@ -139,7 +142,7 @@ impl MountRecord {
         let c = &self.counters;
         let contexts = d.contexts.as_deref().map(path_field).unwrap_or_default();
         let upper = d.upper.as_deref().map(path_field).unwrap_or_default();
-        let fields: [(&str, String); 19] = [
+        let fields: [(&str, String); 20] = [
             ("pid", self.pid.to_string()),
             ("start_ticks", self.start_ticks.to_string()),
             ("started", self.started.to_string()),
@@ -152,6 +155,7 @@ impl MountRecord {
             ("contexts", contexts),
             ("registry_data", path_field(&d.registry_data)),
             ("upper", upper),
+            ("scratch_upper", d.scratch_upper.to_string()),
             ("allow_other", d.allow_other.to_string()),
             ("auto_unmount", d.auto_unmount.to_string()),
             ("read_path", c.read_path.as_str().to_string()),
@@ -203,6 +207,7 @@ impl MountRecord {
                 "contexts" if !value.is_empty() => d.contexts = Some(path_value(value)),
                 "registry_data" => d.registry_data = path_value(value),
                 "upper" if !value.is_empty() => d.upper = Some(path_value(value)),
+                "scratch_upper" => d.scratch_upper = value == "true",
                 "allow_other" => d.allow_other = value == "true",
                 "auto_unmount" => d.auto_unmount = value == "true",
                 "read_path" => {
@@ -360,8 +365,33 @@ fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Reads every state file in `dir`: live records, and the paths of stale ones.
-fn scan(dir: &Path) -> (Vec<MountRecord>, Vec<PathBuf>) {
+/// A state file whose daemon is gone, with what could be read of it.
+struct Stale {
+    path: PathBuf,
+    record: Option<MountRecord>,
+}
+
+impl Stale {
+    /// Removes the file, and the scratch upper layer of a killed daemon with it. Only a
+    /// folder named like the ones the daemon makes is ever removed.
+    fn remove(self) {
+        if let Some(d) = self.record.map(|r| r.description) {
+            if let (true, Some(upper)) = (d.scratch_upper, d.upper) {
+                let ours = upper.file_name().is_some_and(|n| {
+                    n.as_bytes()
+                        .starts_with(crate::daemon::SCRATCH_PREFIX.as_bytes())
+                });
+                if ours {
+                    let _ = std::fs::remove_dir_all(&upper);
+                }
+            }
+        }
+        let _ = std::fs::remove_file(self.path);
+    }
+}
+
+/// Reads every state file in `dir`: live records, and the stale ones.
+fn scan(dir: &Path) -> (Vec<MountRecord>, Vec<Stale>) {
     let mut live = Vec::new();
     let mut stale = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
@@ -378,7 +408,7 @@ fn scan(dir: &Path) -> (Vec<MountRecord>, Vec<PathBuf>) {
         match record {
             Some(r) if r.is_live() => live.push(r),
             // Unreadable, unparsable or left by a dead process.
-            _ => stale.push(path),
+            record => stale.push(Stale { path, record }),
         }
     }
     live.sort_by(|a, b| a.mountpoint.cmp(&b.mountpoint));
@@ -387,8 +417,8 @@ fn scan(dir: &Path) -> (Vec<MountRecord>, Vec<PathBuf>) {
 
 /// Removes the stale state files of `dir` (those this user may remove).
 pub fn clean_stale(dir: &Path) {
-    for path in scan(dir).1 {
-        let _ = std::fs::remove_file(path);
+    for stale in scan(dir).1 {
+        stale.remove();
     }
 }
 
@@ -398,8 +428,8 @@ pub fn live_mounts() -> Vec<MountRecord> {
         return Vec::new();
     };
     let (live, stale) = scan(&dir);
-    for path in stale {
-        let _ = std::fs::remove_file(path);
+    for s in stale {
+        s.remove();
     }
     live
 }

@@ -156,7 +156,13 @@ fn sigterm_and_sigint_unmount_cleanly() {
 
 #[test]
 fn stale_mount_is_recovered_by_umount() {
-    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let tmpdir = scratch("tmpdir");
+    let m = Mount::with_env(demo_cache(), &["--k8s", "v1.23.4"], &[("TMPDIR", &tmpdir)]);
+    assert_eq!(
+        std::fs::read_dir(&tmpdir).unwrap().count(),
+        1,
+        "no scratch upper"
+    );
     let pid = daemon_pid(&m.dir);
     // SAFETY: killing the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -174,6 +180,12 @@ fn stale_mount_is_recovered_by_umount() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!is_mounted(&m.dir));
+    // The killed daemon's scratch upper layer goes with its stale state file.
+    assert_eq!(
+        std::fs::read_dir(&tmpdir).unwrap().count(),
+        0,
+        "scratch upper left behind"
+    );
     // The same mountpoint works again.
     let out = run(&[
         m.dir.to_str().unwrap(),
