@@ -462,6 +462,7 @@ mod tests {
                 contexts: Some("/src/contexts".into()),
                 registry_data: "/var/cache/rootfs-mount/registry".into(),
                 upper: Some("/build/upper".into()),
+                scratch_upper: true,
                 allow_other: true,
                 auto_unmount: false,
             },
