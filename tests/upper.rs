@@ -331,3 +331,34 @@ fn posix_corner_cases() {
         .map(|s| !s.success())
         .unwrap());
 }
+
+#[test]
+fn read_write_handles_read_before_their_first_write() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    // A rendered file, an archive member and a cache file, each opened O_RDWR.
+    for rel in [
+        "rootfs/etc/kubeadm.yml",
+        "amd64/bin/crictl",
+        "amd64/bin/kubeadm",
+    ] {
+        let before = std::fs::read(m.path(rel)).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(m.path(rel))
+            .unwrap();
+        let mut got = Vec::new();
+        f.read_to_end(&mut got).unwrap();
+        assert!(
+            got == before,
+            "{rel}: read through an O_RDWR handle differs"
+        );
+        f.seek(SeekFrom::Start(0)).unwrap();
+        f.write_all(b"#!").unwrap();
+        drop(f);
+        let after = std::fs::read(m.path(rel)).unwrap();
+        assert_eq!(&after[..2], b"#!", "{rel}");
+        assert_eq!(&after[2..], &before[2..], "{rel}");
+    }
+}

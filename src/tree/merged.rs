@@ -32,7 +32,8 @@ pub(super) enum OpenFile {
     PendingWrite {
         path: PathBuf,
         flags: i32,
-        lower: Option<File>,
+        /// The content as it is below, for reads through an `O_RDWR` handle.
+        reader: Option<Box<OpenFile>>,
     },
 }
 
@@ -266,7 +267,7 @@ impl MergedTree {
 
     /// The content of the file `ino`, opened for reading: a layer's file checked against
     /// what its lookup reported, bytes in memory, an archive slice, or an upper file.
-    fn open_content(&self, ino: u64) -> Result<(OpenFile, Arc<Node>), FsError> {
+    pub(super) fn open_content(&self, ino: u64) -> Result<(OpenFile, Arc<Node>), FsError> {
         let (path, node) = self.inode(ino)?;
         let open = match &node.entry.content {
             Content::Disk(f) => {
@@ -330,8 +331,16 @@ impl MergedTree {
         let Some(file) = self.files.get(&fh) else {
             return answer(Err(fs_err!(EBADF, "no open file {fh}")));
         };
+        // A handle opened for writing reads what is below until its first write.
+        let open = match &*file {
+            OpenFile::PendingWrite {
+                reader: Some(below),
+                ..
+            } => &**below,
+            open => open,
+        };
         // Layer contents are cloned out, so that no shard lock is held while reading.
-        match &*file {
+        match open {
             OpenFile::Disk {
                 file: f,
                 size: expected,
@@ -359,11 +368,7 @@ impl MergedTree {
                 read_at_most(f, offset, size as usize).map_err(FsError::from),
                 answer,
             ),
-            OpenFile::PendingWrite { lower: Some(f), .. } => answer_owned(
-                read_at_most(f, offset, size as usize).map_err(FsError::from),
-                answer,
-            ),
-            OpenFile::PendingWrite { lower: None, .. } => {
+            OpenFile::PendingWrite { .. } => {
                 answer(Err(fs_err!(EBADF, "file {fh} is not open for reading")))
             }
         }

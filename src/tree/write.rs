@@ -515,14 +515,14 @@ impl MergedTree {
         } else if node.upper == InUpper::Yes {
             OpenFile::Upper(self.open_upper(&path, access)?)
         } else {
-            let lower = match (&node.entry.content, access) {
-                (Content::Disk(f), libc::O_RDWR) => Some(f.open()?),
+            let reader = match access {
+                libc::O_RDWR => Some(Box::new(self.open_content(ino)?.0)),
                 _ => None,
             };
             OpenFile::PendingWrite {
                 path: path.to_path_buf(),
                 flags: access,
-                lower,
+                reader,
             }
         };
         let fh = self.handle();
