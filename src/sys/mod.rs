@@ -26,26 +26,12 @@ pub fn open_beneath(dir: &impl AsRawFd, rel: &Path, flags: libc::c_int) -> io::R
         rel
     };
     let path = c_path(rel)?;
-    // SAFETY: open_how is plain data; all-zero is its documented default.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: `path` is a valid NUL-terminated string and `how` a valid open_how that
-    // outlives the call; the kernel returns a new fd we take ownership of.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir.as_raw_fd(),
-            path.as_ptr(),
-            &how as *const libc::open_how,
-            std::mem::size_of::<libc::open_how>(),
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the syscall succeeded, so `fd` is an open descriptor owned by nobody else.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
+    openat2(
+        dir,
+        &path,
+        flags | libc::O_CLOEXEC | libc::O_NOFOLLOW,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 /// Opens `rel` beneath the folder `dir` with `O_PATH`, following symlinks only while they
@@ -53,11 +39,27 @@ pub fn open_beneath(dir: &impl AsRawFd, rel: &Path, flags: libc::c_int) -> io::R
 /// fails with `EXDEV`. For layer roots inside the cache or a contexts folder.
 pub fn open_path_beneath(dir: &impl AsRawFd, rel: &Path) -> io::Result<OwnedFd> {
     let path = c_path(rel)?;
+    openat2(
+        dir,
+        &path,
+        libc::O_PATH | libc::O_CLOEXEC,
+        libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+/// `openat2(2)` with `flags` and `resolve`; the new fd is ours.
+fn openat2(
+    dir: &impl AsRawFd,
+    path: &CString,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     // SAFETY: open_how is plain data; all-zero is its documented default.
     let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (libc::O_PATH | libc::O_CLOEXEC) as u64;
-    how.resolve = libc::RESOLVE_BENEATH | libc::RESOLVE_NO_MAGICLINKS;
-    // SAFETY: as in `open_beneath`: valid path and open_how, and we own the returned fd.
+    how.flags = flags as u64;
+    how.resolve = resolve;
+    // SAFETY: `path` is a valid NUL-terminated string and `how` a valid open_how that
+    // outlives the call; the kernel returns a new fd we take ownership of.
     let fd = unsafe {
         libc::syscall(
             libc::SYS_openat2,
