@@ -362,3 +362,34 @@ fn read_write_handles_read_before_their_first_write() {
         assert_eq!(&after[2..], &before[2..], "{rel}");
     }
 }
+
+#[test]
+fn folder_attribute_changes_show_at_once() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--allow-other"]);
+    let dir = m.path("rootfs/work");
+    std::fs::create_dir(&dir).unwrap();
+    // The kernel checks permissions with what setattr answered: the new owner may
+    // create in the folder at once (mode 0755, owner only).
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let made = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "mkdir"])
+        .arg(dir.join("by-nobody"))
+        .status()
+        .unwrap();
+    assert!(
+        made.success(),
+        "the new owner could not create in its folder"
+    );
+    let meta = std::fs::metadata(&dir).unwrap();
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    // The same for a folder of the layers below (copied up on the change).
+    sh(&format!("chmod 0750 '{}'", m.path("rootfs/etc").display()));
+    assert_eq!(
+        std::fs::metadata(m.path("rootfs/etc"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o750
+    );
+}

@@ -36,11 +36,15 @@ pub fn file_attr(ino: u64, node: &Node) -> FileAttr {
         blocks: e.size.div_ceil(512),
         atime: e.mtime,
         mtime: e.mtime,
-        ctime: e.mtime,
+        ctime: e.ctime.unwrap_or(e.mtime),
         crtime: e.mtime,
         kind: file_type(e.kind),
         perm: e.perm,
-        nlink: if e.kind == EntryKind::Dir { 2 } else { 1 },
+        nlink: if e.kind == EntryKind::Dir {
+            2
+        } else {
+            e.nlink.unwrap_or(1)
+        },
         uid: e.uid,
         gid: e.gid,
         rdev: 0,

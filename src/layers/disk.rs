@@ -146,16 +146,17 @@ impl DiskTree {
                 rel: rel.to_path_buf(),
             }),
         };
-        let mtime = SystemTime::UNIX_EPOCH
-            + Duration::new(
-                st.st_mtime.max(0) as u64,
-                st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
-            );
+        let time = |secs: i64, nanos: i64| {
+            SystemTime::UNIX_EPOCH
+                + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+        };
         Ok(LayerEntry {
             kind,
             perm: (st.st_mode & 0o7777) as u16,
             size: st.st_size.max(0) as u64,
-            mtime,
+            mtime: time(st.st_mtime, st.st_mtime_nsec),
+            ctime: Some(time(st.st_ctime, st.st_ctime_nsec)),
+            nlink: (kind == EntryKind::File).then_some(st.st_nlink as u32),
             uid: st.st_uid,
             gid: st.st_gid,
             content,

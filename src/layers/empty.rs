@@ -19,6 +19,8 @@ impl Layer for EmptyDir {
             perm: 0o755,
             size: 4096,
             mtime: build_epoch(),
+            ctime: None,
+            nlink: None,
             uid: 0,
             gid: 0,
             content: Content::Dir,

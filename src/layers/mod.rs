@@ -73,6 +73,11 @@ pub struct LayerEntry {
     pub perm: u16,
     pub size: u64,
     pub mtime: SystemTime,
+    /// Status change time of a file on disk; `None` (entries with no inode of their own:
+    /// embedded, rendered, archive members, synthetic folders) shows the mtime.
+    pub ctime: Option<SystemTime>,
+    /// Link count of a regular file on disk; `None` shows 1. Folders always show 2.
+    pub nlink: Option<u32>,
     pub uid: u32,
     pub gid: u32,
     pub content: Content,

@@ -166,6 +166,8 @@ impl Layer for TemplatedTree {
                     perm: template.perm,
                     size: bytes.len() as u64,
                     mtime: template.mtime,
+                    ctime: None,
+                    nlink: None,
                     uid: template.uid,
                     gid: template.gid,
                     content: Content::Bytes(bytes),

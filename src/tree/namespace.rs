@@ -90,6 +90,8 @@ fn synthetic_dir() -> LayerEntry {
         perm: 0o755,
         size: 4096,
         mtime: build_epoch(),
+        ctime: None,
+        nlink: None,
         uid: 0,
         gid: 0,
         content: Content::Dir,
@@ -207,6 +209,7 @@ impl Namespace {
                     node.entry.uid = meta.uid;
                     node.entry.gid = meta.gid;
                     node.entry.mtime = meta.mtime;
+                    node.entry.ctime = meta.ctime;
                     node.upper = InUpper::Metadata;
                     node
                 }

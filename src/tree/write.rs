@@ -497,7 +497,14 @@ impl MergedTree {
                 .set_times(&path, atime, mtime)
                 .map_err(|e| io_err("utimens", &path, e))?;
         }
-        self.inode(ino).map(|(_, node)| node)
+        // Folders are otherwise resolved again only after a change of shape: take the new
+        // mode, owner and times now, or the kernel would cache the old ones.
+        let fresh = self
+            .node_at(&path)?
+            .ok_or_else(|| fs_err!(ENOENT, "{} is gone", path.display()))?;
+        let fresh = self.stamp(fresh);
+        self.inodes.update(ino, fresh.clone());
+        Ok(fresh)
     }
 
     /// Opens `ino` for writing. `O_TRUNC` replaces the file with an empty upper one (no
