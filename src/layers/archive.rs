@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use super::{build_epoch, Child, Content, EntryKind, Layer, LayerEntry, Source};
+use super::{Child, Content, EntryKind, Layer, LayerEntry, Source};
 use crate::archive::{
     reported, ArchiveFault, ArchiveSlice, IndexStore, IndexedArchive, LazyArchive, MemberKind,
     TarListing, TarMember,
@@ -49,21 +49,6 @@ use crate::sys;
 
 /// How many symlinks a member may go through before it is given up as a loop.
 const MAX_LINK_HOPS: usize = 16;
-
-fn dir_entry(source: Source) -> LayerEntry {
-    LayerEntry {
-        kind: EntryKind::Dir,
-        perm: 0o755,
-        size: 4096,
-        mtime: build_epoch(),
-        ctime: None,
-        nlink: None,
-        uid: 0,
-        gid: 0,
-        content: Content::Dir,
-        source,
-    }
-}
 
 /// The last second of year 9999: later (hostile) member times are clamped to it.
 const LATEST_MTIME: i64 = 253_402_300_799;
@@ -367,7 +352,7 @@ impl Layer for TarballMembers {
     fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
         let mut parts = rel.components();
         let name = match (parts.next(), parts.next()) {
-            (None, _) => return Ok(Some(dir_entry(Source::Path(self.dir.path())))),
+            (None, _) => return Ok(Some(LayerEntry::folder(Source::Path(self.dir.path())))),
             (Some(Component::Normal(name)), None) => name,
             _ => return Ok(None),
         };
@@ -485,7 +470,7 @@ impl GunzippedFile {
 impl Layer for GunzippedFile {
     fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
         if rel.as_os_str().is_empty() {
-            return Ok(Some(dir_entry(Source::Synthetic)));
+            return Ok(Some(LayerEntry::folder(Source::Synthetic)));
         }
         if rel.as_os_str() != self.name || !self.exists()? {
             return Ok(None);

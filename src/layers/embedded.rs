@@ -39,22 +39,8 @@ impl EmbeddedTree {
     }
 
     fn dir_entry(&self, rel: &str) -> LayerEntry {
-        LayerEntry {
-            kind: EntryKind::Dir,
-            perm: 0o755,
-            size: 4096,
-            mtime: build_epoch(),
-            ctime: None,
-            nlink: None,
-            uid: 0,
-            gid: 0,
-            content: Content::Dir,
-            source: Source::Embedded(
-                format!("{}/{rel}", self.prefix)
-                    .trim_end_matches('/')
-                    .to_string(),
-            ),
-        }
+        let path = format!("{}/{rel}", self.prefix);
+        LayerEntry::folder(Source::Embedded(path.trim_end_matches('/').to_string()))
     }
 
     fn insert(&mut self, rel: &Path, file: &'static EmbeddedFile) {

@@ -4,7 +4,7 @@
 use std::io;
 use std::path::Path;
 
-use super::{build_epoch, Child, Content, EntryKind, Layer, LayerEntry, Source};
+use super::{Child, Layer, LayerEntry, Source};
 
 #[derive(Debug, Default)]
 pub struct EmptyDir;
@@ -14,18 +14,7 @@ impl Layer for EmptyDir {
         if !rel.as_os_str().is_empty() {
             return Ok(None);
         }
-        Ok(Some(LayerEntry {
-            kind: EntryKind::Dir,
-            perm: 0o755,
-            size: 4096,
-            mtime: build_epoch(),
-            ctime: None,
-            nlink: None,
-            uid: 0,
-            gid: 0,
-            content: Content::Dir,
-            source: Source::Synthetic,
-        }))
+        Ok(Some(LayerEntry::folder(Source::Synthetic)))
     }
 
     fn children(&self, _rel: &Path) -> io::Result<Vec<Child>> {

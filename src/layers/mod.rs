@@ -137,6 +137,25 @@ pub trait Layer: Send + Sync + fmt::Debug {
     }
 }
 
+impl LayerEntry {
+    /// A folder with no inode of its own (synthetic, embedded or inside an archive):
+    /// 0755, root-owned, with the build epoch as its time.
+    pub fn folder(source: Source) -> Self {
+        LayerEntry {
+            kind: EntryKind::Dir,
+            perm: 0o755,
+            size: 4096,
+            mtime: build_epoch(),
+            ctime: None,
+            nlink: None,
+            uid: 0,
+            gid: 0,
+            content: Content::Dir,
+            source,
+        }
+    }
+}
+
 /// Whether `name` is a plain single path component (not empty, `.`, `..`, no `/`).
 pub fn is_plain_name(name: &OsStr) -> bool {
     let b = name.as_bytes();

@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
-use crate::layers::{build_epoch, Child, Content, EntryKind, Layer, LayerEntry, Source};
+use crate::layers::{Child, EntryKind, Layer, LayerEntry, Source};
 use crate::upper::{UpperDir, UpperLookup};
 
 /// A layer mounted at a path of the virtual tree (relative, empty = the mount root).
@@ -85,18 +85,7 @@ fn relation<'a>(branch_at: &'a Path, path: &'a Path) -> Relation<'a> {
 }
 
 fn synthetic_dir() -> LayerEntry {
-    LayerEntry {
-        kind: EntryKind::Dir,
-        perm: 0o755,
-        size: 4096,
-        mtime: build_epoch(),
-        ctime: None,
-        nlink: None,
-        uid: 0,
-        gid: 0,
-        content: Content::Dir,
-        source: Source::Synthetic,
-    }
+    LayerEntry::folder(Source::Synthetic)
 }
 
 #[derive(Debug)]
