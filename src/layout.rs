@@ -316,10 +316,11 @@ mod tests {
     use serde::Deserialize;
 
     fn params(version: &str, cri: Option<&str>) -> MountParams {
+        let minor: u32 = version.split('.').nth(1).unwrap().parse().unwrap();
         MountParams {
             version: KubeVersion::parse(version).unwrap(),
             cri: cri.map(str::to_string),
-            cni: "calico".into(),
+            cni: if minor >= 16 { "calico" } else { "none" }.into(),
             arches: vec!["amd64".into()],
             cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
             contexts: None,
@@ -358,11 +359,11 @@ mod tests {
                     }
                     let layout = plan(&params(&version, Some(cri)))
                         .unwrap_or_else(|e| panic!("{version} {cri}: {e}"));
-                    for file in [
-                        "rootfs/etc/kubeadm.yml",
-                        "rootfs/etc/kubeadm.yml.tmpl",
-                        "rootfs/etc/tigera-operator.yaml",
-                    ] {
+                    let mut files = vec!["rootfs/etc/kubeadm.yml", "rootfs/etc/kubeadm.yml.tmpl"];
+                    if minor >= 16 {
+                        files.push("rootfs/etc/tigera-operator.yaml");
+                    }
+                    for file in files {
                         // sealer renders the .tmpl at deploy time: do what it does first.
                         let text = rendered(&layout, file)
                             .replace(r#"{{or .RegistryURL "sea.hub:5000"}}"#, "sea.hub:5000");

@@ -1,15 +1,17 @@
 #!/bin/bash
 # Entry point sealer runs when it removes a node (after kubeadm reset): undoes init.sh.
 # Removes the registry container and the Kubernetes node (clean-kube.sh); then, if
-# containerd was installed by containerd.sh (its config.toml is etc/dump-config.toml),
-# stops it and removes its configuration and the files of cri/containerd.tar.gz.
-# A containerd that was on the host before is left alone; /var/lib/containerd and a
-# libseccomp copied from cri/lib64 are kept. Keeps going past errors.
+# containerd was installed by containerd.sh (it left /etc/containerd/.installed-by-sealer-image),
+# stops it and removes its configuration and the files of cri/containerd.tar.gz. A
+# containerd that was on the host before keeps running with the configuration it had
+# (config.toml.sealer.bak is put back). /var/lib/containerd, the registries' hosts.toml
+# and a libseccomp copied from cri/lib64 are kept. Keeps going past errors.
 
 scripts_path=$(cd "$(dirname "$0")" && pwd)
 rootfs=$(dirname "$scripts_path")
 tarball=$rootfs/cri/containerd.tar.gz
 config=/etc/containerd/config.toml
+installed_marker=/etc/containerd/.installed-by-sealer-image
 
 if command -v nerdctl >/dev/null 2>&1; then
   nerdctl rm -f sealer-registry >/dev/null 2>&1 || true
@@ -17,8 +19,7 @@ fi
 
 bash "$scripts_path/clean-kube.sh"
 
-marker=$(head -n 1 "$rootfs/etc/dump-config.toml" 2>/dev/null)
-if [ -n "$marker" ] && [ -f "$config" ] && [ "$(head -n 1 "$config")" = "$marker" ]; then
+if [ -f "$installed_marker" ]; then
   systemctl disable --now containerd.service >/dev/null 2>&1 || true
   if [ -f "$tarball" ]; then
     if tar -tzf "$tarball" | grep -Eq '^(\./)?usr/'; then
@@ -41,8 +42,11 @@ if [ -n "$marker" ] && [ -f "$config" ] && [ "$(head -n 1 "$config")" = "$marker
       done
     fi
   fi
-  rm -f "$config" /etc/crictl.yaml /etc/systemd/system/containerd.service
+  rm -f "$config" "$installed_marker" /etc/crictl.yaml /etc/systemd/system/containerd.service
   systemctl daemon-reload >/dev/null 2>&1 || true
+elif [ -f "$config.sealer.bak" ]; then
+  mv -f "$config.sealer.bak" "$config"
+  systemctl restart containerd.service >/dev/null 2>&1 || true
 fi
 
 exit 0
