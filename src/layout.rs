@@ -10,6 +10,7 @@ use crate::layers::{
     TemplatedTree,
 };
 use crate::render::template_vars;
+use crate::sealer::SealerFacts;
 use crate::tree::{Branch, Namespace};
 use crate::versions::{KubeVersion, Profile, VersionFacts};
 
@@ -32,6 +33,8 @@ pub struct MountParams {
     /// `None`: the contexts embedded in the binary.
     pub contexts: Option<PathBuf>,
     pub registry_domain: String,
+    /// A generation of contexts/sealer.yaml; `None`: its default.
+    pub sealer: Option<String>,
     /// `None`: `CACHE/registry`.
     pub registry_data: Option<PathBuf>,
     /// `None`: `CACHE/index`.
@@ -108,17 +111,18 @@ enum Contexts<'a> {
 }
 
 impl Contexts<'_> {
-    fn versions(&self) -> Result<VersionFacts, String> {
+    /// A data file at the top of the contexts, through `parse`.
+    fn data<T>(&self, name: &str, parse: fn(&[u8]) -> Result<T, String>) -> Result<T, String> {
         match self {
-            Contexts::Embedded => VersionFacts::parse(
-                embedded_file("versions.yaml")
-                    .ok_or("versions.yaml is not embedded in this build")?,
+            Contexts::Embedded => parse(
+                embedded_file(name)
+                    .ok_or_else(|| format!("{name} is not embedded in this build"))?,
             ),
             Contexts::Disk(dir) => {
-                let path = dir.join("versions.yaml");
+                let path = dir.join(name);
                 let bytes = std::fs::read(&path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                VersionFacts::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+                parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
             }
         }
     }
@@ -159,9 +163,12 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
             ));
         }
     }
-    let facts = contexts.versions()?;
+    let facts = contexts.data("versions.yaml", VersionFacts::parse)?;
     let profile = facts.profile(&params.version, params.cri.as_deref(), &params.cni)?;
-    let vars = Arc::new(template_vars(&profile, &params.registry_domain));
+    let sealer = contexts
+        .data("sealer.yaml", SealerFacts::parse)?
+        .generation(params.sealer.as_deref())?;
+    let vars = Arc::new(template_vars(&profile, &sealer, &params.registry_domain));
 
     let mut context_layers: Vec<(String, Box<dyn Layer>)> = Vec::new();
     if let Some((cni, _)) = &profile.cni {
@@ -325,6 +332,7 @@ mod tests {
             cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
             contexts: None,
             registry_domain: "sea.hub:5000".into(),
+            sealer: None,
             registry_data: None,
             index_dir: None,
             allow_missing: true,

@@ -1,7 +1,7 @@
 //! rootfs-mount: the merged build directory of a sealer base ClusterImage, served over
 //! FUSE as a union of layers, with templated files rendered on read.
 //!
-//! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`render`],
+//! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`sealer`], [`render`],
 //! [`layout`]. Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files,
 //! `status`). All `unsafe` code is in `sys`.
 
@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod render;
+pub mod sealer;
 pub mod state;
 pub mod sys;
 pub mod tree;

@@ -4,10 +4,15 @@ pub mod template;
 
 pub use template::{quote, render, TemplateError, Value, Vars};
 
+use crate::sealer::Generation;
 use crate::versions::Profile;
 
 /// The variables of docs/TEMPLATES.md for one mount.
-pub fn template_vars(profile: &Profile, registry_domain: &str) -> Vars {
+pub fn template_vars(
+    profile: &Profile,
+    sealer: &(String, Generation),
+    registry_domain: &str,
+) -> Vars {
     let mut vars = Vars::new();
     let mut set = |name: &str, value: Value| {
         vars.insert(name.to_string(), value);
@@ -52,6 +57,12 @@ pub fn template_vars(profile: &Profile, registry_domain: &str) -> Vars {
     );
     set("dns_image_subpath", Value::Str(dns_subpath));
     set("kube_images", Value::List(profile.kube_images()));
+    let (generation, facts) = sealer;
+    set("sealer_generation", s(generation));
+    set("sealer_covers", s(&facts.covers));
+    set("kubefile_copy", Value::List(facts.copy.clone()));
+    set("lvscare_image", s(&facts.lvscare_image));
+    set("clusterfile_api_version", s(&facts.clusterfile_api_version));
     set("feature_gates", Value::Str(profile.feature_gates.join(",")));
     for (name, on) in &profile.features {
         set(name, Value::Bool(*on));
