@@ -389,6 +389,21 @@ mod tests {
                         );
                     }
                     let kubeadm = rendered(&layout, "rootfs/etc/kubeadm.yml");
+                    // sealer fills a missing or empty key from its own defaults, which name
+                    // gates and repositories that are wrong for many versions.
+                    let cluster = serde_yaml::Deserializer::from_str(&kubeadm)
+                        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+                        .find(|d| d["kind"] == "ClusterConfiguration")
+                        .unwrap();
+                    for component in ["apiServer", "controllerManager", "scheduler"] {
+                        let gates = cluster[component]["extraArgs"]["feature-gates"]
+                            .as_str()
+                            .unwrap_or_default();
+                        assert!(!gates.is_empty(), "{version}: {component} feature-gates");
+                    }
+                    assert!(cluster["dns"]["imageRepository"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("sea.hub:5000")));
                     assert!(
                         kubeadm.contains(&format!("kubernetesVersion: {version}\n")),
                         "{version}"

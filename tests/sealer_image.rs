@@ -209,14 +209,48 @@ fn installed(state: &Path, path: &str) -> Option<Vec<u8>> {
         .map(|_| read(&p))
 }
 
-/// sealer v0.9+ deploys a node from the image root: `<cri>.sh`, `init-registry.sh PORT
-/// DATADIR DOMAIN` on the registry host, `init-kube.sh`; on delete `clean.sh` and
-/// `uninstall-<cri>.sh`. Each runs and does what it says, and undoes it.
-fn run_entry_points(image: &BuiltImage, cri: &str) {
+/// How one sealer generation calls the entry scripts on a node, from the image root (the
+/// node's /var/lib/sealer/data/<cluster>/rootfs).
+#[derive(Clone, Copy, PartialEq)]
+enum Sealer {
+    /// v0.9.2 to v0.11.0: `bash <rootfs>/scripts/<cri>.sh`; `cd <rootfs>/scripts && export
+    /// RegistryURL=... && bash init-kube.sh`; `cd <rootfs>/scripts && bash init-registry.sh
+    /// PORT DATADIR DOMAIN`; on delete `bash <rootfs>/scripts/uninstall-<cri>.sh`.
+    V09,
+    /// v0.8.6: `cd <rootfs> && chmod +x scripts/* && cd scripts && bash init.sh
+    /// /var/lib/docker DOMAIN PORT`; `cd <rootfs>/scripts && ./init-registry.sh PORT DATADIR
+    /// DOMAIN`; on delete `<rootfs>/scripts/clean.sh`.
+    V08,
+}
+
+/// Runs the entry points as `sealer` calls them, in the sandbox, and checks what each
+/// installed and that the delete entry point removes it again.
+fn run_entry_points(image: &BuiltImage, cri: &str, sealer: Sealer) {
     let state = scratch("sandbox");
     let root = &image.root;
-    in_sandbox(&state, root, "scripts", &["bash", &format!("{cri}.sh")]);
-    let calls = in_sandbox(&state, root, "scripts", &["bash", "init-kube.sh"]);
+    let root_str = root.to_str().unwrap();
+    let calls = match sealer {
+        Sealer::V09 => {
+            in_sandbox(
+                &state,
+                root,
+                ".",
+                &["bash", &format!("{root_str}/scripts/{cri}.sh")],
+            );
+            in_sandbox(
+                &state,
+                root,
+                "scripts",
+                &["env", "RegistryURL=sea.hub:5000", "bash", "init-kube.sh"],
+            )
+        }
+        Sealer::V08 => in_sandbox(
+            &state,
+            root,
+            "scripts",
+            &["bash", "init.sh", "/var/lib/docker", "sea.hub", "5000"],
+        ),
+    };
     for bin in [
         "kubeadm",
         "kubectl",
@@ -268,50 +302,59 @@ fn run_entry_points(image: &BuiltImage, cri: &str) {
             );
         }
     }
-    let data = state.join("registry-data");
-    let calls = in_sandbox(
-        &state,
-        root,
-        "scripts",
-        &[
-            "bash",
-            "init-registry.sh",
-            "5000",
-            data.to_str().unwrap(),
-            "sea.hub",
-        ],
-    );
+    let data = format!("{root_str}/registry");
+    let registry: Vec<&str> = match sealer {
+        Sealer::V09 => vec!["bash", "init-registry.sh", "5000", &data, "sea.hub"],
+        Sealer::V08 => vec!["./init-registry.sh", "5000", &data, "sea.hub"],
+    };
+    let calls = in_sandbox(&state, root, "scripts", &registry);
     let cli = if cri == "docker" { "docker" } else { "nerdctl" };
     let run_line = calls
         .lines()
         .find(|l| l.starts_with(&format!("{cli} run ")))
         .unwrap_or_else(|| panic!("init-registry.sh started no registry: {calls}"));
     assert!(
-        run_line.contains(&format!("{}:/var/lib/registry", data.display()))
+        run_line.contains(&format!("{data}:/var/lib/registry"))
             && run_line.contains("REGISTRY_HTTP_ADDR=0.0.0.0:5000")
             && run_line.ends_with("registry:2.8.1"),
         "{run_line}"
     );
 
-    in_sandbox(&state, root, "scripts", &["bash", "clean.sh"]);
-    in_sandbox(
-        &state,
-        root,
-        "scripts",
-        &["bash", &format!("uninstall-{cri}.sh")],
-    );
-    for gone in [
-        "usr/bin/kubeadm",
-        "usr/bin/kubelet",
-        "etc/systemd/system/kubelet.service",
+    let mut gone = vec![
         "usr/bin/dockerd",
         "usr/local/bin/containerd",
         "etc/containerd/config.toml",
         "etc/docker/daemon.json",
-    ] {
+    ];
+    match sealer {
+        // sealer v0.9+ resets the Kubernetes node itself (kubeadm reset, rm of the kube
+        // binaries: pkg/runtime/kubernetes/utils.go); the image undoes its CRI.
+        Sealer::V09 => {
+            in_sandbox(
+                &state,
+                root,
+                ".",
+                &["bash", &format!("{root_str}/scripts/uninstall-{cri}.sh")],
+            );
+        }
+        Sealer::V08 => {
+            in_sandbox(
+                &state,
+                root,
+                ".",
+                &[&format!("{root_str}/scripts/clean.sh")],
+            );
+            gone.extend([
+                "usr/bin/kubeadm",
+                "usr/bin/kubelet",
+                "etc/systemd/system/kubelet.service",
+            ]);
+        }
+    }
+    for path in gone {
         assert!(
-            installed(&state, gone).is_none(),
-            "{gone} is still installed after clean.sh and uninstall-{cri}.sh"
+            installed(&state, path).is_none(),
+            "{path} is still installed after the delete entry point"
         );
     }
     let _ = std::fs::remove_dir_all(&state);
@@ -324,7 +367,7 @@ fn build_and_deploy(version: &str, cri: &str) {
         let image = build(&buildah, &m, arch);
         check_image_root(&image, &m, version, cri, arch);
         if arch == "amd64" {
-            run_entry_points(&image, cri);
+            run_entry_points(&image, cri, Sealer::V09);
         }
     }
 }
@@ -426,4 +469,146 @@ fn registry_serves_the_mounts_registry_folder() {
     }
     let _ = std::fs::remove_dir_all(&out);
     let _ = std::fs::remove_dir_all(&data);
+}
+
+/// sealer v0.8's builder is not buildah: each COPY source (after `${ARCH}` and `*`) is copied
+/// by name into the destination folder (utils/collector/local_context.go:29-56 @v0.8.6).
+/// This applies the Kubefile's COPY lines that way, with `cp -a`, into `root`.
+fn copy_as_sealer_v0_8(m: &Mount, arch: &str, root: &Path) {
+    let kubefile = m.read("rootfs/Kubefile");
+    let copies: Vec<(String, String)> = kubefile
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .map(|rest| {
+            let (src, dest) = rest.split_once(' ').expect("COPY SRC DEST");
+            (src.replace("${ARCH}", arch), dest.to_string())
+        })
+        .collect();
+    assert_eq!(copies.len(), 3, "{kubefile}");
+    for (src, dest) in copies {
+        let sources: Vec<PathBuf> = match src.strip_suffix("/*") {
+            Some(dir) => std::fs::read_dir(m.path(dir))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect(),
+            None => vec![m.path(&src)],
+        };
+        let into = root.join(&dest);
+        std::fs::create_dir_all(&into).unwrap();
+        for source in sources {
+            let out = Command::new("cp")
+                .arg("-a")
+                .arg(&source)
+                .arg(&into)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn sealer_v0_8_image_and_entry_points() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--sealer", "v0.8", "--arch", "amd64"]);
+    let kubefile = m.read("rootfs/Kubefile");
+    assert!(kubefile.contains("\nCOPY rootfs/* .\n"), "{kubefile}");
+    assert!(m
+        .read("rootfs/imageList")
+        .contains("docker.io/fanux/lvscare:latest\n"));
+    assert!(m
+        .read("rootfs/etc/Clusterfile")
+        .contains("apiVersion: sealer.cloud/v2\n"));
+    let root = scratch("v08-image");
+    copy_as_sealer_v0_8(&m, "amd64", &root);
+    let labels = kubefile
+        .lines()
+        .filter_map(|l| l.strip_prefix("LABEL "))
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| {
+            (
+                serde_yaml::Value::from(k),
+                serde_yaml::Value::from(v.trim_matches('"')),
+            )
+        })
+        .collect::<serde_yaml::Mapping>();
+    let image = BuiltImage {
+        root: root.clone(),
+        labels: serde_yaml::Value::Mapping(labels),
+    };
+    check_image_root(&image, &m, "v1.23.4", "docker", "amd64");
+    run_entry_points(&image, "docker", Sealer::V08);
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn sealer_v0_9_image_list_names_lvscare() {
+    let m = Mount::new(&["--k8s", "v1.27.16", "--arch", "amd64"]);
+    let list = m.read("rootfs/imageList");
+    assert!(
+        list.contains("docker.io/sealerio/lvscare:v1.1.3-beta.8\n"),
+        "{list}"
+    );
+    assert!(m
+        .read("rootfs/etc/Clusterfile")
+        .contains("apiVersion: sealer.io/v2\n"));
+    let registry = m.read("rootfs/etc/registry.yml");
+    assert!(registry.contains("domain: sea.hub\n") && registry.contains("port: \"5000\"\n"));
+}
+
+/// docker-ce's containerd.io ships a config.toml with the CRI plugin disabled: containerd.sh
+/// keeps the installed binaries but always installs the image's config (the old one is kept
+/// as a backup, and put back by uninstall-containerd.sh).
+#[test]
+fn containerd_already_installed_is_configured() {
+    let m = Mount::new(&[
+        "--k8s", "v1.24.0", "--arch", "amd64", "--cni", "none", "--sealer", "v0.8",
+    ]);
+    let root = scratch("containerd-image");
+    copy_as_sealer_v0_8(&m, "amd64", &root);
+    let state = scratch("sandbox");
+    let root_str = root.to_str().unwrap();
+    let preinstalled = "disabled_plugins = ['cri']\n";
+    in_sandbox(
+        &state,
+        &root,
+        ".",
+        &[
+            "bash",
+            "-c",
+            &format!(
+                "mkdir -p /etc/containerd && printf '{}' >/etc/containerd/config.toml && printf '#!/bin/sh\\n' >/usr/bin/containerd && chmod +x /usr/bin/containerd && bash {root_str}/scripts/containerd.sh",
+                preinstalled.replace('\'', "'\\''").replace('\n', "\\n")
+            ),
+        ],
+    );
+    assert_eq!(
+        installed(&state, "etc/containerd/config.toml").unwrap(),
+        read(&root.join("etc/dump-config.toml"))
+    );
+    assert_eq!(
+        installed(&state, "etc/containerd/config.toml.sealer.bak").unwrap(),
+        preinstalled.as_bytes()
+    );
+    assert!(installed(&state, "etc/containerd/certs.d/sea.hub:5000/hosts.toml").is_some());
+    assert!(installed(&state, "usr/local/bin/containerd").is_none());
+    in_sandbox(
+        &state,
+        &root,
+        ".",
+        &[
+            "bash",
+            &format!("{root_str}/scripts/uninstall-containerd.sh"),
+        ],
+    );
+    assert_eq!(
+        installed(&state, "etc/containerd/config.toml").unwrap(),
+        preinstalled.as_bytes()
+    );
+    assert!(installed(&state, "usr/bin/containerd").is_some());
+    let _ = std::fs::remove_dir_all(&state);
+    let _ = std::fs::remove_dir_all(&root);
 }
