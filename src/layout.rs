@@ -414,4 +414,35 @@ mod tests {
             }
         }
     }
+
+    /// Every script a sealer generation runs exists in the tree, for every CRI.
+    #[test]
+    fn every_entry_point_script_is_in_the_tree() {
+        let facts =
+            SealerFacts::parse(crate::layers::embedded_file("sealer.yaml").unwrap()).unwrap();
+        for generation in ["v0.9", "v0.8"] {
+            let (_, g) = facts.generation(Some(generation)).unwrap();
+            for (version, cri) in [("v1.23.4", "docker"), ("v1.24.0", "containerd")] {
+                let mut p = params(version, Some(cri));
+                p.sealer = Some(generation.into());
+                let layout = plan(&p).unwrap();
+                for entry in &g.entry_points {
+                    let scripts = entry.scripts(cri);
+                    assert!(!scripts.is_empty(), "{}", entry.run);
+                    for script in scripts {
+                        let path = format!("rootfs/scripts/{script}");
+                        assert!(
+                            layout
+                                .namespace
+                                .resolve_path(Path::new(&path))
+                                .unwrap()
+                                .is_some(),
+                            "{generation} {cri}: {path} missing for `{}`",
+                            entry.run
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -16,6 +16,31 @@ pub struct Generation {
     /// The image sealer runs for its apiserver load balancer; the image list carries it.
     pub lvscare_image: String,
     pub clusterfile_api_version: String,
+    /// Whether this generation reads the image's `etc/registry.yml`.
+    pub reads_registry_yml: bool,
+    pub entry_points: Vec<EntryPoint>,
+}
+
+/// One command sealer runs on a node from the image root (documentation, and checked
+/// against the contexts: every script it names exists for every CRI).
+#[derive(Clone, Debug, Deserialize)]
+pub struct EntryPoint {
+    pub when: String,
+    /// The command, with `<rootfs>`, `<cri>`, `<domain>`, `<port>` for sealer's values.
+    pub run: String,
+    pub source: String,
+}
+
+impl EntryPoint {
+    /// The scripts of the image that the command runs, for one CRI (`init.sh`, `docker.sh`).
+    pub fn scripts(&self, cri: &str) -> Vec<String> {
+        self.run
+            .replace("<cri>", cri)
+            .split_whitespace()
+            .filter(|word| word.ends_with(".sh"))
+            .map(|word| word.rsplit('/').next().unwrap_or(word).to_string())
+            .collect()
+    }
 }
 
 /// The whole data file.
@@ -75,6 +100,10 @@ mod tests {
         let (_, old) = f.generation(Some("v0.8")).unwrap();
         assert!(old.copy.contains(&"COPY rootfs/* .".to_string()));
         assert_ne!(current.lvscare_image, old.lvscare_image);
+        assert!(current
+            .entry_points
+            .iter()
+            .any(|e| e.run.contains("uninstall-<cri>.sh")));
         assert!(f
             .generation(Some("v1.0"))
             .unwrap_err()
