@@ -242,3 +242,59 @@ fn contexts_edited_while_mounted() {
     assert_eq!(m.read("rootfs/etc/kubeadm.yml"), kubeadm);
     assert!(is_running(pid));
 }
+
+/// Index files are derived data beside the cache and anyone who can write there can
+/// change them: truncating or rewriting one while it is in use must not kill the daemon
+/// (a memory-mapped index gave SIGBUS), and reads stay right.
+#[test]
+fn index_file_truncated_or_rewritten_while_mounted() {
+    use std::os::unix::fs::FileExt;
+    let cache = own_cache();
+    let work = scratch("index-fault");
+    // A registry.tar.gz of ~40 MB output: about 40 seek points, each with its window.
+    sh(&format!(
+        "set -e; cd '{w}'; seq 1 5000000 > big.tar; gzip -c big.tar > '{c}/cri/docker/amd64/registry.tar.gz'",
+        w = work.display(),
+        c = cache.display()
+    ));
+    let reference = std::fs::read(work.join("big.tar")).unwrap();
+    let (m, pid) = mount(&cache, &[]);
+    let shown = m.path("amd64/images/registry.tar");
+    // The stat builds the index; nothing of the file is read yet.
+    assert_eq!(
+        std::fs::metadata(&shown).unwrap().len(),
+        reference.len() as u64
+    );
+    let index: Vec<PathBuf> = std::fs::read_dir(cache.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("registry.tar.gz"))
+        .collect();
+    assert_eq!(index.len(), 1, "{index:?}");
+    let len = std::fs::metadata(&index[0]).unwrap().len();
+    // Truncated in place to its header, then rewritten with other bytes.
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&index[0])
+        .unwrap();
+    f.set_len(128).unwrap();
+    let file = std::fs::File::open(&shown).unwrap();
+    let check = |pos: usize| {
+        let mut buf = vec![0u8; 4096];
+        let n = file.read_at(&mut buf, pos as u64).unwrap();
+        assert!(n > 0 && buf[..n] == reference[pos..pos + n], "bytes at {pos}");
+    };
+    // Far apart, backwards: each read starts from another seek point.
+    for pos in (1..10).rev().map(|i| i * reference.len() / 10) {
+        check(pos);
+    }
+    f.set_len(len).unwrap();
+    f.write_all_at(&vec![0x5a; len as usize], 0).unwrap();
+    for pos in (1..10).rev().map(|i| i * reference.len() / 10 + 4_000_000 % reference.len()) {
+        if pos + 4096 < reference.len() {
+            check(pos);
+        }
+    }
+    assert_still_serving(&m, pid, &[]);
+    let _ = std::fs::remove_dir_all(&work);
+}

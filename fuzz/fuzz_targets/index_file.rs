@@ -67,7 +67,7 @@ fuzz_target!(|data: &[u8]| {
         let header = crc(&bytes[..HEADER_LEN - 4]);
         bytes[HEADER_LEN - 4..HEADER_LEN].copy_from_slice(&header);
     }
-    let Some(parsed) = parse_index(Arc::new(bytes)) else {
+    let Some(parsed) = parse_index(bytes) else {
         return;
     };
     let mut cursor = InflateCursor::new().expect("cursor");

@@ -520,7 +520,7 @@ pub struct GzipIndex {
     windows: WindowBytes,
 }
 
-/// Where the deflated windows are: an index file mapped read-only, or memory.
+/// Where the deflated windows are: memory read from the index file (never a mapping).
 pub struct WindowBytes {
     bytes: std::sync::Arc<dyn AsRef<[u8]> + Send + Sync>,
     start: usize,

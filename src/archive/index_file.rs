@@ -9,6 +9,11 @@
 //! is rebuilt, never trusted. When the folder cannot be written, indexes are kept in
 //! memory for the life of the daemon (logged once).
 //!
+//! Index files are read with `pread` into memory, never mapped: anyone who can write the
+//! folder could truncate a mapped file, and the next read of the mapping would kill the
+//! daemon (SIGBUS). Only the deflated windows stay in memory after parsing, about 3% of
+//! the archive for ordinary archives; a file larger than [`max_index_len`] is not read.
+//!
 //! Layout (little-endian): a 128-byte header, then the deflated windows, the seek
 //! points (32 bytes each), and the tar listing when the archive has one.
 
@@ -26,8 +31,7 @@ use flate2::Crc;
 use super::gzip_index::{
     scan, GzipIndex, ReadAt, ScanError, SeekPoint, WindowBytes, DEFAULT_SPAN, POINT_BYTES,
 };
-use super::tar_listing::{TarListing, TarScanner};
-use crate::sys;
+use super::tar_listing::{TarListing, TarScanner, MAX_MEMBERS, MAX_NAME_BYTES};
 
 const MAGIC: &[u8; 8] = b"RFMGZIDX";
 const FORMAT_VERSION: u32 = 1;
@@ -232,9 +236,10 @@ pub fn write_index<W: Write + Seek>(
     out.flush().map_err(BuildError::Sink)
 }
 
-/// Parses and checks index bytes; `None` when they are not a whole, valid index.
-pub fn parse_index(bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Option<LoadedIndex> {
-    let all = (*bytes).as_ref();
+/// Parses and checks index bytes; `None` when they are not a whole, valid index. Only the
+/// deflated windows of `bytes` are kept (in memory), the rest is dropped once parsed.
+pub fn parse_index(mut bytes: Vec<u8>) -> Option<LoadedIndex> {
+    let all = bytes.as_slice();
     let header = all.get(..HEADER_LEN)?;
     let body = &all[HEADER_LEN..];
     let mut r = super::tar_listing::ByteReader {
@@ -310,12 +315,41 @@ pub fn parse_index(bytes: Arc<dyn AsRef<[u8]> + Send + Sync>) -> Option<LoadedIn
     } else {
         return None;
     };
-    let windows = WindowBytes::new(bytes.clone(), HEADER_LEN, windows_len);
+    bytes.truncate(HEADER_LEN + windows_len);
+    bytes.drain(..HEADER_LEN);
+    bytes.shrink_to_fit();
+    let windows = WindowBytes::new(Arc::new(bytes), 0, windows_len);
     Some(LoadedIndex {
         identity,
         gzip: GzipIndex::new(points, total_out, windows),
         listing,
     })
+}
+
+/// The largest index file read for an archive of `identity`: an index is one deflated
+/// window (at most 32 KiB plus deflate's overhead) per seek point, and a seek point
+/// needs at least a span of output, which costs input; with crafted archives it may
+/// come near the archive's size. The tar listing adds less than 128 MiB (at most
+/// [`MAX_MEMBERS`] members of about 40 bytes plus [`MAX_NAME_BYTES`] of names). A longer
+/// file is damaged (or not ours): it is rebuilt, never read whole.
+fn max_index_len(identity: &ArchiveIdentity) -> u64 {
+    let listing = (MAX_MEMBERS as u64) * 64 + MAX_NAME_BYTES as u64;
+    (HEADER_LEN as u64)
+        .saturating_add(identity.size.saturating_mul(2))
+        .saturating_add(listing)
+}
+
+/// Reads a whole file with `pread` into memory, if it is at most `max` bytes. Index
+/// files are never mapped: a file truncated under a mapping kills the reader (SIGBUS).
+fn read_bounded(file: &File, max: u64) -> Option<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    let len = file.metadata().ok()?.len();
+    if len > max {
+        return None;
+    }
+    let mut bytes = vec![0u8; usize::try_from(len).ok()?];
+    file.read_exact_at(&mut bytes, 0).ok()?;
+    Some(bytes)
 }
 
 /// Builds an index entirely in memory.
@@ -327,7 +361,7 @@ pub fn build_in_memory(
 ) -> Result<LoadedIndex, BuildError> {
     let mut out = Cursor::new(Vec::new());
     write_index(&mut out, src, identity, span, with_listing)?;
-    parse_index(Arc::new(out.into_inner()))
+    parse_index(out.into_inner())
         .ok_or_else(|| BuildError::Sink(io::Error::other("the index just built does not parse")))
 }
 
@@ -434,8 +468,7 @@ impl IndexStore {
 
     fn reuse(path: &Path, identity: &ArchiveIdentity, with_listing: bool) -> Option<LoadedIndex> {
         let file = File::open(path).ok()?;
-        let map = sys::map_readonly(&file).ok()?;
-        let found = parse_index(Arc::new(map));
+        let found = read_bounded(&file, max_index_len(identity)).and_then(parse_index);
         match found {
             Some(i) if i.identity == *identity && (i.listing.is_some() || !with_listing) => Some(i),
             Some(_) => {
@@ -465,25 +498,21 @@ impl IndexStore {
         let temp = self
             .dir
             .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
-        let mut out = OpenOptions::new()
-            .read(true)
+        // Built in memory (where it is kept anyway), then written and renamed into place.
+        let mut built = Cursor::new(Vec::new());
+        write_index(&mut built, archive, identity, self.span, with_listing)?;
+        let built = built.into_inner();
+        let finished = OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)
-            .map_err(BuildError::Sink)?;
-        let written = {
-            let mut buffered = io::BufWriter::with_capacity(256 * 1024, &mut out);
-            write_index(&mut buffered, archive, identity, self.span, with_listing)
-                .and_then(|()| buffered.flush().map_err(BuildError::Sink))
-        };
-        let finished =
-            written.and_then(|()| std::fs::rename(&temp, path).map_err(BuildError::Sink));
+            .and_then(|mut out| out.write_all(&built))
+            .and_then(|()| std::fs::rename(&temp, path));
         if let Err(e) = finished {
             let _ = std::fs::remove_file(&temp);
-            return Err(e);
+            return Err(BuildError::Sink(e));
         }
-        let map = sys::map_readonly(&out).map_err(BuildError::Sink)?;
-        parse_index(Arc::new(map)).ok_or_else(|| {
+        parse_index(built).ok_or_else(|| {
             BuildError::Sink(io::Error::other("the index just written does not parse"))
         })
     }

@@ -560,7 +560,7 @@ fn seeded_mutations_never_panic() {
             let header = crc(&damaged[..124]);
             damaged[124..128].copy_from_slice(&header);
         }
-        if let Some(index) = index_file::parse_index(Arc::new(damaged)) {
+        if let Some(index) = index_file::parse_index(damaged) {
             let mut cursor = InflateCursor::new().unwrap();
             let mut buf = vec![0u8; 5_000];
             for p in index.gzip.points().to_vec() {

@@ -120,19 +120,6 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> io::Result<std::ffi::OsString> {
     Ok(std::ffi::OsString::from_vec(buf))
 }
 
-/// Maps a whole file read-only (gzip index files, `crate::archive`).
-///
-/// Reading a mapping whose file is truncated by someone else raises SIGBUS, so only
-/// files that are never modified in place may be mapped: index files are written once
-/// under a temporary name and renamed into place, and a rebuilt index replaces the old
-/// file with a new one (the old mapping keeps the old inode). Deleting an index file
-/// while mounted is safe; truncating one in place is not.
-pub fn map_readonly(file: &File) -> io::Result<memmap2::Mmap> {
-    // SAFETY: see above: the mapped file is never written after it is renamed into
-    // place, and the mapping is only ever read.
-    unsafe { memmap2::Mmap::map(file) }
-}
-
 /// Turns an `O_PATH` fd of a regular file into a readable `File`.
 pub fn reopen_readonly(fd: &impl AsRawFd) -> io::Result<File> {
     let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
