@@ -395,3 +395,86 @@ fn folder_attribute_changes_show_at_once() {
         0o750
     );
 }
+
+/// An open fd keeps working on its file after the name is gone, as on ext4: unlinked
+/// (an upper file, and a lower file opened `O_RDWR` before its first write), or replaced
+/// by a rename over it. Writes read back in full, `ftruncate` and `fstat` work.
+#[test]
+fn open_files_keep_working_after_unlink_and_rename_over() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let payload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 253) as u8).collect();
+
+    // tempfile.TemporaryFile: create, unlink, then write and read back.
+    let path = m.path("rootfs/temp-file");
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    f.write_all(b"first").unwrap();
+    std::fs::remove_file(&path).unwrap();
+    assert!(!path.exists());
+    f.write_all(&payload).unwrap();
+    f.seek(SeekFrom::Start(0)).unwrap();
+    let mut back = Vec::new();
+    f.read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), 5 + payload.len(), "bytes written after unlink lost");
+    assert!(back[5..] == payload[..]);
+    assert_eq!(f.metadata().unwrap().len(), 5 + payload.len() as u64);
+    f.set_len(1000).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 1000);
+    // A new file of the same name is another file.
+    std::fs::write(&path, b"new").unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 1000);
+    assert_eq!(std::fs::read(&path).unwrap(), b"new");
+    drop(f);
+
+    // A lower file opened O_RDWR, unlinked before its first write.
+    let lower = m.path("rootfs/Kubefile");
+    let original = std::fs::read(&lower).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&lower)
+        .unwrap();
+    std::fs::remove_file(&lower).unwrap();
+    f.write_all_at(b"XY", 0).unwrap();
+    let mut back = vec![0u8; original.len()];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert_eq!(&back[..2], b"XY");
+    assert!(back[2..] == original[2..]);
+    f.set_len(3).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), 3);
+    assert!(!lower.exists());
+    drop(f);
+
+    // A rename over an open file: the old fd keeps its file, writes and all.
+    let a = m.path("rootfs/a-file");
+    let b = m.path("rootfs/b-file");
+    std::fs::write(&a, b"old a").unwrap();
+    std::fs::write(&b, b"b").unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&a)
+        .unwrap();
+    std::fs::rename(&b, &a).unwrap();
+    f.write_all_at(&payload, 5).unwrap();
+    let mut back = Vec::new();
+    (&f).read_to_end(&mut back).unwrap();
+    assert_eq!(back.len(), 5 + payload.len());
+    assert_eq!(&back[..5], b"old a");
+    assert_eq!(std::fs::read(&a).unwrap(), b"b");
+    // And the same for a lower file opened for writing and replaced before its first write.
+    let lower = m.path("rootfs/imageList");
+    let original = std::fs::read(&lower).unwrap();
+    let f = std::fs::OpenOptions::new().write(true).open(&lower).unwrap();
+    std::fs::write(&b, b"replacement").unwrap();
+    std::fs::rename(&b, &lower).unwrap();
+    f.write_all_at(b"Z", 0).unwrap();
+    assert_eq!(std::fs::read(&lower).unwrap(), b"replacement");
+    assert_eq!(f.metadata().unwrap().len(), original.len() as u64);
+}

@@ -132,21 +132,30 @@ impl InodeTable {
         }
     }
 
+    /// `path` was removed (unlink, or replaced by a rename): its number keeps describing
+    /// the removed entry for the fds still open on it, and a new entry of that name
+    /// gets another number.
+    pub fn detach(&self, path: &Path) {
+        let deleted = || Arc::from(Path::new("/deleted"));
+        if let Some((_, old)) = self.moved.remove(path) {
+            if let Some(mut i) = self.map.get_mut(&old) {
+                i.path = deleted();
+            }
+            return;
+        }
+        let ino = self.ino_of(path);
+        if let Some(mut i) = self.map.get_mut(&ino) {
+            if &*i.path == path {
+                i.path = deleted();
+            }
+        }
+    }
+
     /// A rename in the tree: `from` and everything below it now live under `to`; the
     /// numbers stay (an open file and a later `stat` agree).
     pub fn rename(&self, from: &Path, to: &Path) {
         // Whatever `to` named before is no longer reachable by path.
-        if let Some((_, old)) = self.moved.remove(to) {
-            if let Some(mut i) = self.map.get_mut(&old) {
-                i.path = Arc::from(Path::new("/deleted"));
-            }
-        }
-        let hashed = hash_ino(to);
-        if let Some(mut i) = self.map.get_mut(&hashed) {
-            if &*i.path == to {
-                i.path = Arc::from(Path::new("/deleted"));
-            }
-        }
+        self.detach(to);
         let renamed: Vec<(u64, Arc<Path>)> = self
             .map
             .iter()

@@ -158,6 +158,9 @@ pub struct MergedTree {
     pub(super) ns: Namespace,
     pub(super) inodes: InodeTable,
     pub(super) files: DashMap<u64, OpenFile>,
+    /// The inode of each open handle: a file whose name is gone (unlinked, renamed
+    /// over) is still described and changed through its handles, as on a local disk.
+    handle_inos: DashMap<u64, u64>,
     /// Folder listings being paged through by `readdir`, by folder inode.
     listings: DashMap<u64, Arc<Vec<DirItem>>>,
     next_handle: AtomicU64,
@@ -177,6 +180,7 @@ impl MergedTree {
             ns,
             inodes: InodeTable::new(root),
             files: DashMap::new(),
+            handle_inos: DashMap::new(),
             listings: DashMap::new(),
             next_handle: AtomicU64::new(1),
             statfs_path,
@@ -185,8 +189,52 @@ impl MergedTree {
         })
     }
 
-    pub(super) fn handle(&self) -> u64 {
-        self.next_handle.fetch_add(1, Ordering::Relaxed)
+    /// Registers the open file `open` of `ino`; returns its handle.
+    pub(super) fn add_handle(&self, ino: u64, open: OpenFile) -> u64 {
+        let fh = self.next_handle.fetch_add(1, Ordering::Relaxed);
+        self.handle_inos.insert(fh, ino);
+        self.files.insert(fh, open);
+        fh
+    }
+
+    /// A duplicate of an upper file open on `ino`, for a file whose name is gone.
+    pub(super) fn open_upper_of(&self, ino: u64) -> Option<File> {
+        let handles: Vec<u64> = self
+            .handle_inos
+            .iter()
+            .filter(|h| *h.value() == ino)
+            .map(|h| *h.key())
+            .collect();
+        handles.into_iter().find_map(|fh| match &*self.files.get(&fh)? {
+            OpenFile::Upper(f) => f.try_clone().ok(),
+            _ => None,
+        })
+    }
+
+    /// The last node of `ino`, whose name is gone, with the attributes its open upper
+    /// file has now (an unlinked file still grows and shrinks through its fds).
+    fn unlinked_node(&self, ino: u64, node: Arc<Node>) -> Arc<Node> {
+        let Some(file) = self.open_upper_of(ino) else {
+            return node;
+        };
+        let Ok(st) = crate::sys::fstat(&file) else {
+            return node;
+        };
+        let time = |secs: i64, nanos: i64| {
+            std::time::SystemTime::UNIX_EPOCH
+                + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+        };
+        let mut fresh = (*node).clone();
+        fresh.entry.size = st.st_size.max(0) as u64;
+        fresh.entry.perm = (st.st_mode & 0o7777) as u16;
+        fresh.entry.uid = st.st_uid;
+        fresh.entry.gid = st.st_gid;
+        fresh.entry.mtime = time(st.st_mtime, st.st_mtime_nsec);
+        fresh.entry.ctime = Some(time(st.st_ctime, st.st_ctime_nsec));
+        fresh.entry.nlink = Some(st.st_nlink as u32);
+        let fresh = Arc::new(fresh);
+        self.inodes.update(ino, fresh.clone());
+        fresh
     }
 
     /// Stamps a freshly resolved node with the current change count.
@@ -224,7 +272,7 @@ impl MergedTree {
                 self.inodes.update(ino, fresh.clone());
                 Ok((path, fresh))
             }
-            None => Ok((path, node)),
+            None => Ok((path, self.unlinked_node(ino, node))),
         }
     }
 
@@ -309,8 +357,7 @@ impl MergedTree {
             }
             _ => None,
         };
-        let fh = self.handle();
-        self.files.insert(fh, open);
+        let fh = self.add_handle(ino, open);
         Ok(Opened {
             fh,
             backing,
@@ -413,6 +460,7 @@ impl MergedTree {
 
     pub fn release(&self, fh: u64) {
         self.files.remove(&fh);
+        self.handle_inos.remove(&fh);
     }
 
     /// The entries of the folder `ino` (without `.` and `..`), sorted by name so that a

@@ -237,8 +237,7 @@ impl MergedTree {
             .map_err(|e| io_err("creating", &path, e))?;
         self.own(&path, caller);
         let (ino, node) = self.remember_new(&path)?;
-        let fh = self.handle();
-        self.files.insert(fh, OpenFile::Upper(file));
+        let fh = self.add_handle(ino, OpenFile::Upper(file));
         Ok((ino, node, fh))
     }
 
@@ -332,6 +331,7 @@ impl MergedTree {
 
     pub fn unlink(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
         let (parent_path, parent_node, path) = self.child_of(parent, name)?;
+        self.settle_pending(&path)?;
         let node = self
             .ns
             .lookup(&parent_path, &parent_node, name)?
@@ -345,7 +345,39 @@ impl MergedTree {
                 .remove(&path, false)
                 .map_err(|e| io_err("removing", &path, e))?;
         }
+        self.inodes.detach(&path);
         self.hide_below(&path)
+    }
+
+    /// Handles opened for writing on `path` that have not written yet get the file
+    /// copied up and opened now: once the name is removed or names another file, each
+    /// must keep writing the file it opened, as on a local disk.
+    fn settle_pending(&self, path: &Path) -> Result<(), FsError> {
+        let pending: Vec<u64> = self
+            .files
+            .iter()
+            .filter(|h| matches!(h.value(), OpenFile::PendingWrite { path: p, .. } if p == path))
+            .map(|h| *h.key())
+            .collect();
+        for fh in pending {
+            self.writable(fh, |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
+    /// Handles waiting for their first write on `from` (or below it) follow a rename.
+    fn repath_pending(&self, from: &Path, to: &Path) {
+        for mut h in self.files.iter_mut() {
+            if let OpenFile::PendingWrite { path, .. } = h.value_mut() {
+                if let Ok(rest) = path.strip_prefix(from) {
+                    *path = if rest.as_os_str().is_empty() {
+                        to.to_path_buf()
+                    } else {
+                        to.join(rest)
+                    };
+                }
+            }
+        }
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
@@ -399,6 +431,9 @@ impl MergedTree {
                 from.display()
             ));
         }
+        if flags & RENAME_NOREPLACE == 0 {
+            self.settle_pending(&to)?;
+        }
         let target = self.node_at(&to)?;
         if let Some(target) = &target {
             if flags & RENAME_NOREPLACE != 0 {
@@ -451,12 +486,21 @@ impl MergedTree {
                 .map_err(|e| io_err("marking opaque", &to, e))?;
         }
         self.inodes.rename(&from, &to);
+        self.repath_pending(&from, &to);
         self.hide_below(&from)
     }
 
     pub fn setattr(&self, ino: u64, change: AttrChange) -> Result<Arc<Node>, FsError> {
         let (path, node) = self.inode(ino)?;
         self.upper_dir()?;
+        if self.node_at(&path)?.is_none() {
+            // Unlinked or renamed over while open (`ftruncate`, `fchmod` on its fd).
+            let file = self
+                .open_upper_of(ino)
+                .ok_or_else(|| fs_err!(ENOENT, "{} is gone", path.display()))?;
+            set_attrs_of(&file, change).map_err(|e| io_err("setattr", &path, e))?;
+            return Ok(self.inode(ino)?.1);
+        }
         let metadata = change.mode.is_some()
             || change.uid.is_some()
             || change.gid.is_some()
@@ -532,9 +576,7 @@ impl MergedTree {
                 reader,
             }
         };
-        let fh = self.handle();
-        self.files.insert(fh, open);
-        Ok(fh)
+        Ok(self.add_handle(ino, open))
     }
 
     fn open_upper(&self, path: &Path, access: i32) -> Result<std::fs::File, FsError> {
@@ -681,6 +723,39 @@ impl MergedTree {
             .map_err(|e| io_err("removexattr", &path, e))?;
         crate::sys::at::fremovexattr(&handle, name).map_err(|e| io_err("removexattr", &path, e))
     }
+}
+
+/// Applies `change` through an open file (one whose name is gone).
+fn set_attrs_of(file: &std::fs::File, change: AttrChange) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(size) = change.size {
+        file.set_len(size)?;
+    }
+    if let Some(mode) = change.mode {
+        file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777))?;
+    }
+    if change.uid.is_some() || change.gid.is_some() {
+        std::os::unix::fs::fchown(file, change.uid, change.gid)?;
+    }
+    let when = |t: Option<SetTime>| match t {
+        Some(SetTime::At(at)) => Some(at),
+        Some(SetTime::Now) => Some(std::time::SystemTime::now()),
+        Some(SetTime::Keep) | None => None,
+    };
+    let mut times = std::fs::FileTimes::new();
+    let mut any = false;
+    if let Some(at) = when(change.atime) {
+        times = times.set_accessed(at);
+        any = true;
+    }
+    if let Some(at) = when(change.mtime) {
+        times = times.set_modified(at);
+        any = true;
+    }
+    if any {
+        file.set_times(times)?;
+    }
+    Ok(())
 }
 
 /// `user.rootfs.*` names belong to rootfs-mount (provenance, metacopy marker).
