@@ -478,3 +478,51 @@ fn open_files_keep_working_after_unlink_and_rename_over() {
     assert_eq!(std::fs::read(&lower).unwrap(), b"replacement");
     assert_eq!(f.metadata().unwrap().len(), original.len() as u64);
 }
+
+/// A lower entry whose name is in the upper layer's whiteout format (`.wh.X`,
+/// `.wh..wh..opq`, or anything inside a `.wh.X` folder) is never copied up as is: there
+/// it would hide `X` or make its folder opaque. Changing it is refused with EPERM, and
+/// nothing vanishes, now or after a remount of the same upper layer.
+#[test]
+fn lower_names_in_the_whiteout_format_are_never_copied_up() {
+    use std::io::Write;
+    let cache = common::own_cache();
+    sh(&format!(
+        "set -e; c='{}'; printf 'decoy\\n' > \"$c/oss/amd64/bin/.wh.kubeadm\"; \
+         printf 'marker\\n' > \"$c/oss/amd64/bin/.wh..wh..opq\"; \
+         mkdir -p \"$c/registry/.wh.docker\"; chmod 0777 \"$c/registry/.wh.docker\"",
+        cache.display()
+    ));
+    let upper = scratch("wh-upper");
+    let args = ["--k8s", "v1.23.4", "--upper", upper.to_str().unwrap()];
+    {
+        let m = Mount::with_cache(&cache, &args);
+        assert!(m.path("amd64/bin/.wh.kubeadm").is_file());
+        let eperm = |r: std::io::Result<()>| common::errno_of(r) == libc::EPERM;
+        assert!(eperm(std::fs::set_permissions(
+            m.path("amd64/bin/.wh.kubeadm"),
+            std::fs::Permissions::from_mode(0o755)
+        )));
+        assert!(eperm(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(m.path("amd64/bin/.wh..wh..opq"))
+                .and_then(|mut f| f.write_all(b"more"))
+        ));
+        assert!(eperm(
+            std::fs::write(m.path("rootfs/registry/.wh.docker/new"), b"x")
+        ));
+        for rel in ["amd64/bin/kubeadm", "amd64/bin/conntrack", "rootfs/registry/docker"] {
+            assert!(m.path(rel).exists(), "{rel} vanished");
+        }
+    }
+    assert!(
+        walk(&upper).iter().all(|p| !p.contains(".wh.")),
+        "{:?}",
+        walk(&upper)
+    );
+    let m = Mount::with_cache(&cache, &args);
+    for rel in ["amd64/bin/kubeadm", "amd64/bin/conntrack", "rootfs/registry/docker"] {
+        assert!(m.path(rel).exists(), "{rel} vanished after a remount");
+    }
+}

@@ -85,6 +85,7 @@ impl MergedTree {
     /// Makes `path` and every folder above it exist in the upper layer, with the
     /// metadata they show (folders copy up cheaply: no content).
     fn ensure_upper_dir(&self, path: &Path) -> Result<(), FsError> {
+        refuse_whiteout_names(path)?;
         let upper = self.upper_dir()?;
         let mut at = PathBuf::new();
         let mut node = self.ns.root()?;
@@ -129,6 +130,7 @@ impl MergedTree {
     /// Copies `path` up once: its bytes too unless `metadata_only` (regular files only;
     /// folders and symlinks have no bytes to spare).
     fn copy_up(&self, path: &Path, metadata_only: bool) -> Result<Arc<Node>, FsError> {
+        refuse_whiteout_names(path)?;
         let _one_at_a_time = self.copy_up_lock.lock().unwrap_or_else(|p| p.into_inner());
         let node = self
             .node_at(path)?
@@ -722,6 +724,21 @@ impl MergedTree {
             .xattr_handle(&path)
             .map_err(|e| io_err("removexattr", &path, e))?;
         crate::sys::at::fremovexattr(&handle, name).map_err(|e| io_err("removexattr", &path, e))
+    }
+}
+
+/// A lower entry named in the upper layer's whiteout format (`.wh.X`, `.wh..wh..opq`),
+/// or inside a folder so named, is never copied up: in the upper layer it would hide `X`
+/// or make its folder opaque. It stays readable; changing it gets EPERM, the errno of
+/// creating such a name.
+fn refuse_whiteout_names(path: &Path) -> Result<(), FsError> {
+    match path.iter().find(|part| is_reserved(part)) {
+        Some(part) => Err(fs_err!(
+            EPERM,
+            "{} cannot be changed: {part:?} is in the upper layer's whiteout format",
+            path.display()
+        )),
+        None => Ok(()),
     }
 }
 

@@ -10,7 +10,8 @@
 //!   `chmod +x` of a 2 GB blob writes no data);
 //! - `.wh.copyup.N` files are copy-ups in progress (removed at the next mount).
 //!
-//! Names that start with `.wh.` are reserved: they cannot be created through the mount.
+//! Names that start with `.wh.` are reserved: they cannot be created through the mount,
+//! and lower entries so named are never copied up (`crate::tree` refuses with EPERM).
 
 use std::collections::HashSet;
 use std::ffi::{OsStr, OsString};
