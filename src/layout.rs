@@ -120,7 +120,7 @@ impl Contexts<'_> {
             ),
             Contexts::Disk(dir) => {
                 let path = dir.join(name);
-                let bytes = std::fs::read(&path)
+                let bytes = crate::sys::read_regular(&path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
                 parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
             }

@@ -402,8 +402,9 @@ fn scan(dir: &Path) -> (Vec<MountRecord>, Vec<Stale>) {
         if path.extension().is_none_or(|e| e != "state") {
             continue;
         }
-        let record = std::fs::read_to_string(&path)
+        let record = crate::sys::read_regular(&path)
             .ok()
+            .and_then(|b| String::from_utf8(b).ok())
             .and_then(|t| MountRecord::parse(&t));
         match record {
             Some(r) if r.is_live() => live.push(r),

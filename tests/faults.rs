@@ -298,3 +298,65 @@ fn index_file_truncated_or_rewritten_while_mounted() {
     assert_still_serving(&m, pid, &[]);
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// Reads `path` with `cat`; true when that ends within 10 s (whatever its status). A
+/// read still hanging then is let go by opening `fifo` for writing (a FUSE request
+/// already sent to the daemon cannot be interrupted), so a failing run ends too.
+fn read_finishes(path: &Path, fifo: &Path) -> bool {
+    let mut cat = std::process::Command::new("cat")
+        .arg(path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if cat.try_wait().unwrap().is_some() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = std::process::Command::new("timeout")
+        .args(["5", "sh", "-c"])
+        .arg(format!("echo > '{}'", fifo.display()))
+        .output();
+    let _ = cat.kill();
+    let _ = cat.wait();
+    false
+}
+
+/// Nothing in the cache is opened in a way that can block: a FIFO at an index path or
+/// in place of a cache file gives an error or a rebuilt index, never a hung worker (with
+/// few worker threads, one hung open hung the whole mount).
+#[test]
+fn fifos_in_the_cache_never_block_the_mount() {
+    let cache = own_cache();
+    let tar = "amd64/images/registry.tar";
+    let index = {
+        let (m, _) = mount(&cache, &[]);
+        std::fs::metadata(m.path(tar)).unwrap();
+        let found: Vec<PathBuf> = std::fs::read_dir(cache.join("index"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains("registry.tar.gz"))
+            .collect();
+        assert_eq!(found.len(), 1);
+        found[0].clone()
+    };
+    std::fs::remove_file(&index).unwrap();
+    sh(&format!("mkfifo '{}'", index.display()));
+    let (m, pid) = mount(&cache, &[]);
+    let finished = read_finishes(&m.path(tar), &index);
+    assert!(finished, "a FIFO at the index path hung the read");
+    assert!(is_running(pid));
+    // A cache file replaced by a FIFO after its lookup.
+    let shown = m.path("amd64/bin/conntrack");
+    std::fs::metadata(&shown).unwrap();
+    let backing = cache.join("oss/amd64/bin/conntrack");
+    std::fs::remove_file(&backing).unwrap();
+    sh(&format!("mkfifo '{}'", backing.display()));
+    let finished = read_finishes(&shown, &backing);
+    assert!(finished, "a FIFO in the cache hung the read");
+    assert_eq!(errno_of(std::fs::read(&shown)), libc::EIO);
+    assert_still_serving(&m, pid, &["amd64/bin/conntrack"]);
+}

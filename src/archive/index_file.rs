@@ -467,7 +467,7 @@ impl IndexStore {
     }
 
     fn reuse(path: &Path, identity: &ArchiveIdentity, with_listing: bool) -> Option<LoadedIndex> {
-        let file = File::open(path).ok()?;
+        let file = crate::sys::open_regular(path).ok()?;
         let found = read_bounded(&file, max_index_len(identity)).and_then(parse_index);
         match found {
             Some(i) if i.identity == *identity && (i.listing.is_some() || !with_listing) => Some(i),

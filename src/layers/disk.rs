@@ -39,7 +39,7 @@ impl Root {
             }
             return sys::reopen_readonly(fd);
         }
-        sys::open_beneath(fd, rel, libc::O_RDONLY).map(File::from)
+        sys::reopen_readonly(&sys::open_beneath(fd, rel, libc::O_PATH)?)
     }
 }
 

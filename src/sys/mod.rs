@@ -120,10 +120,38 @@ pub fn readlink_fd(fd: &impl AsRawFd) -> io::Result<std::ffi::OsString> {
     Ok(std::ffi::OsString::from_vec(buf))
 }
 
-/// Turns an `O_PATH` fd of a regular file into a readable `File`.
+/// Turns an `O_PATH` fd of a regular file into a readable `File`. Anything else (a FIFO,
+/// a device or a socket put where a file was) is refused before it is opened, and the
+/// open is `O_NONBLOCK`: nothing in a layer, the cache or the index folder can block a
+/// worker (a FIFO would wait for a writer forever). The fd names one inode, so the check
+/// and the open cannot be raced.
 pub fn reopen_readonly(fd: &impl AsRawFd) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match fstat(fd)?.st_mode & libc::S_IFMT {
+        libc::S_IFREG => {}
+        libc::S_IFLNK => return Err(io::Error::from_raw_os_error(libc::ELOOP)),
+        libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
+        _ => return Err(io::Error::other("not a regular file (a fifo, socket or device)")),
+    }
     let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    File::open(proc)
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(proc)
+}
+
+/// Opens the regular file at `path` (symlinks followed) for reading, never blocking: see
+/// [`reopen_readonly`].
+pub fn open_regular(path: &Path) -> io::Result<File> {
+    reopen_readonly(&open_path(path)?)
+}
+
+/// Reads the whole regular file at `path` (see [`open_regular`]).
+pub fn read_regular(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    open_regular(path)?.read_to_end(&mut out)?;
+    Ok(out)
 }
 
 /// Lists a folder opened with `O_PATH`: names with their `d_type`, without `.` and `..`.
