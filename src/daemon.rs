@@ -154,13 +154,19 @@ pub fn check_mountpoint(path: &Path, sources: &[PathBuf], force: bool) -> Result
         return Err(format!("mountpoint {shown} is not empty"));
     }
     for source in sources {
-        if let Ok(root) = std::fs::canonicalize(source) {
-            if canonical.starts_with(&root) {
-                return Err(format!(
-                    "mountpoint {shown} is inside {}, which the mount reads from: that would be a mount loop",
-                    root.display()
-                ));
-            }
+        // Resolved as far as it exists (an --index-dir or --upper may not exist yet).
+        let root = sys::resolve_existing(source);
+        if canonical.starts_with(&root) {
+            return Err(format!(
+                "mountpoint {shown} is inside {}, which the mount reads from: that would be a mount loop",
+                root.display()
+            ));
+        }
+        if root.starts_with(&canonical) {
+            return Err(format!(
+                "{} is inside the mountpoint {shown}: the daemon would wait on its own mount; choose a folder outside it",
+                source.display()
+            ));
         }
     }
     Ok(canonical)

@@ -405,3 +405,36 @@ fn allow_other_mounts_unmount_cleanly_on_sigterm() {
     });
     assert!(!Path::new(&format!("/run/rootfs-mount/{pid}.state")).exists());
 }
+
+/// Unmounts `0` on drop, should a mount that must be refused have been made.
+struct UnmountOnDrop(std::path::PathBuf);
+
+impl Drop for UnmountOnDrop {
+    fn drop(&mut self) {
+        if is_mounted(&self.0) {
+            let _ = Command::new(BIN).arg("umount").arg(&self.0).output();
+        }
+        if is_mounted(&self.0) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+        }
+    }
+}
+
+/// `--index-dir` inside the mountpoint: the daemon would deadlock on its own mount the
+/// first time it indexes an archive.
+#[test]
+fn index_dir_inside_the_mountpoint_is_refused() {
+    let cache = demo_cache().to_str().unwrap().to_string();
+    let mp = scratch("mp-index-inside");
+    let _guard = UnmountOnDrop(mp.clone());
+    let index_inside = mp.join("idx").to_str().unwrap().to_string();
+    let args = [
+        "--k8s",
+        "v1.23.4",
+        "--cache",
+        cache.as_str(),
+        "--index-dir",
+        index_inside.as_str(),
+    ];
+    refused(&mp, &args, "inside the mountpoint");
+}

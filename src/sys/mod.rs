@@ -76,6 +76,34 @@ fn openat2(
     Ok(unsafe { OwnedFd::from_raw_fd(fd as libc::c_int) })
 }
 
+/// `path` with its symlinks resolved as far as it exists: the longest existing prefix is
+/// canonicalized and the rest (which cannot hold a symlink: it does not exist) is
+/// appended lexically. So `LINK/new` compares as where `new` would be created.
+pub fn resolve_existing(path: &Path) -> std::path::PathBuf {
+    use std::path::Component;
+    let parts: Vec<Component> = path.components().collect();
+    for split in (0..=parts.len()).rev() {
+        let prefix: std::path::PathBuf = parts[..split].iter().collect();
+        let base = if prefix.as_os_str().is_empty() {
+            std::env::current_dir()
+        } else {
+            std::fs::canonicalize(&prefix)
+        };
+        let Ok(mut out) = base else { continue };
+        for part in &parts[split..] {
+            match part {
+                Component::ParentDir => {
+                    out.pop();
+                }
+                Component::Normal(name) => out.push(name),
+                _ => {}
+            }
+        }
+        return out;
+    }
+    path.to_path_buf()
+}
+
 /// Opens `path` with `O_PATH` (following symlinks: a layer root is whatever the user named).
 pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
     let c = c_path(path)?;
