@@ -82,9 +82,11 @@ impl MountParams {
         let Upper::Kept(dir) = &self.upper else {
             return Ok(());
         };
-        let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        // Resolved as far as they exist: `LINK/new`, LINK leading into the cache, is in
+        // the cache even though `new` is not there yet.
+        let dir = crate::sys::resolve_existing(dir);
         for root in self.source_roots() {
-            let root = std::fs::canonicalize(&root).unwrap_or(root);
+            let root = crate::sys::resolve_existing(&root);
             if dir.starts_with(&root) || root.starts_with(&dir) {
                 return Err(format!(
                     "--upper {} overlaps {}, which the mount must never modify",

@@ -438,3 +438,28 @@ fn index_dir_inside_the_mountpoint_is_refused() {
     ];
     refused(&mp, &args, "inside the mountpoint");
 }
+
+/// `--upper` may be neither inside the mountpoint nor, through a symlink to a folder that
+/// does not exist yet (`LINK/new`), inside the cache.
+#[test]
+fn upper_inside_the_mountpoint_or_through_a_link_into_the_cache_is_refused() {
+    let cache = demo_cache().to_str().unwrap().to_string();
+    let mp = scratch("mp-upper-inside");
+    let _guard = UnmountOnDrop(mp.clone());
+    let base = ["--k8s", "v1.23.4", "--cache", cache.as_str()];
+    let upper_inside = mp.join("upper").to_str().unwrap().to_string();
+    let mut args = base.to_vec();
+    args.extend(["--upper", upper_inside.as_str()]);
+    refused(&mp, &args, "inside the mountpoint");
+    let links = scratch("links");
+    let link = links.join("into-cache");
+    std::os::unix::fs::symlink(demo_cache().join("oss"), &link).unwrap();
+    let sneaky = link.join("new-upper").to_str().unwrap().to_string();
+    let mut args = base.to_vec();
+    args.extend(["--upper", sneaky.as_str()]);
+    refused(&mp, &args, "overlaps");
+    assert!(
+        !demo_cache().join("oss/new-upper").exists(),
+        "the refused upper was made in the cache"
+    );
+}
