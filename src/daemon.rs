@@ -26,7 +26,7 @@ use crate::tree::MergedTree;
 /// The `source` field of our mounts in /proc/self/mountinfo.
 pub const FS_NAME: &str = "rootfs-mount";
 
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct DaemonOptions {
     pub foreground: bool,
     pub allow_other: bool,
@@ -40,6 +40,9 @@ pub struct DaemonOptions {
     pub description: MountDescription,
     /// How plain backing files are read (`--no-passthrough` turns passthrough off).
     pub passthrough: PassthroughPolicy,
+    /// The mount lock ([`lock_mountpoint`]), let go once the mount is up: a mount made
+    /// right after this one is unmounted must not find it taken.
+    pub mount_lock: Option<std::fs::File>,
 }
 
 /// How scratch upper layers are named (and recognised when a killed daemon left one).
@@ -114,6 +117,33 @@ fn mounts() -> Vec<MountInfo> {
             })
         })
         .collect()
+}
+
+/// Takes the mount lock of `path`: an exclusive `flock` on the mountpoint folder itself,
+/// held from the checks until the mount is up. Of two mounts started at once on one folder exactly one gets it; the other is
+/// refused at once, or, starting after the mount is up, opens the mount's root instead
+/// and is refused as "already a mount point". `None` when the folder cannot be opened
+/// (missing, a stale mount): [`check_mountpoint`] says why, or `--force` clears it and
+/// the lock is taken again.
+pub fn lock_mountpoint(path: &Path) -> Result<Option<std::fs::File>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(dir) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return Ok(None);
+    };
+    match dir.try_lock() {
+        Ok(()) => Ok(Some(dir)),
+        Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+            "another rootfs-mount is mounting on {} right now",
+            path.display()
+        )),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(format!("cannot lock mountpoint {}: {e}", path.display()))
+        }
+    }
 }
 
 /// Checks the mountpoint (SPEC §6) and returns its canonical path. With `force`, a
@@ -365,6 +395,10 @@ fn serve_until_unmounted(
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
     tracing::info!(mountpoint = %mountpoint.display(), "mounted");
+    if let Some(lock) = &options.mount_lock {
+        // A flock belongs to the open file: this lets it go for the parent too.
+        let _ = lock.unlock();
+    }
     if let Some(mut pipe) = ready.and_then(Option::take) {
         let _ = pipe.write_all(b"ready\n");
     }

@@ -33,7 +33,15 @@ fn run(cli: Cli) -> Result<(), String> {
     if let Upper::Kept(dir) = &params.upper {
         roots.push(dir.clone());
     }
-    let mountpoint = daemon::check_mountpoint(&mountpoint, &roots, args.force)?;
+    // Held until the mount is up (`DaemonOptions::mount_lock`).
+    let mut lock = daemon::lock_mountpoint(&mountpoint)?;
+    let mut checked = daemon::check_mountpoint(&mountpoint, &roots, args.force)?;
+    if lock.is_none() {
+        // A stale mount that --force just cleared: lock, and check again under the lock.
+        lock = daemon::lock_mountpoint(&mountpoint)?;
+        checked = daemon::check_mountpoint(&mountpoint, &roots, false)?;
+    }
+    let mountpoint = checked;
     let build = layout::plan(&params)?;
     daemon::check_fuse_device()?;
     let (upper_dir, scratch) = match &params.upper {
@@ -89,6 +97,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } else {
             PassthroughPolicy::for_roots(&params.source_roots())
         },
+        mount_lock: lock,
     };
     daemon::mount(tree, &mountpoint, &options)
 }

@@ -463,3 +463,60 @@ fn upper_inside_the_mountpoint_or_through_a_link_into_the_cache_is_refused() {
         "the refused upper was made in the cache"
     );
 }
+
+/// Two `rootfs-mount M` started at once: exactly one wins, and M carries one mount.
+#[test]
+fn concurrent_mounts_on_one_mountpoint_one_wins() {
+    let cache = demo_cache().to_str().unwrap().to_string();
+    for round in 0..5 {
+        let mp = scratch("mp-race");
+        let _guard = UnmountAll(mp.clone());
+        let start = || {
+            Command::new(BIN)
+                .arg(&mp)
+                .args(["--k8s", "v1.23.4", "--cache", cache.as_str()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        };
+        let (a, b) = (start(), start());
+        let outs = [a.wait_with_output().unwrap(), b.wait_with_output().unwrap()];
+        let won = outs.iter().filter(|o| o.status.success()).count();
+        let point = mp.to_string_lossy().into_owned();
+        let stacked = std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(' ').nth(1) == Some(point.as_str()))
+            .count();
+        assert_eq!(
+            (won, stacked),
+            (1, 1),
+            "round {round}: {} mounts returned 0, {stacked} stacked; {:?}",
+            won,
+            outs.iter()
+                .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .collect::<Vec<_>>()
+        );
+        let loser = outs.iter().find(|o| !o.status.success()).unwrap();
+        let stderr = String::from_utf8_lossy(&loser.stderr);
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    }
+}
+
+/// Unmounts every mount stacked on `0` on drop.
+struct UnmountAll(std::path::PathBuf);
+
+impl Drop for UnmountAll {
+    fn drop(&mut self) {
+        for _ in 0..4 {
+            if !is_mounted(&self.0) {
+                break;
+            }
+            let _ = Command::new(BIN).arg("umount").arg(&self.0).output();
+            if is_mounted(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+            }
+        }
+    }
+}
