@@ -77,6 +77,8 @@ struct MountInfo {
     /// `major:minor` of the mounted file system.
     device: String,
     point: PathBuf,
+    /// `fuse` for ours (`fuse.rootfs-mount` through fusermount3).
+    fstype: String,
     source: String,
 }
 
@@ -113,6 +115,7 @@ fn mounts() -> Vec<MountInfo> {
             Some(MountInfo {
                 device: fields.get(2)?.to_string(),
                 point: unescape(fields.get(4)?),
+                fstype: fields.get(dash + 1)?.to_string(),
                 source: fields.get(dash + 2)?.to_string(),
             })
         })
@@ -472,7 +475,9 @@ pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
     let live = state::live_mounts();
     let ours: Vec<PathBuf> = mounts()
         .into_iter()
-        .filter(|m| m.source == FS_NAME)
+        .filter(|m| {
+            m.source == FS_NAME && (m.fstype == "fuse" || m.fstype == format!("fuse.{FS_NAME}"))
+        })
         .map(|m| m.point)
         .collect();
     let now = state::now_secs();
@@ -539,6 +544,34 @@ fn raise_readahead(mountpoint: &Path) {
     }
 }
 
+/// What `umount` knows of a mount, to decide whether it is ours: a name can be given to
+/// any mount (`fsname=rootfs-mount`, a tmpfs whose source is `rootfs-mount`), so the fs
+/// type must be FUSE (plain, or with our subtype), and a live mount must be served by one of our
+/// daemons (its state file). A stale one (its daemon is gone: ENOTCONN) serves no one.
+struct Ownership<'a> {
+    fstype: &'a str,
+    source: &'a str,
+    stale: bool,
+    served_by_us: bool,
+    /// Whether state files exist for this user (without a state folder, a live mount
+    /// can only be told by its type and name).
+    state_known: bool,
+}
+
+impl Ownership<'_> {
+    fn check(&self) -> Result<(), String> {
+        // fuser mounts as plain `fuse` (mount(2)); through fusermount3 the subtype shows.
+        let fuse = self.fstype == "fuse" || self.fstype == format!("fuse.{FS_NAME}");
+        if !fuse || self.source != FS_NAME {
+            return Err(format!("type {:?}, source {:?}", self.fstype, self.source));
+        }
+        if self.stale || self.served_by_us || !self.state_known {
+            return Ok(());
+        }
+        Err("no rootfs-mount daemon of this user serves it".into())
+    }
+}
+
 /// `rootfs-mount umount MOUNT`: unmounts one of our mounts, stale ones included.
 pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
     let shown = path.display();
@@ -549,11 +582,17 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
     let Some(found) = all.iter().rev().find(|m| m.point == target) else {
         return Err(format!("{shown} is not mounted"));
     };
-    if found.source != FS_NAME {
-        return Err(format!(
-            "{shown} is not a rootfs-mount mount (source {:?})",
-            found.source
-        ));
+    let stale = matches!(std::fs::metadata(&target), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    let served_by_us = state::live_mounts().iter().any(|r| r.mountpoint == target);
+    let owner = Ownership {
+        fstype: &found.fstype,
+        source: &found.source,
+        stale,
+        served_by_us,
+        state_known: state::runtime_dir().is_some(),
+    };
+    if let Err(why) = owner.check() {
+        return Err(format!("{shown} is not a rootfs-mount mount ({why}); leaving it alone"));
     }
     let result = unmount_as_allowed(&target, lazy);
     if result.is_ok() {
@@ -584,5 +623,38 @@ fn unmount_as_allowed(target: &Path, lazy: bool) -> Result<(), String> {
             }
         }
         Err(e) => Err(format!("unmounting {shown}: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ownership;
+
+    fn owner(fstype: &str, source: &str, stale: bool, served_by_us: bool) -> Ownership<'static> {
+        Ownership {
+            fstype: Box::leak(fstype.to_string().into_boxed_str()),
+            source: Box::leak(source.to_string().into_boxed_str()),
+            stale,
+            served_by_us,
+            state_known: true,
+        }
+    }
+
+    #[test]
+    fn umount_touches_only_our_mounts() {
+        // Ours: live with a state file, or stale.
+        assert!(owner("fuse.rootfs-mount", "rootfs-mount", false, true).check().is_ok());
+        assert!(owner("fuse.rootfs-mount", "rootfs-mount", true, false).check().is_ok());
+        assert!(owner("fuse", "rootfs-mount", false, true).check().is_ok());
+        // Named like ours: mergerfs with fsname=rootfs-mount, a tmpfs, our type but
+        // served by no daemon of ours.
+        assert!(owner("fuse.mergerfs", "rootfs-mount", false, false).check().is_err());
+        assert!(owner("tmpfs", "rootfs-mount", false, false).check().is_err());
+        assert!(owner("fuse", "rootfs-mount", false, false).check().is_err());
+        assert!(owner("fuse.rootfs-mount", "other", true, false).check().is_err());
+        // Without a state folder, type and name decide.
+        let mut unknown = owner("fuse.rootfs-mount", "rootfs-mount", false, false);
+        unknown.state_known = false;
+        assert!(unknown.check().is_ok());
     }
 }

@@ -229,6 +229,24 @@ fn umount_refuses_what_is_not_ours() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a rootfs-mount mount"));
 }
 
+/// A mount merely named `rootfs-mount` (a tmpfs whose source is `rootfs-mount`) is not
+/// ours: `umount` leaves it alone.
+#[test]
+fn umount_leaves_a_mount_named_like_ours_alone() {
+    let dir = scratch("fake-ours");
+    let _guard = UnmountOnDrop(dir.clone());
+    common::sh(&format!(
+        "mount -t tmpfs -o size=1m rootfs-mount '{}'",
+        dir.display()
+    ));
+    assert!(is_mounted(&dir));
+    let out = run(&["umount", dir.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a tmpfs named rootfs-mount was unmounted");
+    assert!(stderr.contains("not a rootfs-mount mount"), "{stderr}");
+    assert!(is_mounted(&dir));
+}
+
 #[test]
 fn foreground_mode_serves_until_signalled() {
     let mp = scratch("fg");
