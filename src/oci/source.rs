@@ -1,0 +1,300 @@
+//! Where images come from: an `oci-client` client on a small tokio runtime, with the
+//! mirrors of [`PullOptions`]. The OCI distribution protocol (token auth, manifests, blob
+//! streams, Range) is the crate's; what this file adds is the choice of mirror, plain
+//! http for the hosts that ask for it, and our own digest check of every byte received.
+
+use super::digest::Digest;
+use super::image_name::ImageName;
+use super::manifest;
+use super::PullOptions;
+use futures_util::StreamExt;
+use oci_client::client::{BlobResponse, ClientConfig, ClientProtocol};
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+use sha2::{Digest as _, Sha256};
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+
+/// A mirror of one registry host: the `host[:port]` requests go to instead.
+struct Mirror {
+    host: String,
+    address: String,
+}
+
+/// The client, its runtime and the mirror table of one pull.
+pub struct Source {
+    runtime: tokio::runtime::Runtime,
+    client: Client,
+    mirrors: Vec<Mirror>,
+    /// At most this many blobs are downloaded at once.
+    pub jobs: usize,
+}
+
+/// `http://host:port/` -> (`host:port`, plain http?). A path is refused: registries are
+/// served from the root of their host.
+fn split_url(url: &str) -> Result<(String, bool), String> {
+    let (rest, plain) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, true)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, false)
+    } else {
+        (url, false)
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty() || host.contains('/') {
+        return Err(format!(
+            "mirror {url:?}: give a registry base URL such as http://127.0.0.1:5000 (no path)"
+        ));
+    }
+    Ok((host.to_string(), plain))
+}
+
+impl Source {
+    pub fn new(opts: &PullOptions) -> Result<Source, String> {
+        let mut plain_http: Vec<String> = Vec::new();
+        for host in &opts.insecure {
+            plain_http.push(split_url(host)?.0);
+        }
+        let mut mirrors = Vec::new();
+        for (host, url) in &opts.mirrors {
+            let (address, plain) = split_url(url)?;
+            if plain {
+                plain_http.push(address.clone());
+            }
+            mirrors.push(Mirror {
+                host: host.clone(),
+                address,
+            });
+        }
+        let config = ClientConfig {
+            protocol: ClientProtocol::HttpsExcept(plain_http),
+            platform_resolver: None,
+            max_concurrent_download: opts.jobs.max(1),
+            connect_timeout: Some(Duration::from_secs(30)),
+            read_timeout: Some(Duration::from_secs(120)),
+            ..ClientConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| format!("cannot start the download runtime: {e}"))?;
+        // reqwest's client must be made inside a runtime.
+        let client = runtime.block_on(async { Client::new(config) });
+        Ok(Source {
+            runtime,
+            client,
+            mirrors,
+            jobs: opts.jobs.max(1),
+        })
+    }
+
+    pub fn block_on<F: Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// The places to ask for `name`, in order: its host's mirrors, or the host itself
+    /// when it has none (a mirror replaces its host; it is not a cache in front of it).
+    fn candidates(&self, name: &ImageName) -> Vec<Reference> {
+        let mirrored: Vec<Reference> = self
+            .mirrors
+            .iter()
+            .filter(|m| m.host == name.host())
+            .map(|m| {
+                let mut reference = name.reference.clone();
+                reference.set_mirror_registry(m.address.clone());
+                reference
+            })
+            .collect();
+        if mirrored.is_empty() {
+            vec![name.reference.clone()]
+        } else {
+            mirrored
+        }
+    }
+
+    /// The manifest `name` points at (or, with `digest`, that manifest of its repository),
+    /// as served, with its verified digest.
+    pub async fn manifest(
+        &self,
+        name: &ImageName,
+        digest: Option<&Digest>,
+    ) -> Result<(Vec<u8>, Digest), String> {
+        let mut errors = Vec::new();
+        for reference in self.candidates(name) {
+            let reference = match digest {
+                Some(d) => reference.clone_with_digest(d.to_string()),
+                None => reference,
+            };
+            let what = format!(
+                "manifest of {} from {}",
+                name.reference,
+                reference.resolve_registry()
+            );
+            match self
+                .client
+                .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, manifest::ACCEPTED)
+                .await
+            {
+                Ok((bytes, _)) => {
+                    let got = Digest::of_bytes(&bytes);
+                    match digest.or(name.digest.as_ref()) {
+                        Some(want) if *want != got => errors.push(format!(
+                            "{what}: content has digest {got}, expected {want}; not kept"
+                        )),
+                        _ => return Ok((bytes.to_vec(), got)),
+                    }
+                }
+                Err(e) => errors.push(format!("{what}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// Downloads blob `digest` of `name`'s repository into `partial`, resuming a partial
+    /// file left by an interrupted run, and checks the whole file against `digest`. On
+    /// any failure the partial file is removed unless it is a verified-so-far prefix
+    /// cut short by the network.
+    pub async fn blob(
+        &self,
+        name: &ImageName,
+        digest: &Digest,
+        partial: &Path,
+    ) -> Result<(), String> {
+        let mut errors = Vec::new();
+        for reference in self.candidates(name) {
+            let what = format!(
+                "blob {digest} of {} from {}",
+                name.reference,
+                reference.resolve_registry()
+            );
+            match self.blob_from(&reference, digest, partial).await {
+                Ok(()) => return Ok(()),
+                Err(e) => errors.push(format!("{what}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    async fn blob_from(
+        &self,
+        reference: &Reference,
+        digest: &Digest,
+        partial: &Path,
+    ) -> Result<(), String> {
+        let digest_text = digest.to_string();
+        let have = tokio::fs::metadata(partial)
+            .await
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let mut hasher = Sha256::new();
+        let (stream, mut file) = if have > 0 {
+            match self
+                .client
+                .pull_blob_stream_partial(reference, digest_text.as_str(), have, None)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                BlobResponse::Partial(stream) => {
+                    // What is already there counts towards the digest.
+                    let existing = tokio::fs::read(partial).await.map_err(|e| e.to_string())?;
+                    hasher.update(&existing);
+                    let file = tokio::fs::OpenOptions::new()
+                        .append(true)
+                        .open(partial)
+                        .await
+                        .map_err(|e| format!("{}: {e}", partial.display()))?;
+                    (stream, file)
+                }
+                BlobResponse::Full(stream) => (stream, create(partial).await?),
+            }
+        } else {
+            let stream = self
+                .client
+                .pull_blob_stream(reference, digest_text.as_str())
+                .await
+                .map_err(|e| e.to_string())?;
+            (stream, create(partial).await?)
+        };
+        let mut stream = stream.stream;
+        let mut received = 0u64;
+        let mut failure = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(bytes) => {
+                    hasher.update(&bytes);
+                    received += bytes.len() as u64;
+                    file.write_all(&bytes)
+                        .await
+                        .map_err(|e| format!("{}: {e}", partial.display()))?;
+                }
+                Err(e) => {
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        file.sync_all()
+            .await
+            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        drop(file);
+        let got = Digest::from_hasher(hasher);
+        if got == *digest {
+            return Ok(());
+        }
+        // A stream cut short keeps its prefix for the next run to resume; content that
+        // ran to the end with the wrong digest is thrown away.
+        match failure {
+            Some(e) if !e.to_lowercase().contains("digest") => Err(format!(
+                "download cut short after {received} bytes ({e}); the next run resumes it"
+            )),
+            _ => {
+                let _ = tokio::fs::remove_file(partial).await;
+                Err(format!(
+                    "content has digest {got}, expected {digest}; not kept"
+                ))
+            }
+        }
+    }
+}
+
+async fn create(path: &Path) -> Result<tokio::fs::File, String> {
+    tokio::fs::File::create(path)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+impl Source {
+    /// Downloads each `(image, blob, partial path)` at most [`Source::jobs`] at a time;
+    /// `done` is called on each verified download (to move it into place). Every failure
+    /// is reported, not only the first.
+    pub async fn blobs<F>(
+        &self,
+        wanted: Vec<(ImageName, Digest, std::path::PathBuf)>,
+        done: F,
+    ) -> Result<(), String>
+    where
+        F: Fn(&Digest) -> Result<(), String>,
+    {
+        let done = &done;
+        let results: Vec<Result<(), String>> = futures_util::stream::iter(wanted)
+            .map(|(name, digest, partial)| async move {
+                self.blob(&name, &digest, &partial).await?;
+                done(&digest)
+            })
+            .buffer_unordered(self.jobs)
+            .collect()
+            .await;
+        let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+}
