@@ -170,7 +170,13 @@ impl Source {
                 name.reference,
                 reference.resolve_registry()
             );
-            match self.blob_from(&reference, digest, partial).await {
+            let resumed = partial.exists();
+            let mut result = self.blob_from(&reference, digest, partial).await;
+            if result.is_err() && resumed && !partial.exists() {
+                // The prefix left by an earlier run was bad: start again from byte 0.
+                result = self.blob_from(&reference, digest, partial).await;
+            }
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) => errors.push(format!("{what}: {e}")),
             }
