@@ -133,11 +133,22 @@ impl Source {
                 name.reference,
                 reference.resolve_registry()
             );
-            match self
-                .client
-                .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, manifest::ACCEPTED)
-                .await
-            {
+            let mut attempt = 0;
+            let pulled = loop {
+                let pulled = self
+                    .client
+                    .pull_manifest_raw(&reference, &RegistryAuth::Anonymous, manifest::ACCEPTED)
+                    .await;
+                match pulled {
+                    Err(e) if is_transient(&e) && attempt + 1 < ATTEMPTS => {
+                        tracing::warn!("{what}: {e}; retrying");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    other => break other,
+                }
+            };
+            match pulled {
                 Ok((bytes, _)) => {
                     let got = Digest::of_bytes(&bytes);
                     match digest.or(name.digest.as_ref()) {
@@ -153,10 +164,10 @@ impl Source {
         Err(errors.join("; "))
     }
 
-    /// Downloads blob `digest` of `name`'s repository into `partial`, resuming a partial
-    /// file left by an interrupted run, and checks the whole file against `digest`. On
-    /// any failure the partial file is removed unless it is a verified-so-far prefix
-    /// cut short by the network.
+    /// Downloads blob `digest` of `name`'s repository into `partial` and checks the whole
+    /// file against `digest`. A partial file left by an interrupted run is resumed with a
+    /// Range request; a download cut short is retried (resuming) a few times with backoff,
+    /// and its prefix is kept for the next run. Content with the wrong digest is removed.
     pub async fn blob(
         &self,
         name: &ImageName,
@@ -170,15 +181,25 @@ impl Source {
                 name.reference,
                 reference.resolve_registry()
             );
-            let resumed = partial.exists();
-            let mut result = self.blob_from(&reference, digest, partial).await;
-            if result.is_err() && resumed && !partial.exists() {
-                // The prefix left by an earlier run was bad: start again from byte 0.
-                result = self.blob_from(&reference, digest, partial).await;
-            }
-            match result {
-                Ok(()) => return Ok(()),
-                Err(e) => errors.push(format!("{what}: {e}")),
+            let mut attempt = 0;
+            loop {
+                let resumed = partial.exists();
+                match self.blob_from(&reference, digest, partial).await {
+                    Ok(()) => return Ok(()),
+                    // A bad prefix left by an earlier run: once more from byte 0.
+                    Err(Failure::Final(_)) if resumed && !partial.exists() && attempt == 0 => {
+                        attempt += 1
+                    }
+                    Err(Failure::Retry(e)) if attempt + 1 < ATTEMPTS => {
+                        tracing::warn!("{what}: {e}; retrying");
+                        tokio::time::sleep(backoff(attempt)).await;
+                        attempt += 1;
+                    }
+                    Err(Failure::Retry(e) | Failure::Final(e)) => {
+                        errors.push(format!("{what}: {e}"));
+                        break;
+                    }
+                }
             }
         }
         Err(errors.join("; "))
@@ -189,52 +210,61 @@ impl Source {
         reference: &Reference,
         digest: &Digest,
         partial: &Path,
-    ) -> Result<(), String> {
+    ) -> Result<(), Failure> {
         let digest_text = digest.to_string();
+        let at = |e: std::io::Error| Failure::Final(format!("{}: {e}", partial.display()));
+        let request = |e: oci_client::errors::OciDistributionError| {
+            if is_transient(&e) {
+                Failure::Retry(e.to_string())
+            } else {
+                Failure::Final(e.to_string())
+            }
+        };
         let have = tokio::fs::metadata(partial)
             .await
             .map(|m| m.len())
             .unwrap_or(0);
         let mut hasher = Sha256::new();
+        let mut received = 0u64;
         let (stream, mut file) = if have > 0 {
             match self
                 .client
                 .pull_blob_stream_partial(reference, digest_text.as_str(), have, None)
                 .await
-                .map_err(|e| e.to_string())?
+                .map_err(request)?
             {
                 BlobResponse::Partial(stream) => {
                     // What is already there counts towards the digest.
-                    let existing = tokio::fs::read(partial).await.map_err(|e| e.to_string())?;
+                    let existing = tokio::fs::read(partial).await.map_err(at)?;
                     hasher.update(&existing);
+                    received = have;
                     let file = tokio::fs::OpenOptions::new()
                         .append(true)
                         .open(partial)
                         .await
-                        .map_err(|e| format!("{}: {e}", partial.display()))?;
+                        .map_err(at)?;
                     (stream, file)
                 }
-                BlobResponse::Full(stream) => (stream, create(partial).await?),
+                BlobResponse::Full(stream) => (stream, create(partial).await.map_err(at)?),
             }
         } else {
             let stream = self
                 .client
                 .pull_blob_stream(reference, digest_text.as_str())
                 .await
-                .map_err(|e| e.to_string())?;
-            (stream, create(partial).await?)
+                .map_err(request)?;
+            (stream, create(partial).await.map_err(at)?)
         };
+        // The full size, when the server said how long the rest is.
+        let expected_size = stream.content_length.map(|n| n + received);
         let mut stream = stream.stream;
-        let mut received = 0u64;
         let mut failure = None;
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(bytes) => {
                     hasher.update(&bytes);
                     received += bytes.len() as u64;
-                    file.write_all(&bytes)
-                        .await
-                        .map_err(|e| format!("{}: {e}", partial.display()))?;
+                    file.write_all(&bytes).await.map_err(at)?;
                 }
                 Err(e) => {
                     failure = Some(e.to_string());
@@ -242,37 +272,54 @@ impl Source {
                 }
             }
         }
-        file.flush()
-            .await
-            .map_err(|e| format!("{}: {e}", partial.display()))?;
-        file.sync_all()
-            .await
-            .map_err(|e| format!("{}: {e}", partial.display()))?;
+        file.flush().await.map_err(at)?;
+        file.sync_all().await.map_err(at)?;
         drop(file);
         let got = Digest::from_hasher(hasher);
         if got == *digest {
             return Ok(());
         }
-        // A stream cut short keeps its prefix for the next run to resume; content that
-        // ran to the end with the wrong digest is thrown away.
-        match failure {
-            Some(e) if !e.to_lowercase().contains("digest") => Err(format!(
-                "download cut short after {received} bytes ({e}); the next run resumes it"
-            )),
+        match (failure, expected_size) {
+            // Cut short: the prefix stays for a retry or the next run to resume.
+            (Some(e), Some(size)) if received < size => Err(Failure::Retry(format!(
+                "download cut short at {received} of {size} bytes ({e})"
+            ))),
             _ => {
                 let _ = tokio::fs::remove_file(partial).await;
-                Err(format!(
-                    "content has digest {got}, expected {digest}; not kept"
-                ))
+                Err(Failure::Final(format!(
+                    "content has digest {got}, expected {digest} ({received} bytes); not kept"
+                )))
             }
         }
     }
 }
 
-async fn create(path: &Path) -> Result<tokio::fs::File, String> {
-    tokio::fs::File::create(path)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))
+/// Why a blob download failed: worth retrying, or not.
+enum Failure {
+    Retry(String),
+    Final(String),
+}
+
+/// Tries per request when the network or the server fails transiently.
+const ATTEMPTS: u32 = 4;
+
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(500 << attempt.min(4))
+}
+
+/// Network failures, timeouts and 5xx/429 answers are retried; 4xx answers, auth and
+/// digest errors are final.
+fn is_transient(e: &oci_client::errors::OciDistributionError) -> bool {
+    use oci_client::errors::OciDistributionError as E;
+    match e {
+        E::RequestError(_) | E::IoError(_) => true,
+        E::ServerError { code, .. } => *code >= 500 || *code == 429,
+        _ => false,
+    }
+}
+
+async fn create(path: &Path) -> std::io::Result<tokio::fs::File> {
+    tokio::fs::File::create(path).await
 }
 
 impl Source {
