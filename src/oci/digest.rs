@@ -53,6 +53,7 @@ impl Digest {
         Some(Digest::from_hasher(hasher))
     }
 
+    /// The digest of what was fed to `hasher` (for data hashed as it streams).
     pub fn from_hasher(hasher: Sha256) -> Digest {
         let hex = hasher
             .finalize()

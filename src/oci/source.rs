@@ -52,7 +52,15 @@ fn split_url(url: &str) -> Result<(String, bool), String> {
 }
 
 impl Source {
+    /// The client for `opts`. Refused inside an async runtime: the pull functions are
+    /// synchronous and block on their own runtime (call them from `spawn_blocking`).
     pub fn new(opts: &PullOptions) -> Result<Source, String> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(
+                "image pulls block: call them outside an async runtime (e.g. in spawn_blocking)"
+                    .to_string(),
+            );
+        }
         let mut plain_http: Vec<String> = Vec::new();
         for host in &opts.insecure {
             plain_http.push(split_url(host)?.0);
@@ -349,5 +357,52 @@ impl Source {
         } else {
             Err(errors.join("; "))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mirror_urls_give_host_and_scheme() {
+        assert_eq!(
+            split_url("http://127.0.0.1:5001/").unwrap(),
+            ("127.0.0.1:5001".to_string(), true)
+        );
+        assert_eq!(
+            split_url("https://mirror.example").unwrap(),
+            ("mirror.example".to_string(), false)
+        );
+        assert_eq!(
+            split_url("127.0.0.1:5001").unwrap(),
+            ("127.0.0.1:5001".to_string(), false)
+        );
+        assert!(split_url("http://host/prefix").is_err());
+        assert!(split_url("http://").is_err());
+    }
+
+    #[test]
+    fn refuses_to_block_inside_an_async_runtime() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let made = runtime.block_on(async { Source::new(&PullOptions::default()).map(|_| ()) });
+        assert!(made.unwrap_err().contains("outside an async runtime"));
+        assert!(Source::new(&PullOptions::default()).is_ok());
+    }
+
+    #[test]
+    fn only_network_and_server_failures_are_retried() {
+        use oci_client::errors::OciDistributionError as E;
+        let server = |code| E::ServerError {
+            code,
+            url: String::new(),
+            message: String::new(),
+        };
+        assert!(is_transient(&server(503)));
+        assert!(is_transient(&server(429)));
+        assert!(!is_transient(&server(404)));
+        assert!(!is_transient(&E::ImageManifestNotFoundError(String::new())));
     }
 }
