@@ -71,6 +71,11 @@ pub struct MountArgs {
     #[arg(long, default_value = "sea.hub:5000", help_heading = "Build")]
     pub registry_domain: String,
 
+    /// sealer generation the image is built for: v0.9 (sealer v0.9.2 to v0.11.0) or v0.8
+    /// (sealer v0.8.6) [default: v0.9].
+    #[arg(long, value_name = "GEN", help_heading = "Build")]
+    pub sealer: Option<String>,
+
     /// OSS download cache [default: $XDG_CACHE_HOME/rootfs-mount, or /var/cache/rootfs-mount for root].
     #[arg(long, value_name = "DIR", help_heading = "Sources")]
     pub cache: Option<PathBuf>,
@@ -195,6 +200,7 @@ impl MountArgs {
             cache,
             contexts: self.contexts.as_deref().map(absolute).transpose()?,
             registry_domain: domain.to_string(),
+            sealer: self.sealer.clone(),
             registry_data: self.registry_data.as_deref().map(absolute).transpose()?,
             index_dir: self.index_dir.as_deref().map(absolute).transpose()?,
             allow_missing: self.allow_missing,

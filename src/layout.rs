@@ -10,6 +10,7 @@ use crate::layers::{
     TemplatedTree,
 };
 use crate::render::template_vars;
+use crate::sealer::SealerFacts;
 use crate::tree::{Branch, Namespace};
 use crate::versions::{KubeVersion, Profile, VersionFacts};
 
@@ -32,6 +33,8 @@ pub struct MountParams {
     /// `None`: the contexts embedded in the binary.
     pub contexts: Option<PathBuf>,
     pub registry_domain: String,
+    /// A generation of contexts/sealer.yaml; `None`: its default.
+    pub sealer: Option<String>,
     /// `None`: `CACHE/registry`.
     pub registry_data: Option<PathBuf>,
     /// `None`: `CACHE/index`.
@@ -108,17 +111,18 @@ enum Contexts<'a> {
 }
 
 impl Contexts<'_> {
-    fn versions(&self) -> Result<VersionFacts, String> {
+    /// A data file at the top of the contexts, through `parse`.
+    fn data<T>(&self, name: &str, parse: fn(&[u8]) -> Result<T, String>) -> Result<T, String> {
         match self {
-            Contexts::Embedded => VersionFacts::parse(
-                embedded_file("versions.yaml")
-                    .ok_or("versions.yaml is not embedded in this build")?,
+            Contexts::Embedded => parse(
+                embedded_file(name)
+                    .ok_or_else(|| format!("{name} is not embedded in this build"))?,
             ),
             Contexts::Disk(dir) => {
-                let path = dir.join("versions.yaml");
+                let path = dir.join(name);
                 let bytes = std::fs::read(&path)
                     .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-                VersionFacts::parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+                parse(&bytes).map_err(|e| format!("{}: {e}", path.display()))
             }
         }
     }
@@ -159,9 +163,12 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
             ));
         }
     }
-    let facts = contexts.versions()?;
+    let facts = contexts.data("versions.yaml", VersionFacts::parse)?;
     let profile = facts.profile(&params.version, params.cri.as_deref(), &params.cni)?;
-    let vars = Arc::new(template_vars(&profile, &params.registry_domain));
+    let sealer = contexts
+        .data("sealer.yaml", SealerFacts::parse)?
+        .generation(params.sealer.as_deref())?;
+    let vars = Arc::new(template_vars(&profile, &sealer, &params.registry_domain));
 
     let mut context_layers: Vec<(String, Box<dyn Layer>)> = Vec::new();
     if let Some((cni, _)) = &profile.cni {
@@ -316,14 +323,16 @@ mod tests {
     use serde::Deserialize;
 
     fn params(version: &str, cri: Option<&str>) -> MountParams {
+        let minor: u32 = version.split('.').nth(1).unwrap().parse().unwrap();
         MountParams {
             version: KubeVersion::parse(version).unwrap(),
             cri: cri.map(str::to_string),
-            cni: "calico".into(),
+            cni: if minor >= 16 { "calico" } else { "none" }.into(),
             arches: vec!["amd64".into()],
             cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
             contexts: None,
             registry_domain: "sea.hub:5000".into(),
+            sealer: None,
             registry_data: None,
             index_dir: None,
             allow_missing: true,
@@ -358,11 +367,11 @@ mod tests {
                     }
                     let layout = plan(&params(&version, Some(cri)))
                         .unwrap_or_else(|e| panic!("{version} {cri}: {e}"));
-                    for file in [
-                        "rootfs/etc/kubeadm.yml",
-                        "rootfs/etc/kubeadm.yml.tmpl",
-                        "rootfs/etc/tigera-operator.yaml",
-                    ] {
+                    let mut files = vec!["rootfs/etc/kubeadm.yml", "rootfs/etc/kubeadm.yml.tmpl"];
+                    if minor >= 16 {
+                        files.push("rootfs/etc/tigera-operator.yaml");
+                    }
+                    for file in files {
                         // sealer renders the .tmpl at deploy time: do what it does first.
                         let text = rendered(&layout, file)
                             .replace(r#"{{or .RegistryURL "sea.hub:5000"}}"#, "sea.hub:5000");
@@ -380,6 +389,21 @@ mod tests {
                         );
                     }
                     let kubeadm = rendered(&layout, "rootfs/etc/kubeadm.yml");
+                    // sealer fills a missing or empty key from its own defaults, which name
+                    // gates and repositories that are wrong for many versions.
+                    let cluster = serde_yaml::Deserializer::from_str(&kubeadm)
+                        .map(|d| serde_yaml::Value::deserialize(d).unwrap())
+                        .find(|d| d["kind"] == "ClusterConfiguration")
+                        .unwrap();
+                    for component in ["apiServer", "controllerManager", "scheduler"] {
+                        let gates = cluster[component]["extraArgs"]["feature-gates"]
+                            .as_str()
+                            .unwrap_or_default();
+                        assert!(!gates.is_empty(), "{version}: {component} feature-gates");
+                    }
+                    assert!(cluster["dns"]["imageRepository"]
+                        .as_str()
+                        .is_some_and(|r| r.starts_with("sea.hub:5000")));
                     assert!(
                         kubeadm.contains(&format!("kubernetesVersion: {version}\n")),
                         "{version}"

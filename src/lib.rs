@@ -1,7 +1,7 @@
 //! rootfs-mount: the merged build directory of a sealer base ClusterImage, served over
 //! FUSE as a union of layers, with templated files rendered on read.
 //!
-//! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`render`],
+//! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`sealer`], [`render`],
 //! [`layout`]. Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files,
 //! `status`). Registry images (pulled over the OCI distribution API): [`oci`]. All
 //! `unsafe` code is in `sys`.
@@ -13,6 +13,7 @@ pub mod layers;
 pub mod layout;
 pub mod oci;
 pub mod render;
+pub mod sealer;
 pub mod state;
 pub mod sys;
 pub mod tree;

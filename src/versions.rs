@@ -92,6 +92,21 @@ pub struct CniFacts {
     pub images: Vec<String>,
 }
 
+/// One CNI: the Kubernetes versions its bundled manifests can run on, and its releases.
+#[derive(Debug, Deserialize)]
+struct Cni {
+    supported: Range,
+    refusal: String,
+    releases: Vec<CniFacts>,
+}
+
+/// The order of `kubeadm config images list` for a range of versions.
+#[derive(Debug, Deserialize)]
+struct ImageOrder {
+    range: Range,
+    order: Vec<String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct FeatureGate {
     name: String,
@@ -108,7 +123,8 @@ pub struct VersionFacts {
     default_cri: Vec<DefaultCri>,
     cri: BTreeMap<String, CriFacts>,
     images: Vec<ImageFacts>,
-    cni: BTreeMap<String, Vec<CniFacts>>,
+    kube_image_order: Vec<ImageOrder>,
+    cni: BTreeMap<String, Cni>,
     feature_gates: Vec<FeatureGate>,
     features: BTreeMap<String, Range>,
 }
@@ -124,6 +140,8 @@ pub struct Profile {
     /// `None` for `--cni none`.
     pub cni: Option<(String, CniFacts)>,
     pub images: ImageFacts,
+    /// Component names in the order `kubeadm config images list` prints them.
+    pub image_order: Vec<String>,
     pub upstream_registry: String,
     /// `Name=value` of every feature gate the version accepts.
     pub feature_gates: Vec<String>,
@@ -131,26 +149,20 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// What `kubeadm config images list` prints for the version.
+    /// What `kubeadm config images list` prints for the version, in its order.
     pub fn kube_images(&self) -> Vec<String> {
         let r = &self.upstream_registry;
         let v = &self.version;
-        let mut list: Vec<String> = [
-            "kube-apiserver",
-            "kube-controller-manager",
-            "kube-scheduler",
-            "kube-proxy",
-        ]
-        .iter()
-        .map(|c| format!("{r}/{c}:{v}"))
-        .collect();
-        list.push(format!("{r}/pause:{}", self.images.pause));
-        list.push(format!("{r}/etcd:{}", self.images.etcd));
-        list.push(format!(
-            "{r}/{}:{}",
-            self.images.coredns_path, self.images.coredns
-        ));
-        list
+        let i = &self.images;
+        self.image_order
+            .iter()
+            .map(|component| match component.as_str() {
+                "pause" => format!("{r}/pause:{}", i.pause),
+                "etcd" => format!("{r}/etcd:{}", i.etcd),
+                "coredns" => format!("{r}/{}:{}", i.coredns_path, i.coredns),
+                kube => format!("{r}/{kube}:{v}"),
+            })
+            .collect()
     }
 }
 
@@ -217,16 +229,46 @@ impl VersionFacts {
             .find(|e| e.range.holds(version))
             .cloned()
             .ok_or_else(|| format!("versions.yaml has no image tags for {version}"))?;
+        let image_order = self
+            .kube_image_order
+            .iter()
+            .find(|e| e.range.holds(version))
+            .map(|e| e.order.clone())
+            .ok_or_else(|| format!("versions.yaml has no kube_image_order for {version}"))?;
+        for component in &image_order {
+            let known = [
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "kube-proxy",
+                "pause",
+                "etcd",
+                "coredns",
+            ];
+            if !known.contains(&component.as_str()) {
+                return Err(format!(
+                    "versions.yaml: kube_image_order names {component:?}, expected one of {}",
+                    known.join(", ")
+                ));
+            }
+        }
         let cni = if cni == "none" {
             None
         } else {
-            let ranges = self.cni.get(cni).ok_or_else(|| {
+            let facts = self.cni.get(cni).ok_or_else(|| {
                 format!(
                     "unknown CNI {cni:?}: expected one of {}, none",
                     self.cni_names().join(", ")
                 )
             })?;
-            let facts = ranges
+            if !facts.supported.holds(version) {
+                return Err(format!(
+                    "--cni {cni} cannot be used with Kubernetes {version}: {}",
+                    facts.refusal
+                ));
+            }
+            let facts = facts
+                .releases
                 .iter()
                 .find(|e| e.range.holds(version))
                 .cloned()
@@ -243,6 +285,7 @@ impl VersionFacts {
             cri,
             cni,
             images,
+            image_order,
             upstream_registry: self.upstream_registry.clone(),
             feature_gates: self
                 .feature_gates
@@ -302,7 +345,7 @@ mod tests {
             ("v1.31.1", "kubeadm.k8s.io/v1beta3"),
         ] {
             assert_eq!(
-                f.profile(&v(ver), None, "calico").unwrap().kubeadm_api,
+                f.profile(&v(ver), None, "none").unwrap().kubeadm_api,
                 api,
                 "{ver}"
             );
@@ -351,7 +394,8 @@ mod tests {
         for minor in 13..=31 {
             for patch in 0..=20 {
                 let ver = v(&format!("v1.{minor}.{patch}"));
-                let p = f.profile(&ver, Some("containerd"), "calico").unwrap();
+                let cni = if minor >= 16 { "calico" } else { "none" };
+                let p = f.profile(&ver, Some("containerd"), cni).unwrap();
                 let list = p.kube_images();
                 assert_eq!(list.len(), 7, "{ver}");
                 assert_eq!(
@@ -368,5 +412,44 @@ mod tests {
         assert!(p
             .kube_images()
             .contains(&"registry.k8s.io/coredns/coredns:v1.8.6".to_string()));
+    }
+
+    #[test]
+    fn bundled_calico_is_refused_below_its_range() {
+        let f = facts();
+        let err = f.profile(&v("v1.15.12"), None, "calico").unwrap_err();
+        assert!(err.contains("--cni none"), "{err}");
+        assert!(err.contains("v1.15.12"), "{err}");
+        assert!(f.profile(&v("v1.16.0"), None, "calico").is_ok());
+        assert!(f.profile(&v("v1.15.12"), None, "none").is_ok());
+    }
+
+    #[test]
+    fn image_list_follows_kubeadm_order() {
+        let f = facts();
+        let names = |ver: &str| -> Vec<String> {
+            f.profile(&v(ver), Some("containerd"), "none")
+                .unwrap()
+                .kube_images()
+                .iter()
+                .map(|i| {
+                    i.rsplit('/')
+                        .next()
+                        .unwrap()
+                        .split(':')
+                        .next()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect()
+        };
+        assert_eq!(
+            names("v1.28.15")[4..],
+            ["pause".to_string(), "etcd".into(), "coredns".into()]
+        );
+        assert_eq!(
+            names("v1.29.0")[4..],
+            ["coredns".to_string(), "pause".into(), "etcd".into()]
+        );
     }
 }

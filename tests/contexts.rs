@@ -54,13 +54,15 @@ fn copy_contexts() -> std::path::PathBuf {
 fn contexts_folder_edits_show_without_remount() {
     let dir = copy_contexts();
     let m = Mount::new(&["--k8s", "v1.23.4", "--contexts", dir.to_str().unwrap()]);
-    let registry = dir.join("rootfs/etc/registry.yml");
-    let before = m.read("rootfs/etc/registry.yml");
+    let registry = dir.join("rootfs/etc/registry_config.yml");
+    let before = m.read("rootfs/etc/registry_config.yml");
     assert_eq!(before, std::fs::read_to_string(&registry).unwrap());
     std::fs::write(&registry, format!("{before}# edited\n")).unwrap();
     // Entries of an on-disk contexts tree are cached by the kernel for at most 1 s.
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(m.read("rootfs/etc/registry.yml").ends_with("# edited\n"));
+    assert!(m
+        .read("rootfs/etc/registry_config.yml")
+        .ends_with("# edited\n"));
 
     let template = dir.join("rootfs/etc/kubeadm.yml.in");
     let text = std::fs::read_to_string(&template).unwrap();

@@ -200,7 +200,7 @@ fn contexts_edited_while_mounted() {
     assert!(!calico_only.is_empty());
     std::fs::remove_dir_all(&calico).unwrap();
     // A file turned into a folder, and a folder into a file.
-    let registry_yml = contexts.join("rootfs/etc/registry.yml");
+    let registry_yml = contexts.join("rootfs/etc/registry_config.yml");
     std::fs::remove_file(&registry_yml).unwrap();
     std::fs::create_dir(&registry_yml).unwrap();
     std::fs::write(registry_yml.join("inside"), b"now a folder\n").unwrap();
@@ -227,7 +227,10 @@ fn contexts_edited_while_mounted() {
             );
         }
     }
-    assert_eq!(m.read("rootfs/etc/registry.yml/inside"), "now a folder\n");
+    assert_eq!(
+        m.read("rootfs/etc/registry_config.yml/inside"),
+        "now a folder\n"
+    );
     assert_still_serving(&m, pid, &[]);
 
     // Put back: served again, without remounting.
@@ -235,7 +238,7 @@ fn contexts_edited_while_mounted() {
     std::fs::remove_dir_all(&registry_yml).unwrap();
     std::fs::write(&registry_yml, b"restored: true\n").unwrap();
     settle();
-    assert_eq!(m.read("rootfs/etc/registry.yml"), "restored: true\n");
+    assert_eq!(m.read("rootfs/etc/registry_config.yml"), "restored: true\n");
     assert_eq!(m.read("rootfs/etc/kubeadm.yml"), kubeadm);
     assert!(is_running(pid));
 }

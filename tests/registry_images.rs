@@ -6,17 +6,15 @@
 
 mod common;
 
+use common::registry::{self, Registry};
 use common::scratch;
 use flate2::read::GzDecoder;
 use rootfs_mount::oci::{pull_into_registry_storage, save_docker_archive, PullOptions};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
@@ -28,112 +26,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Fails (never skips) when a tool the test needs is missing, naming the Debian package.
-fn need(tool: &str, package: &str) {
-    let found = Command::new(tool)
-        .arg("--version")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    assert!(
-        found,
-        "{tool} is missing: install the Debian package `{package}` (apt-get install {package}; .ci/run does)"
-    );
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// A `docker-registry` on 127.0.0.1, killed when dropped (also when the test fails).
-struct Registry {
-    child: Child,
-    port: u16,
-    storage: PathBuf,
-    log: PathBuf,
-}
-
-impl Registry {
-    fn start(storage: &Path, read_only: bool) -> Registry {
-        need("docker-registry", "docker-registry");
-        std::fs::create_dir_all(storage).unwrap();
-        let port = free_port();
-        let dir = scratch("registry-config");
-        let config = dir.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\n\
-                 storage:\n  filesystem:\n    rootdirectory: {}\n  maintenance:\n    \
-                 uploadpurging:\n      enabled: false\n    readonly:\n      enabled: {read_only}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                storage.display()
-            ),
-        )
-        .unwrap();
-        let log = dir.join("registry.log");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(dir.join("registry.err")).unwrap())
-            .spawn()
-            .expect("start docker-registry");
-        let registry = Registry {
-            child,
-            port,
-            storage: storage.to_path_buf(),
-            log: dir.join("registry.err"),
-        };
-        registry.wait_ready();
-        registry
-    }
-
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) {
-                let _ = stream.write_all(b"GET /v2/ HTTP/1.0\r\n\r\n");
-                let mut answer = String::new();
-                let _ = stream.read_to_string(&mut answer);
-                if answer.starts_with("HTTP/1.") && answer.contains(" 200 ") {
-                    return;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "docker-registry on port {} did not answer: {}",
-            self.port,
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
-
-    fn address(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// The file the registry keeps blob `hex` in.
-    fn blob_file(&self, hex: &str) -> PathBuf {
-        blob_path(&self.storage, hex)
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
+/// The file a registry keeps blob `hex` in, under its storage root.
 fn blob_path(storage: &Path, hex: &str) -> PathBuf {
     storage.join(format!(
         "docker/registry/v2/blobs/sha256/{}/{hex}/data",
@@ -141,19 +34,14 @@ fn blob_path(storage: &Path, hex: &str) -> PathBuf {
     ))
 }
 
+/// `skopeo ARGS` (failing the test, naming the package, when skopeo is missing); stdout.
 fn skopeo(args: &[&str]) -> Vec<u8> {
-    need("skopeo", "skopeo");
-    let out = Command::new("skopeo")
-        .arg("--insecure-policy")
-        .args(args)
-        .output()
-        .expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    registry::skopeo(args).into_bytes()
+}
+
+/// The registry's base URL, as a mirror is given.
+fn url(registry: &Registry) -> String {
+    format!("http://{}", registry.host())
 }
 
 /// Raw manifest bytes of `image` (`host/repo:tag` or `host/repo@digest`) from a registry.
@@ -308,7 +196,7 @@ fn push_images(registry: &Registry) -> Images {
     layout.tag("cni", &cni, OCI_MANIFEST);
     layout.tag("node", &node, OCI_MANIFEST);
     layout.tag("registry", &list, OCI_INDEX);
-    let at = registry.address();
+    let at = registry.host();
     layout.push("cni", &format!("{at}/calico/cni:v3.22.1"), false);
     layout.push("node", &format!("{at}/calico/node:v3.22.1"), false);
     layout.push("cni", &format!("{at}/kube-apiserver:v1.23.4"), false);
@@ -327,8 +215,8 @@ fn push_images(registry: &Registry) -> Images {
 fn mirror_options(registry: &Registry) -> PullOptions {
     PullOptions {
         mirrors: vec![
-            ("docker.io".to_string(), registry.url()),
-            ("registry.k8s.io".to_string(), registry.url()),
+            ("docker.io".to_string(), url(registry)),
+            ("registry.k8s.io".to_string(), url(registry)),
         ],
         insecure: Vec::new(),
         jobs: 4,
@@ -413,7 +301,7 @@ fn registry_storage_is_served_by_a_second_registry_with_the_same_digests() {
 
     // A second registry, read-only on what was written, answers the same bytes.
     let copy = Registry::start(&storage, true);
-    let (a, b) = (source.address(), copy.address());
+    let (a, b) = (source.host(), copy.host());
     for (at_source, at_copy) in [
         (
             format!("{a}/calico/cni:v3.22.1"),
@@ -621,7 +509,8 @@ fn skopeo_inspect_archive(file: &Path) -> serde_json::Value {
 
 #[test]
 fn docker_archives_are_read_by_skopeo() {
-    let source = Registry::start(&scratch("archive-source"), false);
+    let source_storage = scratch("archive-source");
+    let source = Registry::start(&source_storage, false);
     let images = push_images(&source);
     let opts = mirror_options(&source);
     let dir = scratch("archives");
@@ -650,9 +539,9 @@ fn docker_archives_are_read_by_skopeo() {
         assert_eq!(inspected["Architecture"], arch);
         // skopeo copies the image out of the archive, checking each layer.
         // The config is the list child's config, byte for byte.
-        let child_manifest = read_json(&source.blob_file(&child.digest[7..]));
+        let child_manifest = read_json(&blob_path(&source_storage, &child.digest[7..]));
         let config_hex = &child_manifest["config"]["digest"].as_str().unwrap()[7..];
-        assert_eq!(config, read_json(&source.blob_file(config_hex)));
+        assert_eq!(config, read_json(&blob_path(&source_storage, config_hex)));
         // skopeo copies the image out of the archive (reading every layer) into an OCI
         // layout; the image it made has the same layers and arch.
         let out = scratch("archive-copy");
@@ -698,14 +587,16 @@ fn docker_archives_are_read_by_skopeo() {
 
 #[test]
 fn a_corrupt_blob_is_refused_and_nothing_is_kept() {
-    let source = Registry::start(&scratch("corrupt-source"), false);
+    let source_storage = scratch("corrupt-source");
+    let source = Registry::start(&source_storage, false);
     let images = push_images(&source);
-    let cni: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(source.blob_file(&images.cni.digest[7..])).unwrap())
-            .unwrap();
+    let cni: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(blob_path(&source_storage, &images.cni.digest[7..])).unwrap(),
+    )
+    .unwrap();
     let layer_digest = cni["layers"][1]["digest"].as_str().unwrap().to_string();
     let layer_hex = &layer_digest[7..];
-    let served = source.blob_file(layer_hex);
+    let served = blob_path(&source_storage, layer_hex);
     let mut bytes = std::fs::read(&served).unwrap();
     let last = bytes.len() - 1;
     bytes[last] ^= 0xff;
@@ -764,14 +655,14 @@ fn a_list_keeps_the_requested_arches_only() {
     assert!(!blob_path(&storage, &sha256_hex(&images.base.gz)).exists());
 
     let copy = Registry::start(&storage, true);
-    let list = raw_manifest(&format!("{}/library/registry:2.8.3", copy.address()));
+    let list = raw_manifest(&format!("{}/library/registry:2.8.3", copy.host()));
     assert_eq!(format!("sha256:{}", sha256_hex(&list)), images.list.digest);
     let pulled = scratch("arch-pulled");
     skopeo(&[
         "copy",
         "--override-arch=arm64",
         "--src-tls-verify=false",
-        &format!("docker://{}/library/registry:2.8.3", copy.address()),
+        &format!("docker://{}/library/registry:2.8.3", copy.host()),
         &format!("oci:{}:arm64", pulled.display()),
     ]);
     assert!(pulled

@@ -78,9 +78,11 @@ fn sealer_scenario_and_edits_leave_layers_untouched() {
     );
     sh(&format!(
         "sed -i '1i # edited' '{}'",
-        m.path("rootfs/etc/registry.yml").display()
+        m.path("rootfs/etc/registry_config.yml").display()
     ));
-    assert!(m.read("rootfs/etc/registry.yml").starts_with("# edited\n"));
+    assert!(m
+        .read("rootfs/etc/registry_config.yml")
+        .starts_with("# edited\n"));
 
     // rm and mv of lower files and folders.
     std::fs::remove_file(m.path("rootfs/etc/Clusterfile")).unwrap();

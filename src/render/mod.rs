@@ -4,10 +4,15 @@ pub mod template;
 
 pub use template::{quote, render, TemplateError, Value, Vars};
 
+use crate::sealer::Generation;
 use crate::versions::Profile;
 
 /// The variables of docs/TEMPLATES.md for one mount.
-pub fn template_vars(profile: &Profile, registry_domain: &str) -> Vars {
+pub fn template_vars(
+    profile: &Profile,
+    sealer: &(String, Generation),
+    registry_domain: &str,
+) -> Vars {
     let mut vars = Vars::new();
     let mut set = |name: &str, value: Value| {
         vars.insert(name.to_string(), value);
@@ -26,6 +31,9 @@ pub fn template_vars(profile: &Profile, registry_domain: &str) -> Vars {
     set("cni_version", s(cni_version));
     set("cni_images", Value::List(cni_images));
     set("registry_domain", s(registry_domain));
+    let (host, port) = split_registry_domain(registry_domain);
+    set("registry_host", s(host));
+    set("registry_port", s(port));
     set("upstream_registry", s(&profile.upstream_registry));
     set("pause_tag", s(&profile.images.pause));
     set("etcd_tag", s(&profile.images.etcd));
@@ -34,17 +42,57 @@ pub fn template_vars(profile: &Profile, registry_domain: &str) -> Vars {
         "pause_image",
         Value::Str(format!("{registry_domain}/pause:{}", profile.images.pause)),
     );
-    // kubeadm only needs a DNS image repository when the image sits one level deeper
-    // (`coredns/coredns`, from v1.21) than the others.
-    let dns = match profile.images.coredns_path.split_once('/') {
-        Some((sub, _)) => format!("{registry_domain}/{sub}"),
+    // kubeadm looks for CoreDNS at <dns.imageRepository>/coredns:TAG once imageRepository is
+    // not the upstream one. sealer stores the image under its upstream path without the
+    // host (`coredns/coredns` from v1.21, `coredns` before), and sealer v0.9+ fills an
+    // empty dns.imageRepository with <registry>/coredns, which is wrong before v1.21: so the
+    // repository is always written, one level deeper from v1.21.
+    let dns_subpath = match profile.images.coredns_path.split_once('/') {
+        Some((sub, _)) => format!("/{sub}"),
         None => String::new(),
     };
-    set("dns_image_repository", Value::Str(dns));
+    set(
+        "dns_image_repository",
+        Value::Str(format!("{registry_domain}{dns_subpath}")),
+    );
+    set("dns_image_subpath", Value::Str(dns_subpath));
     set("kube_images", Value::List(profile.kube_images()));
+    let (generation, facts) = sealer;
+    set("sealer_generation", s(generation));
+    set("sealer_covers", s(&facts.covers));
+    set("kubefile_copy", Value::List(facts.copy.clone()));
+    set("lvscare_image", s(&facts.lvscare_image));
+    set("clusterfile_api_version", s(&facts.clusterfile_api_version));
     set("feature_gates", Value::Str(profile.feature_gates.join(",")));
     for (name, on) in &profile.features {
         set(name, Value::Bool(*on));
     }
     vars
+}
+
+/// `host[:port]` as host and port; `[v6]:port` keeps its brackets. Without a port a client
+/// reaches the registry on 443, so that is the port written.
+pub fn split_registry_domain(domain: &str) -> (&str, &str) {
+    let port_at = match domain.rfind(']') {
+        Some(end) => domain[end..].find(':').map(|i| end + i),
+        None => domain.rfind(':'),
+    };
+    match port_at {
+        Some(i) if !domain[i + 1..].is_empty() => (&domain[..i], &domain[i + 1..]),
+        _ => (domain, "443"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_registry_domain;
+
+    #[test]
+    fn registry_domain_splits_into_host_and_port() {
+        assert_eq!(split_registry_domain("sea.hub:5000"), ("sea.hub", "5000"));
+        assert_eq!(split_registry_domain("sea.hub"), ("sea.hub", "443"));
+        assert_eq!(split_registry_domain("[::1]:5000"), ("[::1]", "5000"));
+        assert_eq!(split_registry_domain("[::1]"), ("[::1]", "443"));
+        assert_eq!(split_registry_domain("10.0.0.1:80"), ("10.0.0.1", "80"));
+    }
 }

@@ -4,8 +4,12 @@
 # cri/containerd.tar.gz is either a root-relative bundle (usr/local/bin/containerd,
 # usr/local/sbin/runc, etc/systemd/system/containerd.service, opt/cni/bin/...), unpacked
 # onto /, or a flat set of binaries, installed to /usr/bin. cri/lib64/ holds libseccomp for
-# hosts that lack it (runc needs it). The configuration is etc/dump-config.toml. A
-# containerd that is already installed is left as it is (binaries and config), only started.
+# hosts that lack it (runc needs it). A containerd that is already installed keeps its
+# binaries, but is always configured: the configuration is etc/dump-config.toml (a config of
+# another origin is kept once as config.toml.sealer.bak; docker-ce's containerd.io ships one
+# with the CRI plugin disabled, which the kubelet cannot use). Registries are set up in
+# /etc/containerd/certs.d/<host:port>/hosts.toml, for the image's registry
+# (etc/registry.yml) and for REGISTRY_DOMAIN:REGISTRY_PORT when given.
 set -e
 
 scripts_path=$(cd "$(dirname "$0")" && pwd)
@@ -16,6 +20,8 @@ registry_port=${2:-}
 tarball=$rootfs/cri/containerd.tar.gz
 config=/etc/containerd/config.toml
 socket=/run/containerd/containerd.sock
+# present when this script installed containerd itself; clean.sh then removes it again
+installed_marker=/etc/containerd/.installed-by-sealer-image
 
 install_binaries() {
   local unpack_dir
@@ -80,23 +86,47 @@ WantedBy=multi-user.target
 UNIT
 }
 
+# The first line of etc/dump-config.toml marks a config that this script installed.
 install_config() {
-  local registry
+  local marker
   mkdir -p /etc/containerd
+  marker=$(head -n 1 "$rootfs/etc/dump-config.toml")
+  if [ -f "$config" ] && [ "$(head -n 1 "$config")" != "$marker" ] && [ ! -e "$config.sealer.bak" ]; then
+    cp -p "$config" "$config.sealer.bak"
+  fi
   install -m 0644 "$rootfs/etc/dump-config.toml" "$config"
-  # The registry sealer deploys (domain and port given at deploy time) is mirrored besides
-  # the one the image was built for.
-  if [ -n "$registry_domain" ] && [ -n "$registry_port" ]; then
-    registry="$registry_domain:$registry_port"
-    if ! grep -qF "registry.mirrors.\"$registry\"]" "$config"; then
-      cat >>"$config" <<TOML
+}
 
-[plugins."io.containerd.grpc.v1.cri".registry.mirrors."$registry"]
-  endpoint = ["https://$registry", "http://$registry"]
-[plugins."io.containerd.grpc.v1.cri".registry.configs."$registry".tls]
-  insecure_skip_verify = true
+# hosts.toml for one registry: https first (sealer serves TLS when it has certificates),
+# then plain http; the image's registry is private, so its certificate is not verified.
+# A hosts.toml that is already there (sealer writes its own at deploy time) is kept.
+install_registry_host() {
+  local registry=$1 dir
+  dir=/etc/containerd/certs.d/$registry
+  if [ -z "$registry" ] || [ -f "$dir/hosts.toml" ]; then
+    return 0
+  fi
+  mkdir -p "$dir"
+  cat >"$dir/hosts.toml" <<TOML
+server = "https://$registry"
+
+[host."https://$registry"]
+  capabilities = ["pull", "resolve"]
+  skip_verify = true
+
+[host."http://$registry"]
+  capabilities = ["pull", "resolve"]
 TOML
-    fi
+}
+
+# domain:port of etc/registry.yml (the registry the image was built for)
+image_registry() {
+  local file=$rootfs/etc/registry.yml domain port
+  [ -f "$file" ] || return 0
+  domain=$(sed -n 's/^domain:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' "$file" | head -n 1)
+  port=$(sed -n 's/^port:[[:space:]]*"\{0,1\}\([^"]*\)"\{0,1\}[[:space:]]*$/\1/p' "$file" | head -n 1)
+  if [ -n "$domain" ]; then
+    echo "$domain${port:+:$port}"
   fi
 }
 
@@ -121,7 +151,7 @@ wait_for_containerd() {
 }
 
 if command -v containerd >/dev/null 2>&1; then
-  echo "containerd.sh: containerd is already installed ($(command -v containerd)); using it as it is" >&2
+  echo "containerd.sh: containerd is already installed ($(command -v containerd)); configuring it" >&2
 else
   if [ ! -f "$tarball" ]; then
     echo "containerd.sh: $tarball is missing" >&2
@@ -130,7 +160,13 @@ else
   install_binaries
   install_libseccomp
   install_unit
-  install_config
+  mkdir -p /etc/containerd
+  : >"$installed_marker"
+fi
+install_config
+install_registry_host "$(image_registry)"
+if [ -n "$registry_domain" ] && [ -n "$registry_port" ]; then
+  install_registry_host "$registry_domain:$registry_port"
 fi
 install_crictl_config
 

@@ -1,5 +1,6 @@
 #!/bin/bash
-# Entry point sealer runs on every node of the cluster:
+# Entry point sealer v0.8 runs on every node of the cluster (sealer v0.9 and later run
+# containerd.sh, init-registry.sh and init-kube.sh themselves):
 #   init.sh [DATA_ROOT] [REGISTRY_DOMAIN] [REGISTRY_PORT]
 # (defaults -, sea.hub, 5000; DATA_ROOT is docker's and is accepted only so that sealer can
 # call both runtimes alike: containerd keeps its data in /var/lib/containerd, see

@@ -1,33 +1,11 @@
 #!/bin/bash
-# Entry point sealer runs when it removes a node (after kubeadm reset): undoes init.sh.
-# Removes the registry container and the Kubernetes node (clean-kube.sh); then, if docker
-# was installed by docker.sh (its unit is etc/docker.service), stops it and removes its
-# unit, configuration and the binaries of cri/docker.tar.gz. A docker that was on the host
-# before is left alone, and docker's data root is always kept. Keeps going past errors.
+# Entry point sealer v0.8 runs when it removes a node (after kubeadm reset): undoes init.sh.
+# Removes the Kubernetes node (clean-kube.sh), then docker and the registry container
+# (uninstall-docker.sh, which sealer v0.9 and later run themselves). Keeps going past errors.
 
 scripts_path=$(cd "$(dirname "$0")" && pwd)
-rootfs=$(dirname "$scripts_path")
-tarball=$rootfs/cri/docker.tar.gz
-
-if command -v docker >/dev/null 2>&1; then
-  docker rm -f sealer-registry >/dev/null 2>&1 || true
-fi
 
 bash "$scripts_path/clean-kube.sh"
-
-if cmp -s "$rootfs/etc/docker.service" /etc/systemd/system/docker.service; then
-  systemctl disable --now docker.service >/dev/null 2>&1 || true
-  ip link delete docker0 >/dev/null 2>&1 || true
-  if [ -f "$tarball" ]; then
-    tar -tzf "$tarball" | while IFS= read -r member; do
-      case "$member" in
-      */ | '') continue ;;
-      esac
-      rm -f "/usr/bin/$(basename "$member")"
-    done
-  fi
-  rm -f /etc/systemd/system/docker.service /etc/docker/daemon.json /etc/crictl.yaml
-  systemctl daemon-reload >/dev/null 2>&1 || true
-fi
+bash "$scripts_path/uninstall-docker.sh"
 
 exit 0

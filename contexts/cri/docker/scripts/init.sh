@@ -1,5 +1,6 @@
 #!/bin/bash
-# Entry point sealer runs on every node of the cluster:
+# Entry point sealer v0.8 runs on every node of the cluster (sealer v0.9 and later run
+# docker.sh, init-registry.sh and init-kube.sh themselves):
 #   init.sh [DATA_ROOT] [REGISTRY_DOMAIN] [REGISTRY_PORT]
 # (defaults /var/lib/docker, sea.hub, 5000). Installs docker from cri/docker.tar.gz, then
 # the Kubernetes node (init-kube.sh). sealer starts the image registry itself, on the
