@@ -682,3 +682,192 @@ fn a_list_keeps_the_requested_arches_only() {
         "{err}"
     );
 }
+
+/// A TCP relay on 127.0.0.1 in front of a registry that sends its answers at about
+/// `bytes_per_second` and counts what it sent, so that a download can be killed midway
+/// and a resumed one measured. Stops accepting when dropped.
+struct SlowRelay {
+    port: u16,
+    sent: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SlowRelay {
+    fn start(upstream: u16, bytes_per_second: u64) -> SlowRelay {
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (sent_c, stop_c) = (sent.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop_c.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut c_read, mut s_write) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let _ = s_write.shutdown(std::net::Shutdown::Write);
+                });
+                let (mut s_read, mut c_write) = (server, client);
+                let (sent, stop) = (sent_c.clone(), stop_c.clone());
+                std::thread::spawn(move || {
+                    let chunk = (bytes_per_second / 20).max(1) as usize;
+                    let mut buf = vec![0u8; chunk];
+                    while !stop.load(Ordering::Relaxed) {
+                        let n = match s_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if c_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                        sent.fetch_add(n as u64, Ordering::Relaxed);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    let _ = c_write.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        SlowRelay { port, sent, stop }
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for SlowRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A child process running a pull, killed (SIGKILL) when dropped.
+struct PullProcess(std::process::Child);
+
+impl Drop for PullProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const HELPER_MIRROR: &str = "ROOTFS_MOUNT_TEST_PULL_MIRROR";
+const HELPER_STORAGE: &str = "ROOTFS_MOUNT_TEST_PULL_STORAGE";
+
+/// Not a test: the process `a_pull_killed_midway_resumes` starts and kills (run with
+/// `--ignored` by that test only; it refuses to run without the test's variables).
+#[test]
+#[ignore = "helper process of a_pull_killed_midway_resumes"]
+fn helper_pull_to_be_killed() {
+    let mirror = std::env::var(HELPER_MIRROR).expect("only run by a_pull_killed_midway_resumes");
+    let storage = std::env::var(HELPER_STORAGE).unwrap();
+    let opts = PullOptions {
+        mirrors: vec![("docker.io".to_string(), mirror)],
+        insecure: Vec::new(),
+        jobs: 1,
+    };
+    pull_into_registry_storage(
+        &strings(&["calico/big:v1"]),
+        &strings(&["amd64"]),
+        &opts,
+        Path::new(&storage),
+    )
+    .unwrap();
+}
+
+#[test]
+fn a_pull_killed_midway_resumes() {
+    let source = Registry::start(&scratch("kill-source"), false);
+    // 3 MiB that gzip cannot shrink, sent at 1 MiB/s: the pull is killed midway.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..3 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let big = layer(&[("big.bin", &noise)]);
+    let mut layout = OciLayout::new();
+    let image = layout.image("amd64", &[&big]);
+    layout.tag("big", &image, OCI_MANIFEST);
+    layout.push("big", &format!("{}/calico/big:v1", source.host()), false);
+    let big_hex = sha256_hex(&big.gz);
+
+    let storage = scratch("kill-storage");
+    let relay = SlowRelay::start(source.port, 1 << 20);
+    let partial = storage.join(format!(".partial/sha256-{big_hex}"));
+    let mut child = PullProcess(
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["helper_pull_to_be_killed", "--exact", "--ignored"])
+            .env(HELPER_MIRROR, format!("http://127.0.0.1:{}", relay.port))
+            .env(HELPER_STORAGE, &storage)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while std::fs::metadata(&partial).map_or(0, |m| m.len()) < 512 << 10 {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "the pull ended before it could be killed"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pull did not start"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.0.kill().unwrap();
+    child.0.wait().unwrap();
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept < big.gz.len() as u64);
+    assert!(!blob_path(&storage, &big_hex).exists());
+    assert!(!storage
+        .join("docker/registry/v2/repositories/calico/big/_manifests/tags")
+        .exists());
+
+    // The re-run asks only for the rest (HTTP Range) and completes the image.
+    let before = relay.sent();
+    let opts = PullOptions {
+        mirrors: vec![(
+            "docker.io".to_string(),
+            format!("http://127.0.0.1:{}", relay.port),
+        )],
+        insecure: Vec::new(),
+        jobs: 1,
+    };
+    pull_into_registry_storage(
+        &strings(&["calico/big:v1"]),
+        &strings(&["amd64"]),
+        &opts,
+        &storage,
+    )
+    .expect("resumed pull");
+    let resent = relay.sent() - before;
+    assert!(
+        resent < big.gz.len() as u64 - kept + (64 << 10),
+        "the re-run sent {resent} bytes; {kept} of {} were kept",
+        big.gz.len()
+    );
+    assert_eq!(
+        std::fs::read(blob_path(&storage, &big_hex)).unwrap(),
+        big.gz
+    );
+    assert!(storage
+        .join("docker/registry/v2/repositories/calico/big/_manifests/tags/v1/current/link")
+        .is_file());
+    assert!(!storage.join(".partial").exists());
+}
