@@ -411,8 +411,20 @@ fn registry_storage_is_served_by_a_second_registry_with_the_same_digests() {
         b"garbage",
     )
     .unwrap();
+    // A complete download killed before its rename is taken as it is.
+    let amd64 = read_json(&blob_path(&storage, &images.amd64.digest[7..]));
+    let config_hex = amd64["config"]["digest"].as_str().unwrap()[7..].to_string();
+    std::fs::rename(
+        blob_path(&storage, &config_hex),
+        storage.join(format!(".partial/sha256-{config_hex}")),
+    )
+    .unwrap();
     pull_into_registry_storage(&references, &arches, &mirror_options(&source), &storage)
         .expect("second pull");
+    assert_eq!(
+        sha256_hex(&std::fs::read(blob_path(&storage, &config_hex)).unwrap()),
+        config_hex
+    );
     assert_eq!(
         sha256_hex(&std::fs::read(blob_path(&storage, &node_layer_hex)).unwrap()),
         node_layer_hex

@@ -39,18 +39,9 @@ impl Digest {
 
     /// The digest of a file's content, or `None` when it cannot be read.
     pub fn of_file(path: &Path) -> Option<Digest> {
-        let mut file = std::fs::File::open(path).ok()?;
-        let mut hasher = Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => hasher.update(&buf[..n]),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => return None,
-            }
-        }
-        Some(Digest::from_hasher(hasher))
+        hash_file(path)
+            .ok()
+            .map(|(_, hasher)| Digest::from_hasher(hasher))
     }
 
     /// The digest of what was fed to `hasher` (for data hashed as it streams).
@@ -66,6 +57,26 @@ impl Digest {
     /// The 64 hex characters without the algorithm.
     pub fn hex(&self) -> &str {
         &self.hex
+    }
+}
+
+/// A file's length and its content fed to a sha256 hasher (to go on hashing what is
+/// appended to it).
+pub fn hash_file(path: &Path) -> std::io::Result<(u64, Sha256)> {
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut len = 0u64;
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok((len, hasher)),
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
     }
 }
 

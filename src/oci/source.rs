@@ -3,7 +3,7 @@
 //! streams, Range) is the crate's; what this file adds is the choice of mirror, plain
 //! http for the hosts that ask for it, and our own digest check of every byte received.
 
-use super::digest::Digest;
+use super::digest::{hash_file, Digest};
 use super::image_name::ImageName;
 use super::manifest;
 use super::PullOptions;
@@ -228,23 +228,37 @@ impl Source {
                 Failure::Final(e.to_string())
             }
         };
-        let have = tokio::fs::metadata(partial)
-            .await
-            .map(|m| m.len())
-            .unwrap_or(0);
-        let mut hasher = Sha256::new();
+        // What an earlier run left: complete already (killed before the rename), or a
+        // prefix to resume from, hashed without holding it in memory.
+        let left = {
+            let path = partial.to_path_buf();
+            tokio::task::spawn_blocking(move || hash_file(&path).ok())
+                .await
+                .ok()
+                .flatten()
+        };
+        let (have, mut hasher) = left.unwrap_or((0, Sha256::new()));
+        if have > 0 && Digest::from_hasher(hasher.clone()) == *digest {
+            return Ok(());
+        }
         let mut received = 0u64;
         let (stream, mut file) = if have > 0 {
-            match self
+            let answer = self
                 .client
                 .pull_blob_stream_partial(reference, digest_text.as_str(), have, None)
-                .await
-                .map_err(request)?
-            {
+                .await;
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(e) if is_transient(&e) => return Err(Failure::Retry(e.to_string())),
+                Err(e) => {
+                    // The server refuses the range (a prefix longer than the blob, ...):
+                    // the prefix goes, and the caller starts again from byte 0.
+                    let _ = tokio::fs::remove_file(partial).await;
+                    return Err(Failure::Final(e.to_string()));
+                }
+            };
+            match answer {
                 BlobResponse::Partial(stream) => {
-                    // What is already there counts towards the digest.
-                    let existing = tokio::fs::read(partial).await.map_err(at)?;
-                    hasher.update(&existing);
                     received = have;
                     let file = tokio::fs::OpenOptions::new()
                         .append(true)
@@ -253,7 +267,10 @@ impl Source {
                         .map_err(at)?;
                     (stream, file)
                 }
-                BlobResponse::Full(stream) => (stream, create(partial).await.map_err(at)?),
+                BlobResponse::Full(stream) => {
+                    hasher = Sha256::new();
+                    (stream, create(partial).await.map_err(at)?)
+                }
             }
         } else {
             let stream = self
