@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod render;
+pub mod sources;
 pub mod state;
 pub mod sys;
 pub mod tree;
