@@ -7,6 +7,7 @@
 
 pub mod archive;
 pub mod daemon;
+pub mod fetch;
 pub mod fuse;
 pub mod layers;
 pub mod layout;
