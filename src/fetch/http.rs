@@ -209,15 +209,21 @@ impl Http {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     let _ = file.sync_data();
+                    let cause = root_cause(&e);
                     let reason = if e.kind() == std::io::ErrorKind::TimedOut
-                        || e.to_string().contains("timed out")
+                        || cause.contains("timed out")
                     {
                         format!(
                             "no data for {} s (the server stalled)",
                             self.timeout.as_secs_f64()
                         )
+                    } else if cause.contains("end of file before message length") {
+                        let of = total.map(|t| format!(" of {t}")).unwrap_or_default();
+                        return Err(HttpError::transient(format!(
+                            "{url}: truncated response: the connection closed after {done}{of} bytes"
+                        )));
                     } else {
-                        format!("connection lost: {}", root_cause(&e))
+                        format!("connection lost: {cause}")
                     };
                     return Err(HttpError::transient(format!(
                         "{url}: {reason} after {done} bytes"
