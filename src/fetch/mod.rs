@@ -379,13 +379,6 @@ impl Run<'_> {
     ) -> Result<Outcome, String> {
         let cache = &self.opts.cache;
         let dest = cache.join(&entry.path);
-        // A file already there (not recorded yet, e.g. copied in by hand) that matches.
-        if let (Some(expected), true) = (expected, dest.is_file()) {
-            if sums::sha256_file(&dest).ok().as_deref() == Some(expected) {
-                self.record(entry, expected)?;
-                return Ok(Outcome::Present);
-            }
-        }
         let part_name = match expected {
             Some(hex) => format!("{hex}.part"),
             None => format!("unpinned-{}.part", entry.path.replace('/', "%2F")),
@@ -401,6 +394,14 @@ impl Run<'_> {
             .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
         lock.lock()
             .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        // A file already there that matches: copied in by hand, or just fetched by
+        // another process that held the lock.
+        if let (Some(expected), true) = (expected, dest.is_file()) {
+            if sums::sha256_file(&dest).ok().as_deref() == Some(expected) {
+                self.record(entry, expected)?;
+                return Ok(Outcome::Present);
+            }
+        }
         let bar = self.progress.file(&entry.path);
         self.http
             .download(url, &part, &|done, total| bar.update(done, total), &|m| {
@@ -430,7 +431,9 @@ impl Run<'_> {
         }
         let bytes = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
         self.install(entry, &part, &actual)?;
-        let _ = std::fs::remove_file(&lock_path);
+        // The lock file stays: removing it while another worker waits on it would let a
+        // third one lock a new file and write the same partial download. gc removes
+        // stale ones.
         Ok(Outcome::Fetched {
             from: url.to_string(),
             bytes,
