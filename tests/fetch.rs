@@ -852,6 +852,16 @@ fn disk_full_keeps_nothing() {
 /// with Range and ends with the right bytes.
 #[test]
 fn killed_fetch_resumes() {
+    interrupted_fetch_resumes("KILL");
+}
+
+/// Ctrl-C (SIGINT) does the same.
+#[test]
+fn interrupted_fetch_resumes_after_ctrl_c() {
+    interrupted_fetch_resumes("INT");
+}
+
+fn interrupted_fetch_resumes(signal: &str) {
     let mut files = mirror_files();
     let big: Vec<u8> = (0..4u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -891,8 +901,9 @@ fn killed_fetch_resumes() {
     let part = cache.join(".partial").join(format!("{hex}.part"));
     let partial_size = || std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     common::wait_for("part of the download", || partial_size() > (256 << 10));
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    sh(&format!("kill -{signal} {}", child.id()));
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "fetch finished before the {signal}");
     let had = partial_size();
     assert!(had > 0 && had < big.len() as u64, "{had}");
     assert!(
@@ -949,4 +960,176 @@ fn print_urls_names_mirror_urls_and_digests() {
     );
     assert!(cache_files(&cache).is_empty());
     assert!(server.seen(KUBEADM).is_empty(), "--print-urls downloaded");
+}
+
+/// Upstream sources from a `--contexts` sources.yaml pointing at the test server: a
+/// `.sha256` sidecar, a SHA256SUMS file, a pinned digest, an unpinned file (refused, then
+/// taken with --allow-unpinned), and the registry image (refused without a mirror: not
+/// in this build); then a mirror that has only the image fills the rest, and the mount
+/// takes the same --contexts.
+#[test]
+fn upstream_checksum_sources_from_contexts() {
+    let demo = demo_cache();
+    let read = |rel: &str| std::fs::read(demo.join(rel)).unwrap();
+    let kubeadm = read(KUBEADM);
+    let nerdctl = read("oss/amd64/bin/nerdctl.tar.gz");
+    let docker = read("cri/docker/amd64/docker.tar.gz");
+    let conntrack = read("oss/amd64/bin/conntrack");
+    let registry = read("cri/docker/amd64/registry.tar.gz");
+    let nerdctl_name = "nerdctl-1.7.6-linux-amd64.tar.gz";
+    let files = HashMap::from([
+        (
+            "release/v1.23.4/bin/linux/amd64/kubeadm".to_string(),
+            kubeadm.clone(),
+        ),
+        (
+            "release/v1.23.4/bin/linux/amd64/kubeadm.sha256".to_string(),
+            format!("{}\n", sha256_hex(&kubeadm)).into_bytes(),
+        ),
+        (format!("nerdctl/v1.7.6/{nerdctl_name}"), nerdctl.clone()),
+        (
+            "nerdctl/v1.7.6/SHA256SUMS".to_string(),
+            format!(
+                "{}  nerdctl-full-1.7.6-linux-amd64.tar.gz\n{}  {nerdctl_name}\n",
+                sha256_hex(b"other"),
+                sha256_hex(&nerdctl)
+            )
+            .into_bytes(),
+        ),
+        (
+            "static/x86_64/docker-19.03.15.tgz".to_string(),
+            docker.clone(),
+        ),
+        ("conntrack".to_string(), conntrack.clone()),
+        (
+            "mirror/cri/docker/amd64/registry.tar.gz".to_string(),
+            registry.clone(),
+        ),
+        (
+            "mirror/SHA256SUMS".to_string(),
+            format!(
+                "{}  cri/docker/amd64/registry.tar.gz\n",
+                sha256_hex(&registry)
+            )
+            .into_bytes(),
+        ),
+    ]);
+    let server = TestServer::start(files, HashMap::new());
+    let base = server.url();
+    let contexts = scratch("contexts");
+    sh(&format!(
+        "cp -a '{}/.' '{}/'",
+        common::repo().join("contexts").display(),
+        contexts.display()
+    ));
+    std::fs::write(
+        contexts.join("sources.yaml"),
+        format!(
+            r#"arches: {{ amd64: {{ uname_arch: x86_64 }}, arm64: {{ uname_arch: aarch64 }} }}
+artifacts:
+  - name: kubeadm
+    path: kube/@{{version}}/@{{arch}}/kubeadm
+    url: {base}release/@{{version}}/bin/linux/@{{arch}}/kubeadm
+    sha256_url: {base}release/@{{version}}/bin/linux/@{{arch}}/kubeadm.sha256
+    mode: "0755"
+  - name: nerdctl
+    path: oss/@{{arch}}/bin/nerdctl.tar.gz
+    url: {base}nerdctl/v@{{nerdctl}}/nerdctl-@{{nerdctl}}-linux-@{{arch}}.tar.gz
+    sha256sums:
+      url: {base}nerdctl/v@{{nerdctl}}/SHA256SUMS
+      name: nerdctl-@{{nerdctl}}-linux-@{{arch}}.tar.gz
+  - name: docker
+    when: {{ cri: docker }}
+    path: cri/docker/@{{arch}}/docker.tar.gz
+    url: {base}static/@{{uname_arch}}/docker-@{{cri_version}}.tgz
+    sha256: {{ amd64: "{docker_hex}" }}
+  - name: conntrack
+    path: oss/@{{arch}}/bin/conntrack
+    url: {base}conntrack
+    mode: "0755"
+  - name: registry image
+    path: cri/@{{cri}}/@{{arch}}/registry.tar.gz
+    image: docker.io/library/registry:2.8.3@sha256:a3d8aaa63ed8681a604f1dea0aa03f100d5895b6a58ace528858a7b332415373
+"#,
+            docker_hex = sha256_hex(&docker)
+        ),
+    )
+    .unwrap();
+    let cache = scratch("upstream-cache");
+    let (ctx, c) = (contexts.to_str().unwrap(), cache.to_str().unwrap());
+    let args = [
+        "fetch",
+        "--k8s",
+        "v1.23.4",
+        "--arch",
+        "amd64",
+        "--contexts",
+        ctx,
+        "--cache",
+        c,
+        "--retries",
+        "0",
+    ];
+    let out = rootfs_mount(&args);
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("upstream publishes no checksum for conntrack"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("registry images from a registry: not in this build; use --mirror"),
+        "{stderr}"
+    );
+    let record = mirror_sums(&cache);
+    assert_eq!(record.get(KUBEADM), Some(&sha256_hex(&kubeadm)));
+    assert_eq!(
+        record.get("oss/amd64/bin/nerdctl.tar.gz"),
+        Some(&sha256_hex(&nerdctl))
+    );
+    assert_eq!(
+        std::fs::read(cache.join("cri/docker/amd64/docker.tar.gz")).unwrap(),
+        docker
+    );
+    assert!(!cache.join("oss/amd64/bin/conntrack").exists());
+    assert!(!cache.join("cri/docker/amd64/registry.tar.gz").exists());
+
+    // The mirror has the image; the unpinned file is taken on first use and recorded.
+    let mirror = format!("{base}mirror/");
+    let mut again = args.to_vec();
+    again.extend(["--mirror", &mirror, "--allow-unpinned"]);
+    let out = rootfs_mount(&again);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no published digest; recording sha256"),
+        "{stderr}"
+    );
+    assert!(
+        text(&out.stdout).contains("2 fetched, 3 already present"),
+        "{}",
+        text(&out.stdout)
+    );
+    let record = mirror_sums(&cache);
+    assert_eq!(
+        record.get("oss/amd64/bin/conntrack"),
+        Some(&sha256_hex(&conntrack))
+    );
+    assert_eq!(
+        std::fs::read(cache.join("cri/docker/amd64/registry.tar.gz")).unwrap(),
+        registry
+    );
+    // Each checksum file was asked for once, the binaries never twice.
+    assert_eq!(server.seen("nerdctl/v1.7.6/SHA256SUMS").len(), 1);
+    assert_eq!(
+        server.seen("release/v1.23.4/bin/linux/amd64/kubeadm").len(),
+        1
+    );
+
+    // The mount reads the same sources.yaml: these five entries are all it needs.
+    let m = Mount::with_cache(
+        &cache,
+        &["--k8s", "v1.23.4", "--arch", "amd64", "--contexts", ctx],
+    );
+    assert_eq!(std::fs::read(m.path("amd64/bin/kubeadm")).unwrap(), kubeadm);
 }
