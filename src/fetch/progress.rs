@@ -27,7 +27,7 @@ impl Progress {
         let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
         let total = multi.add(ProgressBar::new(files));
         total.set_style(
-            ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} files {msg}")
+            ProgressStyle::with_template("{prefix:36} [{bar:20}] {pos}/{len} files {msg}")
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
         );
@@ -60,12 +60,11 @@ impl Progress {
             let bar = multi.add(ProgressBar::new(0));
             bar.set_style(
                 ProgressStyle::with_template(
-                    "{prefix:>8} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {wide_msg}",
+                    "{msg:36!} [{bar:20}] {bytes}/{total_bytes} {bytes_per_sec}",
                 )
                 .unwrap_or_else(|_| ProgressStyle::default_bar())
                 .progress_chars("=> "),
             );
-            bar.set_prefix("get");
             bar.set_message(name.to_string());
             bar.enable_steady_tick(Duration::from_millis(200));
             bar
