@@ -1133,3 +1133,35 @@ artifacts:
     );
     assert_eq!(std::fs::read(m.path("amd64/bin/kubeadm")).unwrap(), kubeadm);
 }
+
+/// A partial download whose kept bytes are wrong (a disk error, a changed file): the
+/// resumed result does not match, so it is downloaded once more from zero.
+#[test]
+fn corrupt_partial_file_is_downloaded_again() {
+    let files = mirror_files();
+    let whole = files[KUBEADM].clone();
+    let hex = &mirror_sums(mirror_dir())[KUBEADM];
+    let server = TestServer::start(files, HashMap::new());
+    let cache = scratch("corrupt-part-cache");
+    std::fs::create_dir_all(cache.join(".partial")).unwrap();
+    std::fs::write(
+        cache.join(".partial").join(format!("{hex}.part")),
+        vec![b'!'; whole.len() / 2],
+    )
+    .unwrap();
+    let out = fetch_from(&server.url(), &cache, &[]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("does not match; downloading it whole"),
+        "{}",
+        text(&out.stderr)
+    );
+    let seen = server.seen(KUBEADM);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(
+        seen[0].range.as_deref(),
+        Some(&*format!("bytes={}-", whole.len() / 2))
+    );
+    assert_eq!(seen[1].range, None);
+    assert_eq!(std::fs::read(cache.join(KUBEADM)).unwrap(), whole);
+}

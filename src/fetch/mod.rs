@@ -403,20 +403,32 @@ impl Run<'_> {
             }
         }
         let bar = self.progress.file(&entry.path);
-        self.http
-            .download(url, &part, &|done, total| bar.update(done, total), &|m| {
-                self.log(m)
-            })
-            .map_err(|e| {
-                if e.permanent && e.message.starts_with("writing ") {
-                    // A local write failure (disk full): keep nothing.
-                    let _ = std::fs::remove_file(&part);
-                }
-                e.message
-            })?;
-        let actual =
-            sums::sha256_file(&part).map_err(|e| format!("cannot read {}: {e}", part.display()))?;
+        let download = || {
+            self.http
+                .download(url, &part, &|done, total| bar.update(done, total), &|m| {
+                    self.log(m)
+                })
+                .map_err(|e| {
+                    if e.permanent && e.message.starts_with("writing ") {
+                        // A local write failure (disk full): keep nothing.
+                        let _ = std::fs::remove_file(&part);
+                    }
+                    e.message
+                })?;
+            sums::sha256_file(&part).map_err(|e| format!("cannot read {}: {e}", part.display()))
+        };
+        let resumed = std::fs::metadata(&part).is_ok_and(|m| m.len() > 0);
+        let mut actual = download()?;
         if let Some(expected) = expected {
+            if actual != expected && resumed {
+                // The bytes kept from before may be what is wrong: once more from zero.
+                self.log(&format!(
+                    "{}: the resumed download does not match; downloading it whole",
+                    entry.path
+                ));
+                let _ = std::fs::remove_file(&part);
+                actual = download()?;
+            }
             if actual != expected {
                 let _ = std::fs::remove_file(&part);
                 return Err(format!(
