@@ -380,3 +380,31 @@ impl MountArgs {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        for bad in ["", "s", "2h", "-1s", "0s", "1e9s", "2 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_mirrors() {
+        assert_eq!(
+            parse_image_mirror("docker.io=http://127.0.0.1:5000").unwrap(),
+            ("docker.io".to_string(), "http://127.0.0.1:5000".to_string())
+        );
+        for bad in ["docker.io", "=http://x", "docker.io=ftp://x", "docker.io="] {
+            assert!(parse_image_mirror(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1165,3 +1165,53 @@ fn corrupt_partial_file_is_downloaded_again() {
     assert_eq!(seen[1].range, None);
     assert_eq!(std::fs::read(cache.join(KUBEADM)).unwrap(), whole);
 }
+
+/// Options that cannot work are refused before anything is written.
+#[test]
+fn bad_fetch_options_are_refused() {
+    let cache = scratch("badopt-cache");
+    let c = cache.to_str().unwrap();
+    for (args, needle) in [
+        (vec!["--mirror", "ftp://example.com/"], "bad --mirror"),
+        (vec!["--image-mirror", "docker.io"], "expected HOST=URL"),
+        (vec!["--timeout", "soon"], "bad duration"),
+        (vec!["--arch", "s390x"], "unknown arch"),
+        (vec!["--cri", "docker", "--k8s", "v1.24.0"], "dockershim"),
+    ] {
+        let mut full = vec!["fetch", "--cache", c];
+        if !args.contains(&"--k8s") {
+            full.extend(["--k8s", "v1.23.4"]);
+        }
+        full.extend(args.iter().copied());
+        let out = rootfs_mount(&full);
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+    assert!(
+        common::walk(&cache).is_empty(),
+        "{:?}",
+        common::walk(&cache)
+    );
+}
+
+/// --images is carried to the registry step, which this build does not have: the files
+/// are fetched, then a clear refusal.
+#[test]
+fn images_step_refuses_clearly() {
+    let server = TestServer::start(mirror_files(), HashMap::new());
+    let cache = scratch("images-cache");
+    let out = fetch_from(
+        &server.url(),
+        &cache,
+        &["--images", "--image-mirror", "docker.io=http://127.0.0.1:9"],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("--images: pulling images from a registry is not in this build"),
+        "{stderr}"
+    );
+    assert!(cache.join(KUBEADM).is_file());
+}
