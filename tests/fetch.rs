@@ -154,6 +154,8 @@ enum Fault {
     TruncateOnce,
     /// Sends the body in 64 KiB pieces, `ms` apart (for the kill test).
     Slow(u64),
+    /// Reads the request and never answers.
+    Silent,
 }
 
 #[derive(Clone, Debug)]
@@ -263,6 +265,12 @@ fn handle(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         range: range.clone(),
     });
     let fault = shared.faults.lock().unwrap().get(&path).cloned();
+    if let Some(Fault::Silent) = fault {
+        while !shared.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        return Ok(());
+    }
     let Some(body) = shared.files.get(&path) else {
         return write!(
             out,
@@ -1214,4 +1222,78 @@ fn images_step_refuses_clearly() {
         "{stderr}"
     );
     assert!(cache.join(KUBEADM).is_file());
+}
+
+/// A server that takes the request and never answers fails as a stall too.
+#[test]
+fn silent_server_times_out() {
+    let server = TestServer::start(
+        mirror_files(),
+        HashMap::from([(KUBEADM.to_string(), Fault::Silent)]),
+    );
+    let cache = scratch("silent-cache");
+    let start = Instant::now();
+    let out = fetch_from(
+        &server.url(),
+        &cache,
+        &["--timeout", "1s", "--retries", "0"],
+    );
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "{}{KUBEADM}: no answer within 1 s (the server stalled)",
+            server.url()
+        )),
+        "{stderr}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(15));
+    assert!(!cache.join(KUBEADM).exists());
+}
+
+/// Two fetches into one cache at once: the second waits for the first's download of the
+/// same file and takes it, so each file is downloaded once and the record keeps all.
+#[test]
+fn two_fetches_at_once_share_the_cache() {
+    let files = mirror_files();
+    let whole = files[KUBEADM].clone();
+    let server = TestServer::start(
+        files,
+        HashMap::from([(KUBEADM.to_string(), Fault::Slow(300))]),
+    );
+    let cache = scratch("shared-cache");
+    let c = cache.to_str().unwrap();
+    let url = server.url();
+    let spawn = || {
+        command(&[
+            "fetch",
+            "--k8s",
+            "v1.23.4",
+            "--arch",
+            "amd64",
+            "--no-upstream",
+            "--mirror",
+            &url,
+            "--cache",
+            c,
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+    };
+    let first = spawn();
+    common::wait_for("the first download to start", || {
+        !server.seen(KUBEADM).is_empty()
+    });
+    let second = spawn();
+    for child in [first, second] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    }
+    assert_eq!(server.seen(KUBEADM).len(), 1, "downloaded twice");
+    assert_eq!(std::fs::read(cache.join(KUBEADM)).unwrap(), whole);
+    assert_eq!(mirror_sums(&cache).len(), 9);
+    let verify = rootfs_mount(&["cache", "verify", "--cache", c]);
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
 }
