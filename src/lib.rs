@@ -8,12 +8,14 @@
 
 pub mod archive;
 pub mod daemon;
+pub mod fetch;
 pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod oci;
 pub mod render;
 pub mod sealer;
+pub mod sources;
 pub mod state;
 pub mod sys;
 pub mod tree;
