@@ -1204,24 +1204,122 @@ fn bad_fetch_options_are_refused() {
     );
 }
 
-/// --images is carried to the registry step, which this build does not have: the files
-/// are fetched, then a clear refusal.
+/// `fetch --images`: every image of the rendered imageList is pulled from its registry
+/// (here one distribution registry on 127.0.0.1 standing in for registry.k8s.io, docker.io
+/// and quay.io through --image-mirror) into CACHE/registry; a second registry serving
+/// that folder read-only gives skopeo the digests that were pushed.
 #[test]
-fn images_step_refuses_clearly() {
+fn images_are_pulled_into_the_registry_data() {
+    use common::registry::{skopeo, Registry};
+    let source_storage = scratch("image-source");
+    let source = Registry::start(&source_storage, false);
+    // One small image (a file and a label), pushed under every name of the imageList.
+    let layout = scratch("image-layout");
+    std::fs::write(layout.join("hello"), b"an image of the list\n").unwrap();
+    let buildah_root = scratch("image-buildah");
+    let buildah = |args: &[&str]| -> String {
+        let out = Command::new("buildah")
+            .args(["--storage-driver", "vfs", "--root"])
+            .arg(buildah_root.join("root"))
+            .arg("--runroot")
+            .arg(buildah_root.join("run"))
+            .args(args)
+            .output()
+            .expect("buildah (apt-get install buildah)");
+        assert!(
+            out.status.success(),
+            "buildah {args:?}: {}",
+            text(&out.stderr)
+        );
+        text(&out.stdout).trim().to_string()
+    };
+    let c = buildah(&["from", "scratch"]);
+    buildah(&["copy", &c, layout.join("hello").to_str().unwrap(), "/hello"]);
+    let oci = layout.join("oci");
+    buildah(&[
+        "commit",
+        "--quiet",
+        &c,
+        &format!("oci:{}:img", oci.display()),
+    ]);
+    let params = rootfs_mount::layout::MountParams {
+        version: rootfs_mount::versions::KubeVersion::parse("v1.23.4").unwrap(),
+        cri: None,
+        cni: "calico".into(),
+        arches: vec!["amd64".into()],
+        cache: scratch("unused-cache"),
+        contexts: None,
+        registry_domain: "sea.hub:5000".into(),
+        sealer: None,
+        registry_data: None,
+        index_dir: None,
+        allow_missing: true,
+        upper: rootfs_mount::layout::Upper::None,
+    };
+    let images = rootfs_mount::layout::image_list(&params).unwrap();
+    assert!(images.len() > 10, "{images:?}");
+    let mut pushed = BTreeMap::new();
+    for image in &images {
+        // host/path:tag -> path:tag in the stand-in registry (one per upstream host)
+        let (host, path) = image.split_once('/').unwrap();
+        assert!(
+            ["registry.k8s.io", "docker.io", "quay.io"].contains(&host),
+            "{image}"
+        );
+        let target = format!("docker://{}/{path}", source.host());
+        skopeo(&[
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:img", oci.display()),
+            &target,
+        ]);
+        let digest = skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &target,
+        ]);
+        pushed.insert(path.to_string(), digest.trim().to_string());
+    }
+
     let server = TestServer::start(mirror_files(), HashMap::new());
     let cache = scratch("images-cache");
+    let url = format!("http://{}", source.host());
     let out = fetch_from(
         &server.url(),
         &cache,
-        &["--images", "--image-mirror", "docker.io=http://127.0.0.1:9"],
+        &[
+            "--images",
+            "--image-mirror",
+            &format!("registry.k8s.io={url}"),
+            "--image-mirror",
+            &format!("docker.io={url}"),
+            "--image-mirror",
+            &format!("quay.io={url}"),
+        ],
     );
-    assert!(!out.status.success());
-    let stderr = text(&out.stderr);
     assert!(
-        stderr.contains("--images: pulling images from a registry is not in this build"),
-        "{stderr}"
+        out.status.success(),
+        "fetch --images: {}",
+        text(&out.stderr)
     );
     assert!(cache.join(KUBEADM).is_file());
+    drop(source);
+
+    let served = Registry::start(&cache.join("registry"), true);
+    for (path, digest) in &pushed {
+        let got = skopeo(&[
+            "inspect",
+            "--tls-verify=false",
+            "--format",
+            "{{.Digest}}",
+            &format!("docker://{}/{path}", served.host()),
+        ]);
+        assert_eq!(got.trim(), digest, "{path}");
+    }
+    let _ = std::fs::remove_dir_all(&buildah_root);
 }
 
 /// A server that takes the request and never answers fails as a stall too.
