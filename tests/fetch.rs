@@ -972,8 +972,8 @@ fn print_urls_names_mirror_urls_and_digests() {
 
 /// Upstream sources from a `--contexts` sources.yaml pointing at the test server: a
 /// `.sha256` sidecar, a SHA256SUMS file, a pinned digest, an unpinned file (refused, then
-/// taken with --allow-unpinned), and the registry image (refused without a mirror: not
-/// in this build); then a mirror that has only the image fills the rest, and the mount
+/// taken with --allow-unpinned), and the registry image (its registry, here the test
+/// server through --image-mirror, has no distribution API); then a mirror that has only the image fills the rest, and the mount
 /// takes the same --contexts.
 #[test]
 fn upstream_checksum_sources_from_contexts() {
@@ -1065,6 +1065,7 @@ artifacts:
     .unwrap();
     let cache = scratch("upstream-cache");
     let (ctx, c) = (contexts.to_str().unwrap(), cache.to_str().unwrap());
+    let image_mirror = format!("docker.io={}", base.trim_end_matches('/'));
     let args = [
         "fetch",
         "--k8s",
@@ -1077,6 +1078,10 @@ artifacts:
         c,
         "--retries",
         "0",
+        // Never docker.io from a test: the "registry" here is the test server, which has
+        // no /v2/ API, so the image step fails on loopback.
+        "--image-mirror",
+        &image_mirror,
     ];
     let out = rootfs_mount(&args);
     let stderr = text(&out.stderr);
@@ -1086,7 +1091,8 @@ artifacts:
         "{stderr}"
     );
     assert!(
-        stderr.contains("registry images from a registry: not in this build; use --mirror"),
+        stderr.contains("FAILED cri/docker/amd64/registry.tar.gz")
+            && stderr.contains("docker.io/library/registry:2.8.3@sha256:"),
         "{stderr}"
     );
     let record = mirror_sums(&cache);
