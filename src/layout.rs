@@ -387,11 +387,13 @@ fn check_missing(params: &MountParams, profile: &Profile, sources: &Sources) -> 
         if !entry.required {
             continue;
         }
-        let present = DiskTree::open_in(cache, Path::new(&entry.path))
-            .map_err(|e| format!("cannot read {}: {e}", cache.join(&entry.path).display()))?
-            .exists();
-        if !present {
+        let found = DiskTree::open_in(cache, Path::new(&entry.path))
+            .map_err(|e| format!("cannot read {}: {e}", cache.join(&entry.path).display()))?;
+        if !found.exists() {
             missing.push(entry.path);
+        } else if !found.is_usable() {
+            // A fifo, socket or device of that name is never shown: as good as missing.
+            missing.push(format!("{} (not a regular file)", entry.path));
         }
     }
     if missing.is_empty() {

@@ -549,3 +549,24 @@ impl Drop for UnmountAll {
         }
     }
 }
+
+/// A required cache entry that is there but unusable (a FIFO named `kubeadm` or
+/// `registry.tar.gz`) refuses the mount like a missing one, naming it.
+#[test]
+fn unusable_required_entries_refuse_the_mount() {
+    for rel in ["kube/v1.23.4/amd64/kubeadm", "cri/docker/arm64/registry.tar.gz"] {
+        let cache = common::own_cache();
+        let path = cache.join(rel);
+        std::fs::remove_file(&path).unwrap();
+        common::sh(&format!("mkfifo '{}'", path.display()));
+        let mp = scratch("mp-fifo-entry");
+        let _guard = UnmountOnDrop(mp.clone());
+        let c = cache.to_str().unwrap();
+        let out = run(&[mp.to_str().unwrap(), "--k8s", "v1.23.4", "--cache", c]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{rel}: a FIFO passed the check");
+        assert!(stderr.contains(rel), "{rel}: {stderr}");
+        assert!(stderr.contains("not a regular file"), "{rel}: {stderr}");
+        assert!(!is_mounted(&mp));
+    }
+}

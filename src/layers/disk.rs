@@ -115,6 +115,17 @@ impl DiskTree {
         self.root.fd.is_some()
     }
 
+    /// Whether the root is something a layer can serve: a regular file or a folder (not
+    /// a fifo, socket or device, which are never shown).
+    pub fn is_usable(&self) -> bool {
+        let Some(fd) = &self.root.fd else {
+            return false;
+        };
+        sys::fstat(fd).is_ok_and(|st| {
+            matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
+        })
+    }
+
     fn hidden(&self, rel: &Path) -> bool {
         let Some(suffix) = self.hide_suffix else {
             return false;
