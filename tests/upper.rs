@@ -517,7 +517,9 @@ fn lower_names_in_the_whiteout_format_are_never_copied_up() {
         }
     }
     assert!(
-        walk(&upper).iter().all(|p| !p.contains(".wh.")),
+        walk(&upper)
+            .iter()
+            .all(|p| !p.contains(".wh.") || p == ".wh.copyup.work"),
         "{:?}",
         walk(&upper)
     );
@@ -525,4 +527,55 @@ fn lower_names_in_the_whiteout_format_are_never_copied_up() {
     for rel in ["amd64/bin/kubeadm", "amd64/bin/conntrack", "rootfs/registry/docker"] {
         assert!(m.path(rel).exists(), "{rel} vanished after a remount");
     }
+}
+
+/// A daemon killed in the middle of a copy-up leaves its temp file; the next mount of
+/// the same upper layer removes it, wherever in the tree the copy-up was.
+#[test]
+fn copy_up_temp_files_of_a_killed_daemon_are_removed_at_the_next_mount() {
+    let cache = common::own_cache();
+    sh(&format!(
+        "head -c 400000000 /dev/zero > '{}/oss/amd64/bin/huge'",
+        cache.display()
+    ));
+    let upper = scratch("killed-upper");
+    let args = ["--k8s", "v1.23.4", "--upper", upper.to_str().unwrap()];
+    let leftovers = |upper: &Path| -> Vec<String> {
+        walk(upper)
+            .into_iter()
+            .filter(|p| p.contains(".wh.copyup"))
+            .filter(|p| upper.join(p).is_file())
+            .collect()
+    };
+    {
+        let m = Mount::with_cache(&cache, &args);
+        let pid = common::daemon_pid(&m.dir);
+        let target = m.path("amd64/bin/huge");
+        let mut writer = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("echo more >> '{}'", target.display()))
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        while leftovers(&upper).is_empty() {
+            assert!(
+                start.elapsed() < std::time::Duration::from_secs(20),
+                "no copy-up seen"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        // SAFETY: killing the daemon this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let _ = writer.wait();
+        assert!(!leftovers(&upper).is_empty());
+        common::wait_for("daemon exit", || !common::is_running(pid));
+    }
+    let m = Mount::with_cache(&cache, &args);
+    assert_eq!(leftovers(&upper), Vec::<String>::new());
+    assert_eq!(
+        std::fs::metadata(m.path("amd64/bin/huge")).unwrap().len(),
+        400_000_000
+    );
+    drop(m);
+    let _ = std::fs::remove_dir_all(&cache);
 }

@@ -160,9 +160,9 @@ impl MergedTree {
             }
             _ => {
                 let (mut temp, temp_name) = upper
-                    .temp_file(parent, e.perm as u32)
+                    .temp_file(e.perm as u32)
                     .map_err(|err| io_err("copy-up of", path, err))?;
-                let temp_path = parent.join(&temp_name);
+                let temp_path = upper.temp_path(&temp_name);
                 let result = if metadata_only {
                     upper.set_metacopy(&temp)
                 } else {
@@ -600,10 +600,10 @@ impl MergedTree {
                 .ok_or_else(|| fs_err!(EINVAL, "cannot truncate the root"))?;
             let e = &node.entry;
             let (temp, temp_name) = upper
-                .temp_file(parent, e.perm as u32)
+                .temp_file(e.perm as u32)
                 .map_err(|err| io_err("truncating", path, err))?;
             drop(temp);
-            let temp_path = parent.join(&temp_name);
+            let temp_path = upper.temp_path(&temp_name);
             self.copy_owner_and_times(&temp_path, e.uid, e.gid, e.mtime);
             upper
                 .commit(parent, &temp_name, name)

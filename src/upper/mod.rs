@@ -8,7 +8,9 @@
 //! - a regular file with the xattr `user.rootfs.metacopy` carries only metadata (mode,
 //!   owner, times): its bytes still come from below (metadata-only copy-up, so a
 //!   `chmod +x` of a 2 GB blob writes no data);
-//! - `.wh.copyup.N` files are copy-ups in progress (removed at the next mount).
+//! - `.wh.copyup.work/` at the top holds copy-ups in progress (`.wh.copyup.<pid>.<n>`),
+//!   renamed into place when whole; whatever is in it at mount time was left by a killed
+//!   daemon and is removed (so is a `.wh.copyup.*` file at the top, the older place).
 //!
 //! Names that start with `.wh.` are reserved: they cannot be created through the mount,
 //! and lower entries so named are never copied up (`crate::tree` refuses with EPERM).
@@ -29,6 +31,8 @@ pub const WHITEOUT_PREFIX: &str = ".wh.";
 pub const OPAQUE_MARKER: &str = ".wh..wh..opq";
 pub const METACOPY_XATTR: &str = "user.rootfs.metacopy";
 const COPYUP_PREFIX: &str = ".wh.copyup.";
+/// The folder of copy-ups in progress: one place to clean, whatever the depth of the file.
+const WORK_DIR: &str = ".wh.copyup.work";
 
 /// Whether `name` is reserved for the upper layer's own bookkeeping.
 pub fn is_reserved(name: &OsStr) -> bool {
@@ -90,6 +94,12 @@ impl UpperDir {
             copyups: AtomicU64::new(0),
         };
         upper.remove_stale_copyups(Path::new(""))?;
+        match at::mkdirat(&upper.root, OsStr::new(WORK_DIR), 0o700) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        upper.remove_stale_copyups(Path::new(WORK_DIR))?;
         Ok(upper)
     }
 
@@ -308,18 +318,24 @@ impl UpperDir {
         at::utimensat(&self.dir_fd(parent)?, name, atime, mtime)
     }
 
-    /// A hidden temp file in the folder `parent` for a copy-up; commit with [`Self::commit`].
-    pub fn temp_file(&self, parent: &Path, mode: u32) -> io::Result<(File, OsString)> {
+    /// A temp file for a copy-up, in the work folder; commit with [`Self::commit`].
+    pub fn temp_file(&self, mode: u32) -> io::Result<(File, OsString)> {
         let n = self.copyups.fetch_add(1, Ordering::Relaxed);
         let name = OsString::from(format!("{COPYUP_PREFIX}{}.{n}", std::process::id()));
-        let file = at::create_at(&self.dir_fd(parent)?, &name, libc::O_RDWR, mode)?;
+        let work = self.dir_fd(Path::new(WORK_DIR))?;
+        let file = at::create_at(&work, &name, libc::O_RDWR, mode)?;
         Ok((file, name))
+    }
+
+    /// The path (in the upper layer) of the temp file `temp` of [`Self::temp_file`].
+    pub fn temp_path(&self, temp: &OsStr) -> PathBuf {
+        Path::new(WORK_DIR).join(temp)
     }
 
     /// Moves a finished copy-up into place (replacing a metadata-only copy, if any).
     pub fn commit(&self, parent: &Path, temp: &OsStr, name: &OsStr) -> io::Result<()> {
-        let dir = self.dir_fd(parent)?;
-        at::renameat2(&dir, temp, &dir, name, 0)
+        let work = self.dir_fd(Path::new(WORK_DIR))?;
+        at::renameat2(&work, temp, &self.dir_fd(parent)?, name, 0)
     }
 
     /// Marks an upper file as metadata only (its bytes come from below).
