@@ -172,6 +172,9 @@ impl MergedTree {
                     temp.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
                         e.perm as u32,
                     ))?;
+                    // On disk before the rename, so a crash never leaves a short file
+                    // under the file's name.
+                    temp.sync_data()?;
                     drop(temp);
                     self.copy_owner_and_times(&temp_path, e.uid, e.gid, e.mtime);
                     upper.commit(parent, &temp_name, name)
