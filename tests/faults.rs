@@ -360,3 +360,45 @@ fn fifos_in_the_cache_never_block_the_mount() {
     assert_eq!(errno_of(std::fs::read(&shown)), libc::EIO);
     assert_still_serving(&m, pid, &["amd64/bin/conntrack"]);
 }
+
+/// When the daemon runs out of file descriptors, opens get EMFILE (the caller can wait
+/// and retry), never EIO, and work again once files are closed. The daemon is started
+/// with a hard limit of 256 so the test can reach it.
+#[test]
+fn fd_exhaustion_answers_emfile_not_eio() {
+    let mp = scratch("mnt-fds");
+    let out = std::process::Command::new("prlimit")
+        .arg("--nofile=256:256")
+        .arg(common::BIN)
+        .arg(&mp)
+        .args(["--k8s", "v1.23.4", "--cache"])
+        .arg(common::demo_cache())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = Mount { dir: mp };
+    let pid = daemon_pid(&m.dir);
+    let mut open = Vec::new();
+    let mut failure = None;
+    for _ in 0..600 {
+        match std::fs::File::open(m.path("amd64/bin/conntrack")) {
+            Ok(f) => open.push(f),
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("600 files open through a daemon limited to 256 fds");
+    assert!(
+        matches!(failure.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)),
+        "out of fds: {failure:?}"
+    );
+    open.clear();
+    std::thread::sleep(Duration::from_millis(200));
+    assert_still_serving(&m, pid, &[]);
+}

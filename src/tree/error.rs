@@ -34,6 +34,19 @@ impl FsError {
     }
 }
 
+impl FsError {
+    /// A backing file could not be opened: EIO for that file, except when the daemon is
+    /// out of a resource (file descriptors, memory), which the caller may wait out and
+    /// retry: those keep their errno (EMFILE, ENFILE, ENOMEM).
+    pub fn opening(e: &io::Error, message: impl Into<String>) -> Self {
+        let errno = match e.raw_os_error() {
+            Some(n @ (libc::EMFILE | libc::ENFILE | libc::ENOMEM)) => n,
+            _ => libc::EIO,
+        };
+        FsError::new(errno, message)
+    }
+}
+
 impl fmt::Display for FsError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} (errno {})", self.message, self.errno)

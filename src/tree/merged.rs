@@ -321,7 +321,9 @@ impl MergedTree {
             Content::Disk(f) => {
                 let file = f
                     .open()
-                    .map_err(|e| fs_err!(EIO, "opening {}: {e}", f.path().display()))?;
+                    .map_err(|e| {
+                        FsError::opening(&e, format!("opening {}: {e}", f.path().display()))
+                    })?;
                 // Upper files change through the mount: read them as they are now.
                 if node.upper == InUpper::Yes {
                     OpenFile::Upper(file)
