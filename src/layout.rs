@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use crate::archive::IndexStore;
 use crate::layers::{
-    embedded_file, DiskTree, EmbeddedTree, EmptyDir, GunzippedFile, Layer, TarballMembers,
-    TemplatedTree,
+    embedded_file, DiskTree, EmbeddedTree, EmptyDir, GunzippedFile, Layer, RenderBudget,
+    TarballMembers, TemplatedTree,
 };
 use crate::render::template_vars;
 use crate::sealer::SealerFacts;
@@ -288,8 +288,9 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
         at: "rootfs/registry".into(),
         layer: Arc::new(EmptyDir),
     });
+    let budget = Arc::new(RenderBudget::default());
     for (_, layer) in context_layers {
-        let templated = TemplatedTree::new(layer, vars.clone());
+        let templated = TemplatedTree::new(layer, vars.clone(), budget.clone());
         templated.check_all()?;
         branches.push(Branch {
             at: "rootfs".into(),

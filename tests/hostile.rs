@@ -540,3 +540,38 @@ fn seeded_mutations_never_panic_the_version_parser_or_the_renderer() {
         "stand-in fuzz: {runs} renderer inputs ({ok} rendered, {errors} refused), {runs} versions ({accepted} accepted)"
     );
 }
+
+/// Renderings are kept in memory: one that expands past 32 MiB, or renderings past
+/// 128 MiB together (however many templates), refuse the mount, naming the bound. A
+/// 2 MB template of `@{kube_images}` lines renders to about 40 MB.
+#[test]
+fn templates_that_render_past_the_memory_bounds_are_refused() {
+    let cache = own_cache();
+    let expanding = |lines: usize| "@{kube_images}\n".repeat(lines);
+    let one_big = copy_contexts();
+    std::fs::write(one_big.join("rootfs/etc/bomb.yml.in"), expanding(150_000)).unwrap();
+    let many = copy_contexts();
+    for i in 0..6 {
+        std::fs::write(
+            many.join(format!("rootfs/etc/part{i}.yml.in")),
+            expanding(90_000),
+        )
+        .unwrap();
+    }
+    for (dir, needle) in [
+        (&one_big, "renders to more than 32 MiB"),
+        (&many, "more than 128 MiB in total"),
+    ] {
+        refused(
+            &[
+                os("--k8s"),
+                os("v1.23.4"),
+                os("--cache"),
+                cache.as_os_str(),
+                os("--contexts"),
+                dir.as_os_str(),
+            ],
+            needle,
+        );
+    }
+}

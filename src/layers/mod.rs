@@ -11,7 +11,7 @@ pub use archive::{GunzippedFile, TarballMembers};
 pub use disk::DiskTree;
 pub use embedded::{embedded_file, EmbeddedTree};
 pub use empty::EmptyDir;
-pub use templated::TemplatedTree;
+pub use templated::{RenderBudget, TemplatedTree};
 
 use std::ffi::{OsStr, OsString};
 use std::fmt;

@@ -17,6 +17,56 @@ const SUFFIX: &[u8] = b".in";
 /// bigger one is a mistake (or hostile) and refuses the mount instead of eating memory.
 pub const MAX_TEMPLATE_BYTES: u64 = 16 << 20;
 
+/// One rendering may take at most this much memory: templates expand (`@{kube_images}`
+/// is a list), so the template's own size bounds nothing.
+pub const MAX_RENDERED_BYTES: usize = 32 << 20;
+/// All renderings of a mount together (every context layer shares one [`RenderBudget`]).
+pub const MAX_RENDERED_TOTAL: usize = 128 << 20;
+
+/// The memory the renderings of one mount take, against [`MAX_RENDERED_TOTAL`].
+#[derive(Debug)]
+pub struct RenderBudget {
+    used: Mutex<usize>,
+    per_rendering: usize,
+    total: usize,
+}
+
+impl Default for RenderBudget {
+    fn default() -> Self {
+        RenderBudget::with_limits(MAX_RENDERED_BYTES, MAX_RENDERED_TOTAL)
+    }
+}
+
+impl RenderBudget {
+    pub fn with_limits(per_rendering: usize, total: usize) -> Self {
+        RenderBudget {
+            used: Mutex::new(0),
+            per_rendering,
+            total,
+        }
+    }
+
+    /// Takes `new` bytes for a rendering that replaces one of `old` bytes.
+    fn take(&self, new: usize, old: usize) -> Result<(), String> {
+        if new > self.per_rendering {
+            return Err(format!(
+                "renders to more than {} MiB ({new} bytes); renderings are kept in memory",
+                self.per_rendering >> 20
+            ));
+        }
+        let mut used = self.used.lock().unwrap_or_else(|p| p.into_inner());
+        let after = used.saturating_sub(old).saturating_add(new);
+        if after > self.total {
+            return Err(format!(
+                "the renderings of this mount would take more than {} MiB in total; renderings are kept in memory",
+                self.total >> 20
+            ));
+        }
+        *used = after;
+        Ok(())
+    }
+}
+
 /// A rendering, remembered with the identity of the template it came from so that an
 /// edited on-disk template is rendered again.
 struct Rendering {
@@ -28,6 +78,7 @@ pub struct TemplatedTree {
     inner: Box<dyn Layer>,
     vars: Arc<Vars>,
     cache: Mutex<HashMap<PathBuf, Rendering>>,
+    budget: Arc<RenderBudget>,
 }
 
 impl std::fmt::Debug for TemplatedTree {
@@ -59,11 +110,13 @@ fn label(source: &Source) -> String {
 }
 
 impl TemplatedTree {
-    pub fn new(inner: Box<dyn Layer>, vars: Arc<Vars>) -> Self {
+    /// A templated layer whose renderings count against `budget` (one per mount).
+    pub fn new(inner: Box<dyn Layer>, vars: Arc<Vars>, budget: Arc<RenderBudget>) -> Self {
         TemplatedTree {
             inner,
             vars,
             cache: Mutex::new(HashMap::new()),
+            budget,
         }
     }
 
@@ -82,7 +135,9 @@ impl TemplatedTree {
                     EntryKind::Dir => pending.push(rel),
                     EntryKind::File if is_template(&rel) => {
                         if let Some(template) = self.inner.entry(&rel).map_err(|e| e.to_string())? {
-                            self.render_fresh(&template).map_err(|e| e.to_string())?;
+                            // Kept (and counted), as the first lookup would keep it.
+                            self.render_and_keep(&rel, &template)
+                                .map_err(|e| e.to_string())?;
                         }
                     }
                     _ => {}
@@ -114,28 +169,49 @@ impl TemplatedTree {
     }
 
     /// The rendering of `template` (at `rel`), from the cache while the template is
-    /// unchanged. A template edited into an error keeps its last good rendering.
-    fn rendered(&self, rel: &Path, template: &LayerEntry) -> io::Result<Arc<[u8]>> {
+    /// unchanged, else rendered, counted against the budget and kept.
+    fn render_and_keep(
+        &self,
+        rel: &Path,
+        template: &LayerEntry,
+    ) -> Result<Arc<[u8]>, TemplateError> {
         let stamp = (template.size, template.mtime);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = cache.get(rel) {
-            if r.stamp == stamp {
-                return Ok(r.bytes.clone());
-            }
-        }
-        match self.render_fresh(template) {
-            Ok(bytes) => {
-                let bytes: Arc<[u8]> = Arc::from(bytes);
-                cache.insert(
-                    rel.to_path_buf(),
-                    Rendering {
-                        stamp,
-                        bytes: bytes.clone(),
-                    },
-                );
-                Ok(bytes)
-            }
-            Err(e) => match cache.get(rel) {
+        let old = match cache.get(rel) {
+            Some(r) if r.stamp == stamp => return Ok(r.bytes.clone()),
+            Some(r) => r.bytes.len(),
+            None => 0,
+        };
+        let bytes = self.render_fresh(template)?;
+        self.budget
+            .take(bytes.len(), old)
+            .map_err(|message| TemplateError {
+                file: label(&template.source),
+                line: 0,
+                message,
+            })?;
+        let bytes: Arc<[u8]> = Arc::from(bytes);
+        cache.insert(
+            rel.to_path_buf(),
+            Rendering {
+                stamp,
+                bytes: bytes.clone(),
+            },
+        );
+        Ok(bytes)
+    }
+
+    /// The rendering of `template` (at `rel`), from the cache while the template is
+    /// unchanged. A template edited into an error keeps its last good rendering.
+    fn rendered(&self, rel: &Path, template: &LayerEntry) -> io::Result<Arc<[u8]>> {
+        match self.render_and_keep(rel, template) {
+            Ok(bytes) => Ok(bytes),
+            Err(e) => match self
+                .cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(rel)
+            {
                 Some(last) => {
                     tracing::error!(error = %e, "template no longer renders; serving its last good rendering");
                     Ok(last.bytes.clone())
