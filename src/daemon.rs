@@ -582,7 +582,8 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
     let Some(found) = all.iter().rev().find(|m| m.point == target) else {
         return Err(format!("{shown} is not mounted"));
     };
-    let stale = matches!(std::fs::metadata(&target), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+    let stale =
+        matches!(std::fs::metadata(&target), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
     let served_by_us = state::live_mounts().iter().any(|r| r.mountpoint == target);
     let owner = Ownership {
         fstype: &found.fstype,
@@ -592,7 +593,9 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
         state_known: state::runtime_dir().is_some(),
     };
     if let Err(why) = owner.check() {
-        return Err(format!("{shown} is not a rootfs-mount mount ({why}); leaving it alone"));
+        return Err(format!(
+            "{shown} is not a rootfs-mount mount ({why}); leaving it alone"
+        ));
     }
     let result = unmount_as_allowed(&target, lazy);
     if result.is_ok() {
@@ -643,15 +646,25 @@ mod tests {
     #[test]
     fn umount_touches_only_our_mounts() {
         // Ours: live with a state file, or stale.
-        assert!(owner("fuse.rootfs-mount", "rootfs-mount", false, true).check().is_ok());
-        assert!(owner("fuse.rootfs-mount", "rootfs-mount", true, false).check().is_ok());
+        assert!(owner("fuse.rootfs-mount", "rootfs-mount", false, true)
+            .check()
+            .is_ok());
+        assert!(owner("fuse.rootfs-mount", "rootfs-mount", true, false)
+            .check()
+            .is_ok());
         assert!(owner("fuse", "rootfs-mount", false, true).check().is_ok());
         // Named like ours: mergerfs with fsname=rootfs-mount, a tmpfs, our type but
         // served by no daemon of ours.
-        assert!(owner("fuse.mergerfs", "rootfs-mount", false, false).check().is_err());
-        assert!(owner("tmpfs", "rootfs-mount", false, false).check().is_err());
+        assert!(owner("fuse.mergerfs", "rootfs-mount", false, false)
+            .check()
+            .is_err());
+        assert!(owner("tmpfs", "rootfs-mount", false, false)
+            .check()
+            .is_err());
         assert!(owner("fuse", "rootfs-mount", false, false).check().is_err());
-        assert!(owner("fuse.rootfs-mount", "other", true, false).check().is_err());
+        assert!(owner("fuse.rootfs-mount", "other", true, false)
+            .check()
+            .is_err());
         // Without a state folder, type and name decide.
         let mut unknown = owner("fuse.rootfs-mount", "rootfs-mount", false, false);
         unknown.state_known = false;

@@ -253,7 +253,10 @@ fn umount_leaves_a_mount_named_like_ours_alone() {
     assert!(is_mounted(&dir));
     let out = run(&["umount", dir.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a tmpfs named rootfs-mount was unmounted");
+    assert!(
+        !out.status.success(),
+        "a tmpfs named rootfs-mount was unmounted"
+    );
     assert!(stderr.contains("not a rootfs-mount mount"), "{stderr}");
     assert!(is_mounted(&dir));
 }
@@ -554,7 +557,10 @@ impl Drop for UnmountAll {
 /// `registry.tar.gz`) refuses the mount like a missing one, naming it.
 #[test]
 fn unusable_required_entries_refuse_the_mount() {
-    for rel in ["kube/v1.23.4/amd64/kubeadm", "cri/docker/arm64/registry.tar.gz"] {
+    for rel in [
+        "kube/v1.23.4/amd64/kubeadm",
+        "cri/docker/arm64/registry.tar.gz",
+    ] {
         let cache = common::own_cache();
         let path = cache.join(rel);
         std::fs::remove_file(&path).unwrap();

@@ -282,7 +282,10 @@ fn index_file_truncated_or_rewritten_while_mounted() {
     let check = |pos: usize| {
         let mut buf = vec![0u8; 4096];
         let n = file.read_at(&mut buf, pos as u64).unwrap();
-        assert!(n > 0 && buf[..n] == reference[pos..pos + n], "bytes at {pos}");
+        assert!(
+            n > 0 && buf[..n] == reference[pos..pos + n],
+            "bytes at {pos}"
+        );
     };
     // Far apart, backwards: each read starts from another seek point.
     for pos in (1..10).rev().map(|i| i * reference.len() / 10) {
@@ -290,7 +293,10 @@ fn index_file_truncated_or_rewritten_while_mounted() {
     }
     f.set_len(len).unwrap();
     f.write_all_at(&vec![0x5a; len as usize], 0).unwrap();
-    for pos in (1..10).rev().map(|i| i * reference.len() / 10 + 4_000_000 % reference.len()) {
+    for pos in (1..10)
+        .rev()
+        .map(|i| i * reference.len() / 10 + 4_000_000 % reference.len())
+    {
         if pos + 4096 < reference.len() {
             check(pos);
         }
@@ -395,7 +401,10 @@ fn fd_exhaustion_answers_emfile_not_eio() {
     }
     let failure = failure.expect("600 files open through a daemon limited to 256 fds");
     assert!(
-        matches!(failure.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE)),
+        matches!(
+            failure.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE)
+        ),
         "out of fds: {failure:?}"
     );
     open.clear();

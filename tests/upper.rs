@@ -421,7 +421,11 @@ fn open_files_keep_working_after_unlink_and_rename_over() {
     f.seek(SeekFrom::Start(0)).unwrap();
     let mut back = Vec::new();
     f.read_to_end(&mut back).unwrap();
-    assert_eq!(back.len(), 5 + payload.len(), "bytes written after unlink lost");
+    assert_eq!(
+        back.len(),
+        5 + payload.len(),
+        "bytes written after unlink lost"
+    );
     assert!(back[5..] == payload[..]);
     assert_eq!(f.metadata().unwrap().len(), 5 + payload.len() as u64);
     f.set_len(1000).unwrap();
@@ -471,7 +475,10 @@ fn open_files_keep_working_after_unlink_and_rename_over() {
     // And the same for a lower file opened for writing and replaced before its first write.
     let lower = m.path("rootfs/imageList");
     let original = std::fs::read(&lower).unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&lower).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lower)
+        .unwrap();
     std::fs::write(&b, b"replacement").unwrap();
     std::fs::rename(&b, &lower).unwrap();
     f.write_all_at(b"Z", 0).unwrap();
@@ -509,10 +516,15 @@ fn lower_names_in_the_whiteout_format_are_never_copied_up() {
                 .open(m.path("amd64/bin/.wh..wh..opq"))
                 .and_then(|mut f| f.write_all(b"more"))
         ));
-        assert!(eperm(
-            std::fs::write(m.path("rootfs/registry/.wh.docker/new"), b"x")
-        ));
-        for rel in ["amd64/bin/kubeadm", "amd64/bin/conntrack", "rootfs/registry/docker"] {
+        assert!(eperm(std::fs::write(
+            m.path("rootfs/registry/.wh.docker/new"),
+            b"x"
+        )));
+        for rel in [
+            "amd64/bin/kubeadm",
+            "amd64/bin/conntrack",
+            "rootfs/registry/docker",
+        ] {
             assert!(m.path(rel).exists(), "{rel} vanished");
         }
     }
@@ -524,7 +536,11 @@ fn lower_names_in_the_whiteout_format_are_never_copied_up() {
         walk(&upper)
     );
     let m = Mount::with_cache(&cache, &args);
-    for rel in ["amd64/bin/kubeadm", "amd64/bin/conntrack", "rootfs/registry/docker"] {
+    for rel in [
+        "amd64/bin/kubeadm",
+        "amd64/bin/conntrack",
+        "rootfs/registry/docker",
+    ] {
         assert!(m.path(rel).exists(), "{rel} vanished after a remount");
     }
 }

@@ -121,9 +121,8 @@ impl DiskTree {
         let Some(fd) = &self.root.fd else {
             return false;
         };
-        sys::fstat(fd).is_ok_and(|st| {
-            matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR)
-        })
+        sys::fstat(fd)
+            .is_ok_and(|st| matches!(st.st_mode & libc::S_IFMT, libc::S_IFREG | libc::S_IFDIR))
     }
 
     fn hidden(&self, rel: &Path) -> bool {

@@ -159,7 +159,11 @@ pub fn reopen_readonly(fd: &impl AsRawFd) -> io::Result<File> {
         libc::S_IFREG => {}
         libc::S_IFLNK => return Err(io::Error::from_raw_os_error(libc::ELOOP)),
         libc::S_IFDIR => return Err(io::Error::from_raw_os_error(libc::EISDIR)),
-        _ => return Err(io::Error::other("not a regular file (a fifo, socket or device)")),
+        _ => {
+            return Err(io::Error::other(
+                "not a regular file (a fifo, socket or device)",
+            ))
+        }
     }
     let proc = format!("/proc/self/fd/{}", fd.as_raw_fd());
     std::fs::OpenOptions::new()

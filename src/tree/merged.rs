@@ -205,10 +205,12 @@ impl MergedTree {
             .filter(|h| *h.value() == ino)
             .map(|h| *h.key())
             .collect();
-        handles.into_iter().find_map(|fh| match &*self.files.get(&fh)? {
-            OpenFile::Upper(f) => f.try_clone().ok(),
-            _ => None,
-        })
+        handles
+            .into_iter()
+            .find_map(|fh| match &*self.files.get(&fh)? {
+                OpenFile::Upper(f) => f.try_clone().ok(),
+                _ => None,
+            })
     }
 
     /// The last node of `ino`, whose name is gone, with the attributes its open upper
@@ -319,11 +321,9 @@ impl MergedTree {
         let (path, node) = self.inode(ino)?;
         let open = match &node.entry.content {
             Content::Disk(f) => {
-                let file = f
-                    .open()
-                    .map_err(|e| {
-                        FsError::opening(&e, format!("opening {}: {e}", f.path().display()))
-                    })?;
+                let file = f.open().map_err(|e| {
+                    FsError::opening(&e, format!("opening {}: {e}", f.path().display()))
+                })?;
                 // Upper files change through the mount: read them as they are now.
                 if node.upper == InUpper::Yes {
                     OpenFile::Upper(file)
