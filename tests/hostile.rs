@@ -575,3 +575,47 @@ fn templates_that_render_past_the_memory_bounds_are_refused() {
         );
     }
 }
+
+/// Listings of tarball members are kept in memory: the cap of 200,000 members holds per
+/// tarball, and all tarballs of a mount together list at most 250,000. Past that, the
+/// tarball that would go over is refused (its members are not shown, logged), the
+/// others are served.
+#[test]
+fn members_of_all_tarballs_together_are_bounded() {
+    let cache = own_cache();
+    let log = scratch("members-log").join("daemon.log");
+    let script = r#"
+import io, sys, tarfile
+for prefix in ('many-a', 'many-b'):
+    with tarfile.open(sys.argv[1] + '/' + prefix + '.tar.gz', 'w:gz', compresslevel=1) as t:
+        for i in range(130000):
+            t.addfile(tarfile.TarInfo('%s-%06d' % (prefix, i)), io.BytesIO(b''))
+"#;
+    let made = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(cache.join("oss/amd64/bin"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let m = Mount::with_cache(
+        &cache,
+        &[
+            "--k8s",
+            "v1.23.4",
+            "--log-file",
+            log.to_str().unwrap(),
+        ],
+    );
+    let names: Vec<String> = std::fs::read_dir(m.path("amd64/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let a = names.iter().filter(|n| n.starts_with("many-a-")).count();
+    let b = names.iter().filter(|n| n.starts_with("many-b-")).count();
+    assert_eq!(a, 130_000, "the first tarball is served whole");
+    assert_eq!(b, 0, "the tarball past the total was listed");
+    assert!(m.path("amd64/bin/kubeadm").is_file());
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(logged.contains("250000 members in total"), "{logged}");
+}

@@ -372,13 +372,23 @@ fn stable_hash(bytes: &[u8]) -> u64 {
     })
 }
 
-/// Where indexes are kept, and whether that folder can be written.
+/// Members listed by all the tarballs of one mount together (each is also capped at
+/// [`MAX_MEMBERS`]): listings are kept in memory, a few hundred bytes plus the name per
+/// member, so many tarballs under the per-tarball cap must not add up without bound.
+pub const MAX_MEMBERS_TOTAL: usize = 250_000;
+/// Bytes of member names and link targets of all the tarballs of one mount together.
+pub const MAX_NAME_BYTES_TOTAL: usize = 64 << 20;
+
+/// Where indexes are kept, and whether that folder can be written. One per mount: it
+/// also keeps the mount's count of listed members against [`MAX_MEMBERS_TOTAL`].
 #[derive(Debug)]
 pub struct IndexStore {
     dir: PathBuf,
     span: u64,
     memory_only: AtomicBool,
     temp_counter: AtomicU64,
+    /// Members and name bytes listed so far by this mount's tarballs.
+    listed: std::sync::Mutex<(usize, usize)>,
 }
 
 /// How an index was had.
@@ -404,7 +414,31 @@ impl IndexStore {
             span,
             memory_only: AtomicBool::new(false),
             temp_counter: AtomicU64::new(0),
+            listed: std::sync::Mutex::new((0, 0)),
         }
+    }
+
+    /// Counts `listing` against the mount's totals; an error (for the log) when it
+    /// would go over them, and then it is not counted.
+    pub fn account_listing(&self, listing: &TarListing) -> Result<(), String> {
+        let members = listing.members.len();
+        let names: usize = listing
+            .members
+            .iter()
+            .map(|m| {
+                m.path.as_os_str().len() + m.link.as_ref().map_or(0, |l| l.as_os_str().len())
+            })
+            .sum();
+        let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
+        let (total_members, total_names) = (listed.0 + members, listed.1 + names);
+        if total_members > MAX_MEMBERS_TOTAL || total_names > MAX_NAME_BYTES_TOTAL {
+            return Err(format!(
+                "the tarballs of this mount would list more than {MAX_MEMBERS_TOTAL} members in total (or {} MiB of names); this one ({members} members) is not served",
+                MAX_NAME_BYTES_TOTAL >> 20
+            ));
+        }
+        *listed = (total_members, total_names);
+        Ok(())
     }
 
     pub fn dir(&self) -> &Path {

@@ -262,6 +262,11 @@ impl LazyArchive {
                 BuildError::Archive { message, partial } => fault(message, partial),
                 BuildError::Sink(e) => fault(format!("building the index: {e}"), None),
             })?;
+        if let Some(listing) = &index.listing {
+            self.store
+                .account_listing(listing)
+                .map_err(|message| fault(message, None))?;
+        }
         tracing::info!(
             archive = %self.path.display(),
             ?origin,
