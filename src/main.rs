@@ -134,6 +134,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let args = cli.mount;
     let params = args.params()?;
     params.check_upper()?;
+    check_not_ignored(&args, &params)?;
     let mountpoint = args.mountpoint.clone().unwrap_or_default();
     let mut roots = params.source_roots();
     if let Upper::Kept(dir) = &params.upper {
@@ -206,6 +207,34 @@ fn run(cli: Cli) -> Result<(), String> {
         mount_lock: lock,
     };
     daemon::mount(tree, &mountpoint, &options)
+}
+
+/// Options that would have no effect are refused rather than silently ignored, and a
+/// folder that is not there is said (a mistyped `--cache` with `--allow-missing` would
+/// otherwise mount an empty tree without a word).
+fn check_not_ignored(args: &cli::MountArgs, params: &layout::MountParams) -> Result<(), String> {
+    if args.no_passthrough && !args.read_only {
+        return Err("--no-passthrough applies to --read-only mounts only (a writable mount always reads through the daemon); drop it or add --read-only".into());
+    }
+    if args.foreground && args.log_file.is_some() {
+        return Err("-f logs to stderr, --log-file is for a backgrounded daemon: drop one of them".into());
+    }
+    if let Some(dir) = &params.registry_data {
+        if !dir.exists() {
+            let message = format!("--registry-data {} does not exist", dir.display());
+            if !params.allow_missing {
+                return Err(format!("{message}; create it, or pass --allow-missing to mount without it"));
+            }
+            eprintln!("rootfs-mount: warning: {message}; rootfs/registry is empty");
+        }
+    }
+    if params.allow_missing && !params.cache.exists() {
+        eprintln!(
+            "rootfs-mount: warning: the cache folder {} does not exist; mounting without it (--allow-missing)",
+            params.cache.display()
+        );
+    }
+    Ok(())
 }
 
 fn main() -> ExitCode {

@@ -576,3 +576,44 @@ fn unusable_required_entries_refuse_the_mount() {
         assert!(!is_mounted(&mp));
     }
 }
+
+/// Options that would be silently ignored are refused (`--no-passthrough` on a writable
+/// mount, `-f` with `--log-file`), and a `--registry-data` that does not exist is an
+/// error; with `--allow-missing`, a missing cache or registry data mounts with a
+/// warning instead of silently showing an empty tree.
+#[test]
+fn ignored_options_and_missing_folders_are_not_silent() {
+    let cache = demo_cache().to_str().unwrap().to_string();
+    let c = cache.as_str();
+    let mp = scratch("mp-silent");
+    let _guard = UnmountOnDrop(mp.clone());
+    refused(
+        &mp,
+        &["--k8s", "v1.23.4", "--cache", c, "--no-passthrough"],
+        "--no-passthrough",
+    );
+    refused(
+        &mp,
+        &["--k8s", "v1.23.4", "--cache", c, "-f", "--log-file", "/tmp/x.log"],
+        "--log-file",
+    );
+    refused(
+        &mp,
+        &["--k8s", "v1.23.4", "--cache", c, "--registry-data", "/nonexistent/registry"],
+        "/nonexistent/registry does not exist",
+    );
+    let out = run(&[
+        mp.to_str().unwrap(),
+        "--k8s",
+        "v1.23.4",
+        "--cache",
+        "/nonexistent/cache-typo",
+        "--allow-missing",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning") && stderr.contains("/nonexistent/cache-typo does not exist"),
+        "a missing cache mounted without a word: {stderr:?}"
+    );
+}
