@@ -212,7 +212,14 @@ pub fn check_fuse_device() -> Result<(), String> {
         .write(true)
         .open("/dev/fuse")
         .map(drop)
-        .map_err(|e| format!("cannot open /dev/fuse: {e} (load the fuse module; in a container pass --device /dev/fuse)"))
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) => format!(
+                "cannot open /dev/fuse: {e}: this user has no permission to use it (it is usually mode 0666, crw-rw-rw-); run as root, or ask for `chmod 0666 /dev/fuse`"
+            ),
+            _ => format!(
+                "cannot open /dev/fuse: {e} (load the fuse module with `modprobe fuse`; in a container pass --device /dev/fuse)"
+            ),
+        })
 }
 
 fn init_logging(filter: &str) {

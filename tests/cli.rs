@@ -107,6 +107,30 @@ fn bad_input_is_refused_in_one_line() {
     );
 }
 
+/// A user who may not open /dev/fuse (mode 0600) is told that, not to load a module.
+#[test]
+fn fuse_device_without_permission_is_named_as_such() {
+    let mp = scratch("fuse-perm");
+    let script = format!(
+        "set -e; mknod /tmp/fuse-0600-$$ c 10 229; chmod 0600 /tmp/fuse-0600-$$; \
+         mount --bind /tmp/fuse-0600-$$ /dev/fuse; rm /tmp/fuse-0600-$$; \
+         exec setpriv --reuid 65534 --regid 65534 --clear-groups '{BIN}' '{}' --k8s v1.23.4 --cache '{}'",
+        mp.display(),
+        demo_cache().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "bash", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("cannot open /dev/fuse"), "{stderr}");
+    assert!(
+        stderr.contains("permission") && !stderr.contains("load the fuse module"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn no_fuse_device_is_a_clear_error() {
     let mp = scratch("nofuse");
