@@ -377,3 +377,42 @@ fn writing_a_member_copies_it_up_from_the_archive() {
     assert!(std::fs::read(cache.join("oss/amd64/bin/rel.tar.gz")).unwrap() == before);
     let _ = std::fs::remove_dir_all(&work);
 }
+
+/// A member whose basename is over 255 bytes cannot be shown (no file system name can be
+/// that long): it is left out, and the log says so, naming the tarball.
+#[test]
+fn members_with_overlong_basenames_are_left_out_with_a_log_line() {
+    let cache = scratch("long-names");
+    let log = scratch("long-names-log").join("daemon.log");
+    let script = r#"
+import io, sys, tarfile
+with tarfile.open(sys.argv[1], 'w:gz') as t:
+    for name in ('pkg/' + 'x' * 300, 'pkg/short'):
+        data = b'member\n'
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        t.addfile(info, io.BytesIO(data))
+"#;
+    std::fs::create_dir_all(cache.join("oss/amd64/bin")).unwrap();
+    let made = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .arg(cache.join("oss/amd64/bin/long.tar.gz"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut args = SPARSE.to_vec();
+    args.extend(["--log-file", log.to_str().unwrap()]);
+    let m = Mount::with_cache(&cache, &args);
+    let names: Vec<String> = std::fs::read_dir(m.path("amd64/bin"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.contains(&"short".to_string()), "{names:?}");
+    assert!(names.iter().all(|n| n.len() <= 255), "{names:?}");
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("long.tar.gz") && logged.contains("over 255 bytes"),
+        "{logged}"
+    );
+}

@@ -159,6 +159,9 @@ struct Flattened {
     entries: HashMap<OsString, LayerEntry>,
 }
 
+/// The longest file name Linux file systems take (bytes).
+const NAME_MAX: usize = 255;
+
 impl Flattened {
     fn new(
         listing: &TarListing,
@@ -169,13 +172,28 @@ impl Flattened {
         let members = &listing.members;
         let mut by_path: HashMap<&Path, usize> = HashMap::new();
         let mut by_name: HashMap<&OsStr, usize> = HashMap::new();
+        let mut overlong: Vec<&Path> = Vec::new();
         for (i, m) in members.iter().enumerate() {
             by_path.insert(&m.path, i);
             if matches!(m.kind, MemberKind::File | MemberKind::Symlink) {
                 if let Some(name) = m.path.file_name() {
+                    // No file system name is longer (NAME_MAX): listed, it could never
+                    // be looked up.
+                    if name.len() > NAME_MAX {
+                        overlong.push(&m.path);
+                        continue;
+                    }
                     by_name.insert(name, i);
                 }
             }
+        }
+        if let Some(first) = overlong.first() {
+            tracing::warn!(
+                archive = %archive.display(),
+                count = overlong.len(),
+                example = %first.display(),
+                "members with a basename over 255 bytes are not shown"
+            );
         }
         let mut entries = HashMap::new();
         for (name, &i) in &by_name {
