@@ -148,6 +148,9 @@ pub struct ScanSummary {
     pub members: u64,
     /// Bytes of the windows written to the sink.
     pub windows_len: u64,
+    /// Where bytes that are neither a gzip member nor zero padding start after the last
+    /// member: left out, as `gzip -d` and GNU tar do ("trailing garbage ignored").
+    pub trailing_garbage: Option<u64>,
 }
 
 /// The last 32 KiB of output.
@@ -243,6 +246,7 @@ pub fn scan(
         total_out: 0,
         members: 0,
         windows_len: 0,
+        trailing_garbage: None,
     };
     let mut member_start_out = 0u64;
 
@@ -289,10 +293,8 @@ pub fn scan(
             }
             loop {
                 if input[start..end].iter().any(|b| *b != 0) {
-                    return Err(ScanError::Corrupt(format!(
-                        "garbage after the gzip member ending at compressed offset {}",
-                        summary.total_in
-                    )));
+                    summary.trailing_garbage = Some(summary.total_in);
+                    return Ok(summary);
                 }
                 if eof {
                     return Ok(summary);

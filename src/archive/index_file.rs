@@ -85,6 +85,9 @@ pub struct LoadedIndex {
     pub identity: ArchiveIdentity,
     pub gzip: GzipIndex,
     pub listing: Option<TarListing>,
+    /// Compressed offset of garbage after the last gzip member, left out: found when the
+    /// index is built (for the log), not kept in the index file.
+    pub trailing_garbage: Option<u64>,
 }
 
 /// Why no index could be made.
@@ -146,14 +149,15 @@ impl Read for Sequential<'_> {
     }
 }
 
-/// Scans the archive `src` and writes its index to `out` (from its start).
+/// Scans the archive `src` and writes its index to `out` (from its start). Returns the
+/// compressed offset of garbage after the last member, if any (left out).
 pub fn write_index<W: Write + Seek>(
     out: &mut W,
     src: &dyn ReadAt,
     identity: &ArchiveIdentity,
     span: u64,
     with_listing: bool,
-) -> Result<(), BuildError> {
+) -> Result<Option<u64>, BuildError> {
     out.seek(SeekFrom::Start(0)).map_err(BuildError::Sink)?;
     out.write_all(&[0u8; HEADER_LEN])
         .map_err(BuildError::Sink)?;
@@ -233,7 +237,8 @@ pub fn write_index<W: Write + Seek>(
     h.extend_from_slice(&crc.sum().to_le_bytes());
     out.seek(SeekFrom::Start(0)).map_err(BuildError::Sink)?;
     out.write_all(&h).map_err(BuildError::Sink)?;
-    out.flush().map_err(BuildError::Sink)
+    out.flush().map_err(BuildError::Sink)?;
+    Ok(summary.trailing_garbage)
 }
 
 /// Parses and checks index bytes; `None` when they are not a whole, valid index. Only the
@@ -323,6 +328,7 @@ pub fn parse_index(mut bytes: Vec<u8>) -> Option<LoadedIndex> {
         identity,
         gzip: GzipIndex::new(points, total_out, windows),
         listing,
+        trailing_garbage: None,
     })
 }
 
@@ -360,9 +366,11 @@ pub fn build_in_memory(
     with_listing: bool,
 ) -> Result<LoadedIndex, BuildError> {
     let mut out = Cursor::new(Vec::new());
-    write_index(&mut out, src, identity, span, with_listing)?;
-    parse_index(out.into_inner())
-        .ok_or_else(|| BuildError::Sink(io::Error::other("the index just built does not parse")))
+    let trailing_garbage = write_index(&mut out, src, identity, span, with_listing)?;
+    let mut index = parse_index(out.into_inner())
+        .ok_or_else(|| BuildError::Sink(io::Error::other("the index just built does not parse")))?;
+    index.trailing_garbage = trailing_garbage;
+    Ok(index)
 }
 
 /// FNV-1a: a hash that stays the same across builds and Rust versions.
@@ -425,9 +433,7 @@ impl IndexStore {
         let names: usize = listing
             .members
             .iter()
-            .map(|m| {
-                m.path.as_os_str().len() + m.link.as_ref().map_or(0, |l| l.as_os_str().len())
-            })
+            .map(|m| m.path.as_os_str().len() + m.link.as_ref().map_or(0, |l| l.as_os_str().len()))
             .sum();
         let mut listed = self.listed.lock().unwrap_or_else(|p| p.into_inner());
         let (total_members, total_names) = (listed.0 + members, listed.1 + names);
@@ -534,7 +540,7 @@ impl IndexStore {
             .join(format!(".{name}.{}.{n}.tmp", std::process::id()));
         // Built in memory (where it is kept anyway), then written and renamed into place.
         let mut built = Cursor::new(Vec::new());
-        write_index(&mut built, archive, identity, self.span, with_listing)?;
+        let trailing_garbage = write_index(&mut built, archive, identity, self.span, with_listing)?;
         let built = built.into_inner();
         let finished = OpenOptions::new()
             .write(true)
@@ -546,8 +552,10 @@ impl IndexStore {
             let _ = std::fs::remove_file(&temp);
             return Err(BuildError::Sink(e));
         }
-        parse_index(built).ok_or_else(|| {
+        let mut index = parse_index(built).ok_or_else(|| {
             BuildError::Sink(io::Error::other("the index just written does not parse"))
-        })
+        })?;
+        index.trailing_garbage = trailing_garbage;
+        Ok(index)
     }
 }

@@ -262,6 +262,13 @@ impl LazyArchive {
                 BuildError::Archive { message, partial } => fault(message, partial),
                 BuildError::Sink(e) => fault(format!("building the index: {e}"), None),
             })?;
+        if let Some(offset) = index.trailing_garbage {
+            tracing::warn!(
+                archive = %self.path.display(),
+                offset,
+                "trailing garbage after the last gzip member ignored (as gzip and GNU tar do)"
+            );
+        }
         if let Some(listing) = &index.listing {
             self.store
                 .account_listing(listing)

@@ -194,12 +194,18 @@ fn corrupt_truncated_and_foreign_archives_are_refused() {
         bad[at] ^= 1 << rng.below(8);
         assert!(is_corrupt(try_scan(&bad)), "flip at {at}");
     }
-    // Not gzip at all, empty, and garbage after the last member.
+    // Not gzip at all, and empty.
     assert!(is_corrupt(try_scan(b"PK\x03\x04 a zip file")));
     assert!(is_corrupt(try_scan(b"")));
+    // Garbage after the last member is left out, as gzip and GNU tar do ("trailing
+    // garbage ignored"): the data before it is whole, and its offset is reported.
+    let whole = try_scan(&gz).unwrap();
     let mut trailing = gz.clone();
     trailing.extend_from_slice(b"junk");
-    assert!(is_corrupt(try_scan(&trailing)));
+    let scanned = try_scan(&trailing).unwrap();
+    assert_eq!(scanned.total_out, whole.total_out);
+    assert_eq!(scanned.trailing_garbage, Some(gz.len() as u64));
+    assert_eq!(whole.trailing_garbage, None);
 }
 
 #[test]
