@@ -217,13 +217,17 @@ fn check_not_ignored(args: &cli::MountArgs, params: &layout::MountParams) -> Res
         return Err("--no-passthrough applies to --read-only mounts only (a writable mount always reads through the daemon); drop it or add --read-only".into());
     }
     if args.foreground && args.log_file.is_some() {
-        return Err("-f logs to stderr, --log-file is for a backgrounded daemon: drop one of them".into());
+        return Err(
+            "-f logs to stderr, --log-file is for a backgrounded daemon: drop one of them".into(),
+        );
     }
     if let Some(dir) = &params.registry_data {
         if !dir.exists() {
             let message = format!("--registry-data {} does not exist", dir.display());
             if !params.allow_missing {
-                return Err(format!("{message}; create it, or pass --allow-missing to mount without it"));
+                return Err(format!(
+                    "{message}; create it, or pass --allow-missing to mount without it"
+                ));
             }
             eprintln!("rootfs-mount: warning: {message}; rootfs/registry is empty");
         }

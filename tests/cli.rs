@@ -618,12 +618,27 @@ fn ignored_options_and_missing_folders_are_not_silent() {
     );
     refused(
         &mp,
-        &["--k8s", "v1.23.4", "--cache", c, "-f", "--log-file", "/tmp/x.log"],
+        &[
+            "--k8s",
+            "v1.23.4",
+            "--cache",
+            c,
+            "-f",
+            "--log-file",
+            "/tmp/x.log",
+        ],
         "--log-file",
     );
     refused(
         &mp,
-        &["--k8s", "v1.23.4", "--cache", c, "--registry-data", "/nonexistent/registry"],
+        &[
+            "--k8s",
+            "v1.23.4",
+            "--cache",
+            c,
+            "--registry-data",
+            "/nonexistent/registry",
+        ],
         "/nonexistent/registry does not exist",
     );
     let out = run(&[

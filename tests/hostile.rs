@@ -600,12 +600,7 @@ for prefix in ('many-a', 'many-b'):
     assert!(made.success());
     let m = Mount::with_cache(
         &cache,
-        &[
-            "--k8s",
-            "v1.23.4",
-            "--log-file",
-            log.to_str().unwrap(),
-        ],
+        &["--k8s", "v1.23.4", "--log-file", log.to_str().unwrap()],
     );
     let names: Vec<String> = std::fs::read_dir(m.path("amd64/bin"))
         .unwrap()

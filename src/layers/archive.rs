@@ -374,12 +374,19 @@ impl Layer for TarballMembers {
             (Some(Component::Normal(name)), None) => name,
             _ => return Ok(None),
         };
+        // The first tarball that has the name wins, unless its member is faulty (listed
+        // before the tarball failed): then a good one of a later tarball is served.
+        let mut faulty = None;
         for tarball in self.tarballs()? {
-            if let Some(e) = tarball.flattened().entries.get(name) {
-                return Ok(Some(e.clone()));
+            match tarball.flattened().entries.get(name) {
+                Some(e) if matches!(e.content, Content::Faulty(_)) => {
+                    faulty.get_or_insert_with(|| e.clone());
+                }
+                Some(e) => return Ok(Some(e.clone())),
+                None => {}
             }
         }
-        Ok(None)
+        Ok(faulty)
     }
 
     fn children(&self, rel: &Path) -> io::Result<Vec<Child>> {
@@ -626,6 +633,34 @@ mod tests {
         assert!(dir.join("index").read_dir().unwrap().count() >= 2);
         std::fs::remove_dir_all(&dir).unwrap();
         std::fs::remove_dir_all(&outside).unwrap();
+    }
+
+    /// A member of a tarball that fails after listing it (its bytes give EIO) does not
+    /// hide a good member of that name in a later tarball.
+    #[test]
+    fn a_faulty_member_does_not_hide_a_good_one_of_a_later_tarball() {
+        let dir = scratch("faulty-shadow");
+        let bin = dir.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let noise: Vec<u8> = (0..400_000u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        tarball(
+            &bin.join("a.tar.gz"),
+            &[("tool", &noise, tar::EntryType::Regular)],
+        );
+        // Cut in the middle of the member's bytes: listed, then corrupt.
+        let a = std::fs::read(bin.join("a.tar.gz")).unwrap();
+        std::fs::write(bin.join("a.tar.gz"), &a[..a.len() / 2]).unwrap();
+        tarball(
+            &bin.join("b.tar.gz"),
+            &[("tool", b"good tool", tar::EntryType::Regular)],
+        );
+        let store = Arc::new(IndexStore::new(dir.join("index")));
+        let layer = TarballMembers::new(&dir, Path::new("bin"), store);
+        let e = layer.entry(Path::new("tool")).unwrap().unwrap();
+        assert_eq!(read(&e), b"good tool");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn get_source(layer: &dyn Layer, name: &str) -> String {
