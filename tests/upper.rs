@@ -595,3 +595,55 @@ fn copy_up_temp_files_of_a_killed_daemon_are_removed_at_the_next_mount() {
     drop(m);
     let _ = std::fs::remove_dir_all(&cache);
 }
+
+/// FIFOs and unix sockets can be made in the mount (they live in the upper layer and come
+/// back on the next mount of it); devices stay refused (the mount is `nodev`).
+#[test]
+fn fifos_and_sockets_live_in_the_upper_layer() {
+    use std::os::unix::fs::FileTypeExt;
+    let upper = scratch("special-upper");
+    let args = ["--k8s", "v1.23.4", "--upper", upper.to_str().unwrap()];
+    {
+        let m = Mount::new(&args);
+        let fifo = m.path("rootfs/pipe");
+        sh(&format!("mkfifo -m 0640 '{}'", fifo.display()));
+        let meta = std::fs::symlink_metadata(&fifo).unwrap();
+        assert!(meta.file_type().is_fifo(), "{meta:?}");
+        assert_eq!(meta.mode() & 0o7777, 0o640);
+        // It works as a pipe.
+        let out = sh(&format!(
+            "(echo through-the-pipe > '{p}' &) ; timeout 10 cat '{p}'",
+            p = fifo.display()
+        ));
+        assert_eq!(out.trim(), "through-the-pipe");
+        let sock = m.path("rootfs/sock");
+        let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        assert!(std::fs::symlink_metadata(&sock)
+            .unwrap()
+            .file_type()
+            .is_socket());
+        let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        listener.accept().unwrap();
+        // Renamed and listed like any entry.
+        std::fs::rename(&fifo, m.path("rootfs/pipe2")).unwrap();
+        let names: Vec<String> = std::fs::read_dir(m.path("rootfs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.contains(&"pipe2".to_string()) && !names.contains(&"pipe".to_string()));
+        // Devices stay refused.
+        let dev = std::process::Command::new("mknod")
+            .arg(m.path("rootfs/null"))
+            .args(["c", "1", "3"])
+            .output()
+            .unwrap();
+        assert!(!dev.status.success());
+    }
+    let m = Mount::new(&args);
+    assert!(std::fs::symlink_metadata(m.path("rootfs/pipe2"))
+        .unwrap()
+        .file_type()
+        .is_fifo());
+    std::fs::remove_file(m.path("rootfs/pipe2")).unwrap();
+    assert!(!m.path("rootfs/pipe2").exists());
+}

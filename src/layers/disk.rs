@@ -51,6 +51,9 @@ pub struct DiskTree {
     /// `oss/<arch>/bin/`, which are shown through their members instead).
     hide_suffix: Option<&'static str>,
     mutable: bool,
+    /// Whether FIFOs and sockets are shown (the upper layer, where they are made
+    /// through the mount); in every other layer they are left out.
+    special: bool,
 }
 
 impl DiskTree {
@@ -69,6 +72,7 @@ impl DiskTree {
             }),
             hide_suffix: None,
             mutable: false,
+            special: false,
         })
     }
 
@@ -97,11 +101,18 @@ impl DiskTree {
             root: Arc::new(Root { path, fd }),
             hide_suffix: None,
             mutable: false,
+            special: false,
         })
     }
 
     pub fn hiding_suffix(mut self, suffix: &'static str) -> Self {
         self.hide_suffix = Some(suffix);
+        self
+    }
+
+    /// Shows FIFOs and sockets (the upper layer).
+    pub fn showing_special(mut self) -> Self {
+        self.special = true;
         self
     }
 
@@ -146,9 +157,12 @@ impl DiskTree {
             libc::S_IFLNK => EntryKind::Symlink,
             // Devices, fifos and sockets are never part of a build tree: refuse them.
             libc::S_IFREG => EntryKind::File,
+            libc::S_IFIFO if self.special => EntryKind::Fifo,
+            libc::S_IFSOCK if self.special => EntryKind::Socket,
             _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         };
         let content = match kind {
+            EntryKind::Fifo | EntryKind::Socket => Content::Special,
             EntryKind::Dir => Content::Dir,
             EntryKind::Symlink => Content::Link(PathBuf::from(sys::readlink_fd(fd)?)),
             EntryKind::File => Content::Disk(DiskFile {
@@ -224,6 +238,8 @@ impl Layer for DiskTree {
                 libc::DT_DIR => EntryKind::Dir,
                 libc::DT_LNK => EntryKind::Symlink,
                 libc::DT_REG => EntryKind::File,
+                libc::DT_FIFO if self.special => EntryKind::Fifo,
+                libc::DT_SOCK if self.special => EntryKind::Socket,
                 libc::DT_UNKNOWN => match self.entry(&rel.join(&name))? {
                     Some(e) => e.kind,
                     None => continue,

@@ -27,6 +27,10 @@ pub enum EntryKind {
     Dir,
     File,
     Symlink,
+    /// A FIFO or a unix socket: only ever in the upper layer (made through the mount),
+    /// never shown from a layer below.
+    Fifo,
+    Socket,
 }
 
 /// Where an entry's bytes come from; also what `user.rootfs.source` reports.
@@ -43,6 +47,8 @@ pub enum Content {
     /// Bytes of an archive (a tarball member, a decompressed `.gz`), read through the
     /// archive's seek index.
     Archive(crate::archive::ArchiveSlice),
+    /// A FIFO or socket: no bytes (the kernel handles its opens itself).
+    Special,
     /// A file whose backing is known to be broken (a member of a corrupt archive):
     /// opening it fails with EIO. The message says why; it was logged when found.
     Faulty(Arc<str>),
@@ -182,5 +188,6 @@ pub fn read_all(entry: &LayerEntry) -> io::Result<Vec<u8>> {
         Content::Archive(slice) => slice.read(0, slice.len as usize),
         Content::Faulty(why) => Err(crate::archive::reported(why.to_string())),
         Content::Dir | Content::Link(_) => Err(io::Error::from_raw_os_error(libc::EISDIR)),
+        Content::Special => Err(io::Error::from_raw_os_error(libc::ENXIO)),
     }
 }

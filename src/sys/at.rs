@@ -26,6 +26,17 @@ pub fn mkdirat(dir: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
     check(unsafe { libc::mkdirat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t) })
 }
 
+/// Makes a FIFO or socket node (`mode` carries `S_IFIFO` or `S_IFSOCK`); no devices.
+pub fn mknodat(dir: &impl AsRawFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    let kind = mode & libc::S_IFMT;
+    if kind != libc::S_IFIFO && kind != libc::S_IFSOCK {
+        return Err(io::Error::from_raw_os_error(libc::EPERM));
+    }
+    let c = c_name(name)?;
+    // SAFETY: valid fd and NUL-terminated name; device number 0 (no device is made).
+    check(unsafe { libc::mknodat(dir.as_raw_fd(), c.as_ptr(), mode as libc::mode_t, 0) })
+}
+
 pub fn unlinkat(dir: &impl AsRawFd, name: &OsStr, is_dir: bool) -> io::Result<()> {
     let c = c_name(name)?;
     let flags = if is_dir { libc::AT_REMOVEDIR } else { 0 };

@@ -343,6 +343,10 @@ impl MergedTree {
             Content::Faulty(why) => return Err(reported(why.to_string()).into()),
             Content::Dir => return Err(fs_err!(EISDIR, "{} is a folder", path.display())),
             Content::Link(_) => return Err(fs_err!(ELOOP, "{} is a symlink", path.display())),
+            // The kernel opens FIFOs and sockets itself; no open of one reaches here.
+            Content::Special => {
+                return Err(fs_err!(ENXIO, "{} is a fifo or socket", path.display()))
+            }
         };
         Ok((open, node))
     }

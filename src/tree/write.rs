@@ -246,7 +246,8 @@ impl MergedTree {
         Ok((ino, node, fh))
     }
 
-    /// Only regular files: devices, fifos and sockets have no place in a build tree.
+    /// Regular files, FIFOs and sockets (kept in the upper layer); devices are refused
+    /// (EPERM): the mount is `nodev`, so one could never be used.
     pub fn mknod(
         &self,
         parent: u64,
@@ -254,10 +255,20 @@ impl MergedTree {
         mode: u32,
         caller: Caller,
     ) -> Result<(u64, Arc<Node>), FsError> {
-        if mode & libc::S_IFMT != libc::S_IFREG && mode & libc::S_IFMT != 0 {
+        let kind = mode & libc::S_IFMT;
+        if kind == libc::S_IFIFO || kind == libc::S_IFSOCK {
+            let (parent_path, _, path) = self.child_of(parent, name)?;
+            self.prepare_new(&parent_path, &path)?;
+            self.upper_dir()?
+                .mknod(&path, kind | (mode & 0o7777))
+                .map_err(|e| io_err("creating", &path, e))?;
+            self.own(&path, caller);
+            return self.remember_new(&path);
+        }
+        if kind != libc::S_IFREG && kind != 0 {
             return Err(fs_err!(
                 EPERM,
-                "only regular files can be made with mknod here"
+                "devices cannot be made here: the mount is nodev"
             ));
         }
         let (ino, node, fh) = self.create(parent, name, mode, libc::O_WRONLY, caller)?;
@@ -804,5 +815,6 @@ fn copy_bytes(content: &Content, out: &mut std::fs::File) -> std::io::Result<()>
         }
         Content::Faulty(why) => Err(crate::archive::reported(why.to_string())),
         Content::Dir | Content::Link(_) => Err(std::io::Error::from_raw_os_error(libc::EISDIR)),
+        Content::Special => Err(std::io::Error::from_raw_os_error(libc::ENXIO)),
     }
 }

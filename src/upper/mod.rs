@@ -90,7 +90,7 @@ impl UpperDir {
         let upper = UpperDir {
             path: path.to_path_buf(),
             root: sys::open_path(path)?,
-            tree: DiskTree::open(path)?,
+            tree: DiskTree::open(path)?.showing_special(),
             copyups: AtomicU64::new(0),
         };
         upper.remove_stale_copyups(Path::new(""))?;
@@ -213,6 +213,12 @@ impl UpperDir {
     pub fn open_file(&self, rel: &Path, flags: i32) -> io::Result<File> {
         let (parent, name) = split(rel)?;
         at::open_at(&self.dir_fd(parent)?, name, flags)
+    }
+
+    /// Makes a FIFO or a socket node (`mode` with its `S_IF*` type).
+    pub fn mknod(&self, rel: &Path, mode: u32) -> io::Result<()> {
+        let (parent, name) = split(rel)?;
+        at::mknodat(&self.dir_fd(parent)?, name, mode)
     }
 
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
