@@ -68,6 +68,7 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
             contexts: contexts.clone(),
             registry_domain: "sea.hub:5000".into(),
             sealer: args.sealer.clone(),
+            values: args.values.overrides()?,
             registry_data: None,
             index_dir: None,
             allow_missing: true,
@@ -81,6 +82,58 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+fn print_values(args: &cli::ValuesArgs) -> Result<(), String> {
+    let contexts = args
+        .contexts
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| format!("--contexts: {e}"))?;
+    let params = layout::MountParams {
+        version: KubeVersion::parse(&args.k8s)?,
+        cri: args.cri.clone(),
+        cni: args.cni.clone(),
+        arches: vec!["amd64".into()],
+        cache: std::path::PathBuf::from("/nonexistent"),
+        contexts: contexts.clone(),
+        registry_domain: args.registry_domain.clone(),
+        sealer: args.sealer.clone(),
+        values: args.values.overrides()?,
+        registry_data: None,
+        index_dir: None,
+        allow_missing: true,
+        upper: layout::Upper::None,
+    };
+    let values = layout::values(&params)?;
+    let specs = layout::value_specs(contexts.as_deref())?;
+    let mut out = String::new();
+    for (key, spec) in specs.keys() {
+        out.push_str(&format!("# {}\n", spec.help));
+        match values.get(key) {
+            Some(rootfs_mount::values::Effective::Text(text)) => {
+                out.push_str(&format!("{key}: {}\n", yaml_scalar(text)))
+            }
+            Some(rootfs_mount::values::Effective::Args(args)) if args.is_empty() => {
+                out.push_str(&format!("{key}: {{}}\n"))
+            }
+            Some(rootfs_mount::values::Effective::Args(args)) => {
+                out.push_str(&format!("{key}:\n"));
+                for (flag, value) in args {
+                    out.push_str(&format!("  {flag}: {}\n", yaml_scalar(value)));
+                }
+            }
+            None => {}
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// A YAML double-quoted scalar.
+fn yaml_scalar(text: &str) -> String {
+    format!("{text:?}")
 }
 
 fn cache_command(command: &CacheCommand) -> Result<(), String> {
@@ -129,6 +182,12 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Fetch(args)) => return fetch(&args),
         Some(Command::Cache(command)) => return cache_command(&command),
+        Some(Command::Values(args)) => return print_values(&args),
+        Some(Command::Contexts(cli::ContextsCommand::Export { dir })) => {
+            return rootfs_mount::layers::export_contexts(&dir).map(|n| {
+                println!("{n} files written to {}", dir.display());
+            })
+        }
         None => {}
     }
     let args = cli.mount;

@@ -1257,6 +1257,7 @@ fn images_are_pulled_into_the_registry_data() {
         contexts: None,
         registry_domain: "sea.hub:5000".into(),
         sealer: None,
+        values: Vec::new(),
         registry_data: None,
         index_dir: None,
         allow_missing: true,
