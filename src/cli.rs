@@ -371,6 +371,11 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Writes")]
     pub read_only: bool,
 
+    /// Refuse an --upper folder last used with other parameters (version, CRI, CNI,
+    /// sealer generation or values) instead of warning.
+    #[arg(long, help_heading = "Writes", requires = "upper")]
+    pub strict: bool,
+
     /// Serve every read from the daemon, even where the kernel could read plain backing
     /// files directly (FUSE passthrough, Linux >= 6.9, root).
     #[arg(long, help_heading = "Daemon")]

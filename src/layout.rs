@@ -184,6 +184,10 @@ impl MountParams {
 pub struct BuildLayout {
     pub profile: Profile,
     pub namespace: Namespace,
+    /// Everything that decides what is rendered, one `key=value` a line (`k8s=v1.23.4`,
+    /// `cri=docker`, ..., `podSubnet=...`): an `--upper` folder records it
+    /// (`upper::params`).
+    pub parameters: String,
 }
 
 /// Where the contexts come from.
@@ -303,9 +307,30 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
             layer: Arc::new(templated),
         });
     }
+    let mut parameters = format!(
+        "k8s={}\ncri={}\ncni={}\nsealer={}",
+        profile.version,
+        profile.cri,
+        profile
+            .cni
+            .as_ref()
+            .map_or("none", |(name, _)| name.as_str()),
+        sealer.0
+    );
+    for (key, value) in &values {
+        match value {
+            Effective::Text(text) => parameters.push_str(&format!("\n{key}={text}")),
+            Effective::Args(args) => {
+                for (flag, v) in args {
+                    parameters.push_str(&format!("\n{key}.{flag}={v}"));
+                }
+            }
+        }
+    }
     let layout = BuildLayout {
         profile,
         namespace: Namespace::new(branches),
+        parameters,
     };
     if !params.values.is_empty() {
         check_rendered_yaml(&layout)?;

@@ -173,6 +173,56 @@ fn cache_command(command: &CacheCommand) -> Result<(), String> {
     Ok(())
 }
 
+/// An `--upper` folder last mounted with other parameters holds files written for them:
+/// say which rendered files it shadows (or refuse with `--strict`), then record the
+/// parameters of this mount on it.
+fn check_upper_parameters(
+    dir: &std::path::Path,
+    build: &layout::BuildLayout,
+    strict: bool,
+) -> Result<(), String> {
+    use rootfs_mount::layers::Source;
+    use rootfs_mount::upper::params;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot use {} as the upper layer: {e}", dir.display()))?;
+    if let Ok(Some(old)) = params::recorded(dir) {
+        let changes = params::differences(&old, &build.parameters);
+        if !changes.is_empty() {
+            let shadowed: Vec<String> = params::files(dir)
+                .into_iter()
+                .filter(|rel| {
+                    matches!(
+                        build.namespace.resolve_path(rel),
+                        Ok(Some(node)) if matches!(node.entry.source, Source::Rendered(_))
+                    )
+                })
+                .map(|rel| rel.display().to_string())
+                .collect();
+            let mut message = format!(
+                "--upper {} was last mounted with other parameters ({})",
+                dir.display(),
+                changes.join(", ")
+            );
+            if shadowed.is_empty() {
+                message.push_str("; it shadows no rendered file");
+            } else {
+                message.push_str(&format!(
+                    "; it shadows rendered files with bytes written then: {}",
+                    shadowed.join(", ")
+                ));
+            }
+            if strict {
+                return Err(format!(
+                    "{message}; mount without --strict to use it anyway, or use another --upper"
+                ));
+            }
+            eprintln!("rootfs-mount: warning: {message}");
+        }
+    }
+    params::record(dir, &build.parameters)
+        .map_err(|e| format!("cannot record the parameters on {}: {e}", dir.display()))
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Some(Command::Umount { mountpoint, lazy }) => return daemon::umount(&mountpoint, lazy),
@@ -226,6 +276,9 @@ fn run(cli: Cli) -> Result<(), String> {
         allow_other: args.allow_other,
         auto_unmount: daemon::wants_auto_unmount(args.allow_other),
     };
+    if let Upper::Kept(dir) = &params.upper {
+        check_upper_parameters(dir, &build, args.strict)?;
+    }
     let namespace = match &upper_dir {
         Some(dir) => {
             let upper = UpperDir::open(dir)

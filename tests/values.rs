@@ -266,3 +266,64 @@ fn every_image_tag_in_a_rendered_file_comes_from_the_data() {
         assert!(checked > 0 || !Path::new(&m.path("rootfs/etc/tigera-operator.yaml")).exists());
     }
 }
+
+/// An --upper folder remembers the parameters it was last mounted with: the same ones
+/// mount silently; others warn naming the rendered files it shadows, or refuse with
+/// --strict.
+#[test]
+fn upper_remembers_its_parameters() {
+    let upper = scratch("upper-params");
+    let upper_s = upper.to_str().unwrap();
+    let cache = common::demo_cache().to_str().unwrap().to_string();
+    {
+        let m = Mount::new(&["--k8s", "v1.23.4", "--arch", "amd64", "--upper", upper_s]);
+        let path = m.path("rootfs/etc/kubeadm.yml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, format!("{text}# edited for v1.23.4\n")).unwrap();
+    }
+    let mount = |extra: &[&str]| {
+        let dir = scratch("mnt-upper");
+        let mut args = vec![
+            dir.to_str().unwrap().to_string(),
+            "--cache".into(),
+            cache.clone(),
+            "--arch".into(),
+            "amd64".into(),
+            "--upper".into(),
+            upper_s.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&refs);
+        (Mount { dir }, out)
+    };
+    let (same, out) = mount(&["--k8s", "v1.23.4"]);
+    assert!(out.status.success());
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("warning"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(same);
+    let (refused, out) = mount(&["--k8s", "v1.23.0", "--strict"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    assert!(!common::is_mounted(&refused.dir));
+    assert!(
+        stderr.contains("k8s v1.23.4 -> v1.23.0") && stderr.contains("rootfs/etc/kubeadm.yml"),
+        "{stderr}"
+    );
+    drop(refused);
+    let (warned, out) = mount(&["--k8s", "v1.23.0", "--set", "podSubnet=10.244.0.0/16"]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning")
+            && stderr.contains("podSubnet 100.64.0.0/10 -> 10.244.0.0/16")
+            && stderr.contains("rootfs/etc/kubeadm.yml"),
+        "{stderr}"
+    );
+    assert!(warned
+        .read("rootfs/etc/kubeadm.yml")
+        .ends_with("# edited for v1.23.4\n"));
+}
