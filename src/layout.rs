@@ -137,6 +137,31 @@ pub enum Upper {
 }
 
 impl MountParams {
+    /// Parameters that only render the tree (`values`, `fetch --images`): nothing is read
+    /// from a cache and nothing is mounted; every other field at its default.
+    pub fn rendering(
+        version: KubeVersion,
+        cri: Option<String>,
+        cni: String,
+        contexts: Option<PathBuf>,
+    ) -> Self {
+        MountParams {
+            version,
+            cri,
+            cni,
+            arches: vec![KNOWN_ARCHES[0].to_string()],
+            cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
+            contexts,
+            registry_domain: "sea.hub:5000".into(),
+            sealer: None,
+            values: Vec::new(),
+            registry_data: None,
+            index_dir: None,
+            allow_missing: true,
+            upper: Upper::None,
+        }
+    }
+
     pub fn registry_dir(&self) -> PathBuf {
         self.registry_data
             .clone()
@@ -525,21 +550,13 @@ mod tests {
 
     fn params(version: &str, cri: Option<&str>) -> MountParams {
         let minor: u32 = version.split('.').nth(1).unwrap().parse().unwrap();
-        MountParams {
-            version: KubeVersion::parse(version).unwrap(),
-            cri: cri.map(str::to_string),
-            cni: if minor >= 16 { "calico" } else { "none" }.into(),
-            arches: vec!["amd64".into()],
-            cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
-            contexts: None,
-            registry_domain: "sea.hub:5000".into(),
-            sealer: None,
-            values: Vec::new(),
-            registry_data: None,
-            index_dir: None,
-            allow_missing: true,
-            upper: Upper::None,
-        }
+        // The bundled Calico needs v1.16+.
+        MountParams::rendering(
+            KubeVersion::parse(version).unwrap(),
+            cri.map(str::to_string),
+            if minor >= 16 { "calico" } else { "none" }.into(),
+            None,
+        )
     }
 
     fn rendered(layout: &BuildLayout, path: &str) -> String {

@@ -18,17 +18,19 @@ use rootfs_mount::tree::MergedTree;
 use rootfs_mount::upper::UpperDir;
 use rootfs_mount::versions::KubeVersion;
 
+/// `--contexts DIR` made absolute (the daemon changes its working folder).
+fn absolute_contexts(dir: Option<&std::path::Path>) -> Result<Option<std::path::PathBuf>, String> {
+    dir.map(std::path::absolute)
+        .transpose()
+        .map_err(|e| format!("--contexts: {e}"))
+}
+
 /// `rootfs-mount fetch`: resolves the version like a mount does, then fills the cache.
 fn fetch(args: &FetchArgs) -> Result<(), String> {
     let version = KubeVersion::parse(&args.k8s)?;
     let arches = args.arches()?;
     let cache = args.cache()?;
-    let contexts = args
-        .contexts
-        .as_deref()
-        .map(std::path::absolute)
-        .transpose()
-        .map_err(|e| format!("--contexts: {e}"))?;
+    let contexts = absolute_contexts(args.contexts.as_deref())?;
     let (facts, sources) = layout::load_facts(contexts.as_deref())?;
     let profile = facts.profile(&version, args.cri.as_deref(), &args.cni)?;
     for url in &args.mirrors {
@@ -60,19 +62,14 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
     }
     if args.images && !args.print_urls {
         let params = layout::MountParams {
-            version: version.clone(),
-            cri: Some(profile.cri.clone()),
-            cni: args.cni.clone(),
-            arches: arches.clone(),
-            cache: cache.clone(),
-            contexts: contexts.clone(),
-            registry_domain: "sea.hub:5000".into(),
             sealer: args.sealer.clone(),
             values: args.values.overrides()?,
-            registry_data: None,
-            index_dir: None,
-            allow_missing: true,
-            upper: layout::Upper::None,
+            ..layout::MountParams::rendering(
+                version.clone(),
+                Some(profile.cri.clone()),
+                args.cni.clone(),
+                contexts.clone(),
+            )
         };
         fetch::pull_image_list(
             &layout::image_list(&params)?,
@@ -85,26 +82,17 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
 }
 
 fn print_values(args: &cli::ValuesArgs) -> Result<(), String> {
-    let contexts = args
-        .contexts
-        .as_deref()
-        .map(std::path::absolute)
-        .transpose()
-        .map_err(|e| format!("--contexts: {e}"))?;
+    let contexts = absolute_contexts(args.contexts.as_deref())?;
     let params = layout::MountParams {
-        version: KubeVersion::parse(&args.k8s)?,
-        cri: args.cri.clone(),
-        cni: args.cni.clone(),
-        arches: vec!["amd64".into()],
-        cache: std::path::PathBuf::from("/nonexistent"),
-        contexts: contexts.clone(),
         registry_domain: args.registry_domain.clone(),
         sealer: args.sealer.clone(),
         values: args.values.overrides()?,
-        registry_data: None,
-        index_dir: None,
-        allow_missing: true,
-        upper: layout::Upper::None,
+        ..layout::MountParams::rendering(
+            KubeVersion::parse(&args.k8s)?,
+            args.cri.clone(),
+            args.cni.clone(),
+            contexts.clone(),
+        )
     };
     let values = layout::values(&params)?;
     let specs = layout::value_specs(contexts.as_deref())?;
