@@ -231,7 +231,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let args = cli.mount;
     let params = args.params()?;
     params.check_upper()?;
-    check_not_ignored(&args, &params)?;
+    let warnings = check_not_ignored(&args, &params)?;
     let mountpoint = args.mountpoint.clone().unwrap_or_default();
     let mut roots = params.source_roots();
     if let Upper::Kept(dir) = &params.upper {
@@ -306,13 +306,21 @@ fn run(cli: Cli) -> Result<(), String> {
         },
         mount_lock: lock,
     };
+    // Said once every check passed, so that a refusal stays one line.
+    for warning in warnings {
+        eprintln!("rootfs-mount: warning: {warning}");
+    }
     daemon::mount(tree, &mountpoint, &options)
 }
 
 /// Options that would have no effect are refused rather than silently ignored, and a
 /// folder that is not there is said (a mistyped `--cache` with `--allow-missing` would
 /// otherwise mount an empty tree without a word).
-fn check_not_ignored(args: &cli::MountArgs, params: &layout::MountParams) -> Result<(), String> {
+fn check_not_ignored(
+    args: &cli::MountArgs,
+    params: &layout::MountParams,
+) -> Result<Vec<String>, String> {
+    let mut warnings = Vec::new();
     if args.no_passthrough && !args.read_only {
         return Err("--no-passthrough applies to --read-only mounts only (a writable mount always reads through the daemon); drop it or add --read-only".into());
     }
@@ -329,16 +337,16 @@ fn check_not_ignored(args: &cli::MountArgs, params: &layout::MountParams) -> Res
                     "{message}; create it, or pass --allow-missing to mount without it"
                 ));
             }
-            eprintln!("rootfs-mount: warning: {message}; rootfs/registry is empty");
+            warnings.push(format!("{message}; rootfs/registry is empty"));
         }
     }
     if params.allow_missing && !params.cache.exists() {
-        eprintln!(
-            "rootfs-mount: warning: the cache folder {} does not exist; mounting without it (--allow-missing)",
+        warnings.push(format!(
+            "the cache folder {} does not exist; mounting without it (--allow-missing)",
             params.cache.display()
-        );
+        ));
     }
-    Ok(())
+    Ok(warnings)
 }
 
 fn main() -> ExitCode {
