@@ -507,7 +507,13 @@ pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
             return Ok(record.describe(now));
         }
         if ours.contains(&target) {
-            // Not live: say why, on stderr with a non-zero exit.
+            let stale = matches!(std::fs::metadata(&target), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
+            if !stale {
+                // Live, but its daemon is not known here (another user's mount, or no
+                // state folder without XDG_RUNTIME_DIR): say so, and exit 0.
+                return Ok(other(&target));
+            }
+            // Stale: say why, on stderr with a non-zero exit.
             let text = other(&target);
             let why = text.lines().nth(1).unwrap_or_default().trim();
             return Err(format!("{}: {why}", path.display()));

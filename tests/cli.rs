@@ -656,3 +656,24 @@ fn ignored_options_and_missing_folders_are_not_silent() {
         "a missing cache mounted without a word: {stderr:?}"
     );
 }
+
+/// `status MOUNT` of a live rootfs-mount mount whose daemon it cannot know (no state
+/// folder: no XDG_RUNTIME_DIR, or another user's mount) says so and exits 0: the mount
+/// is live. Only a stale or foreign mount exits non-zero.
+#[test]
+fn status_of_a_live_mount_without_its_state_file_exits_zero() {
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .args(["env", "-u", "XDG_RUNTIME_DIR", BIN, "status"])
+        .arg(&m.dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("daemon: not known"), "{stdout}");
+}
