@@ -647,3 +647,23 @@ fn fifos_and_sockets_live_in_the_upper_layer() {
     std::fs::remove_file(m.path("rootfs/pipe2")).unwrap();
     assert!(!m.path("rootfs/pipe2").exists());
 }
+
+/// A folder made through the mount counts its links as on a local disk: 2 plus one per
+/// subfolder, following mkdir, rmdir and renames between folders.
+#[test]
+fn folders_of_the_upper_layer_count_their_links() {
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let nlink = |rel: &str| std::fs::metadata(m.path(rel)).unwrap().nlink();
+    std::fs::create_dir(m.path("rootfs/d")).unwrap();
+    std::fs::create_dir(m.path("rootfs/e")).unwrap();
+    assert_eq!(nlink("rootfs/d"), 2);
+    std::fs::create_dir(m.path("rootfs/d/a")).unwrap();
+    std::fs::create_dir(m.path("rootfs/d/b")).unwrap();
+    std::fs::write(m.path("rootfs/d/file"), b"x").unwrap();
+    assert_eq!(nlink("rootfs/d"), 4);
+    std::fs::rename(m.path("rootfs/d/a"), m.path("rootfs/e/a")).unwrap();
+    assert_eq!(nlink("rootfs/d"), 3);
+    assert_eq!(nlink("rootfs/e"), 3);
+    std::fs::remove_dir(m.path("rootfs/d/b")).unwrap();
+    assert_eq!(nlink("rootfs/d"), 2);
+}

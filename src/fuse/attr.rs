@@ -5,7 +5,7 @@ use std::time::Duration;
 use fuser::{FileAttr, FileType, INodeNo};
 
 use crate::layers::EntryKind;
-use crate::tree::Node;
+use crate::tree::{InUpper, Node};
 
 /// Layers do not change under a mount: the kernel may keep entries and attributes.
 const STABLE_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -42,8 +42,15 @@ pub fn file_attr(ino: u64, node: &Node) -> FileAttr {
         crtime: e.mtime,
         kind: file_type(e.kind),
         perm: e.perm,
+        // A folder only in the upper layer counts its links as on disk (2 plus one per
+        // subfolder); a merged one would need its layers listed: 2, as many FUSE file
+        // systems answer.
         nlink: if e.kind == EntryKind::Dir {
-            2
+            if node.upper == InUpper::Yes && node.branches.is_empty() {
+                e.nlink.unwrap_or(2)
+            } else {
+                2
+            }
         } else {
             e.nlink.unwrap_or(1)
         },

@@ -180,7 +180,9 @@ impl DiskTree {
             size: st.st_size.max(0) as u64,
             mtime: time(st.st_mtime, st.st_mtime_nsec),
             ctime: Some(time(st.st_ctime, st.st_ctime_nsec)),
-            nlink: (kind == EntryKind::File).then_some(st.st_nlink as u32),
+            // A folder's count is its own layer's only: the tree shows it for folders
+            // of the upper layer with nothing below (see `fuse::attr`).
+            nlink: matches!(kind, EntryKind::File | EntryKind::Dir).then_some(st.st_nlink as u32),
             uid: st.st_uid,
             gid: st.st_gid,
             content,
