@@ -102,6 +102,9 @@ impl MountParams {
 pub struct BuildLayout {
     pub profile: Profile,
     pub namespace: Namespace,
+    /// Cache entries the tree needs that are not there (paths relative to the cache);
+    /// empty unless `allow_missing` let the plan go ahead without them.
+    pub missing: Vec<String>,
 }
 
 /// Where the contexts come from.
@@ -189,7 +192,7 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
         .ok_or("the contexts have no base rootfs/ folder")?;
     context_layers.push(("rootfs".into(), base));
 
-    let mut branches = arch_branches(params, &profile)?;
+    let (mut branches, missing) = arch_branches(params, &profile)?;
     // --registry-data is a folder the user named; CACHE/registry is inside the cache.
     let registry = match &params.registry_data {
         Some(dir) => DiskTree::open(dir),
@@ -217,11 +220,16 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     Ok(BuildLayout {
         profile,
         namespace: Namespace::new(branches),
+        missing,
     })
 }
 
-/// The `<arch>/` folders: kube binaries, the OSS cache and the CRI artifacts.
-fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>, String> {
+/// The `<arch>/` folders: kube binaries, the OSS cache and the CRI artifacts, and what of
+/// them is missing.
+fn arch_branches(
+    params: &MountParams,
+    profile: &Profile,
+) -> Result<(Vec<Branch>, Vec<String>), String> {
     let cache = &params.cache;
     let cri = &profile.cri;
     let mut branches = Vec::new();
@@ -313,7 +321,7 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
             missing.join(", ")
         ));
     }
-    Ok(branches)
+    Ok((branches, missing))
 }
 
 #[cfg(test)]
