@@ -34,6 +34,9 @@ pub fn pack_tar<W: Write>(ns: &Namespace, out: W) -> io::Result<u64> {
     Ok(written)
 }
 
+#[cfg(test)]
+mod tests;
+
 /// A file written under a temporary name beside `path` and renamed over it once
 /// complete and synced: nothing half-written ever shows under `path`.
 pub struct AtomicFile {

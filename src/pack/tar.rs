@@ -49,7 +49,7 @@ pub struct TarWriter<W: Write> {
 
 /// Writes `value` into `field` as GNU tar does: octal digits filling all but the last
 /// byte (a NUL), or base-256 (first byte 0x80) when octal cannot hold it.
-fn number(field: &mut [u8], value: u64) {
+pub(crate) fn number_field(field: &mut [u8], value: u64) {
     let digits = field.len() - 1;
     if digits * 3 >= 64 || value < (1u64 << (3 * digits)) {
         let text = format!("{value:0digits$o}");
@@ -75,18 +75,18 @@ fn header(name: &[u8], mode: u32, size: u64, mtime: u64, typeflag: u8, link: &[u
     let mut h = [0u8; BLOCK];
     let n = name.len().min(NAME_FIELD);
     h[..n].copy_from_slice(&name[..n]);
-    number(&mut h[100..108], u64::from(mode & 0o7777));
-    number(&mut h[108..116], 0);
-    number(&mut h[116..124], 0);
-    number(&mut h[124..136], size);
-    number(&mut h[136..148], mtime);
+    number_field(&mut h[100..108], u64::from(mode & 0o7777));
+    number_field(&mut h[108..116], 0);
+    number_field(&mut h[116..124], 0);
+    number_field(&mut h[124..136], size);
+    number_field(&mut h[136..148], mtime);
     h[156] = typeflag;
     let l = link.len().min(NAME_FIELD);
     h[157..157 + l].copy_from_slice(&link[..l]);
     h[257..265].copy_from_slice(b"ustar  \0");
     h[148..156].fill(b' ');
     let sum: u64 = h.iter().map(|&b| u64::from(b)).sum();
-    number(&mut h[148..155], sum);
+    number_field(&mut h[148..155], sum);
     h
 }
 
