@@ -399,12 +399,21 @@ pub fn check(params: &MountParams, layout: &BuildLayout) -> Result<Report, Strin
         }
     }
     let ok = problems.is_empty();
-    let fills = problems.iter().any(|p| p.kind != "label");
+    let images_missing = problems.iter().any(|p| p.kind == "image");
+    let fix = problems.iter().any(|p| p.kind != "label").then(|| {
+        let fetch = fetch_command(params, &profile.cri);
+        // `fetch --images` pulls every image of the image list into CACHE/registry.
+        if images_missing {
+            format!("{fetch} --images")
+        } else {
+            fetch
+        }
+    });
     Ok(Report {
         ok,
         registry,
         images,
-        fix: fills.then(|| fetch_command(params, &profile.cri)),
+        fix,
         problems,
     })
 }
