@@ -9,75 +9,24 @@
 //! docker.io name gets `library/` (`docker.io/nginx` is `library/nginx`), which is where
 //! sealer puts them when it pulls the image list into `registry/`.
 
+use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::layout::{BuildLayout, MountParams};
+use crate::layout::{fetch_command, BuildLayout, MountParams};
+use crate::oci::digest::Digest;
+use crate::oci::image_name::ImageName;
+use crate::oci::manifest::{entries_for_arch, Manifest};
+use crate::oci::registry_storage::blob_path_in;
 use crate::pack::content::ContentReader;
-use crate::pack::oci::Kubefile;
+use crate::pack::oci_layout::Kubefile;
 use crate::pack::walk::resolve;
 
 /// Manifests and indexes are small; anything bigger is not one.
 const MAX_MANIFEST_BYTES: u64 = 4 << 20;
-
-/// An image reference of the image list, split the way the registry data stores it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct ImageRef {
-    /// As written in the image list.
-    pub image: String,
-    /// The repository in the registry data.
-    pub repository: String,
-    /// A tag, or a digest (`sha256:...`).
-    pub reference: String,
-}
-
-impl ImageRef {
-    pub fn parse(image: &str) -> Result<Self, String> {
-        let bad = || format!("{image}: not an image reference");
-        let (name, reference) = match image.split_once('@') {
-            Some((name, digest)) => (name, digest.to_string()),
-            None => {
-                // A tag follows the last ':' after the last '/' (a host may have a port).
-                let slash = image.rfind('/').map_or(0, |i| i + 1);
-                match image[slash..].rfind(':') {
-                    Some(i) => (&image[..slash + i], image[slash + i + 1..].to_string()),
-                    None => (image, "latest".to_string()),
-                }
-            }
-        };
-        let mut parts: Vec<&str> = name.split('/').collect();
-        let first = parts[0];
-        let has_host =
-            parts.len() > 1 && (first.contains('.') || first.contains(':') || first == "localhost");
-        let host = if has_host {
-            parts.remove(0)
-        } else {
-            "docker.io"
-        };
-        if (host == "docker.io" || host == "index.docker.io") && parts.len() == 1 {
-            parts.insert(0, "library");
-        }
-        let repository = parts.join("/");
-        let plain = |s: &str| {
-            !s.is_empty()
-                && s != "."
-                && s != ".."
-                && s.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._-:+".contains(&b))
-        };
-        if parts.iter().any(|p| !plain(p)) || !plain(&reference) {
-            return Err(bad());
-        }
-        Ok(ImageRef {
-            image: image.to_string(),
-            repository,
-            reference,
-        })
-    }
-}
 
 /// One finding of `check`.
 #[derive(Clone, Debug, Serialize)]
@@ -113,24 +62,27 @@ pub struct Report {
     pub fix: Option<String>,
 }
 
-/// Registry v2 storage (`docker/registry/v2/` under the registry data folder).
+/// Registry v2 storage (`docker/registry/v2/` under the registry data folder), read only.
 struct Storage {
     v2: PathBuf,
 }
 
-fn hex_of(digest: &str) -> Option<&str> {
-    digest
-        .strip_prefix("sha256:")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+/// Blob sizes by digest, as the descriptors of a manifest give them.
+fn descriptor_sizes(manifest: &Value) -> HashMap<String, u64> {
+    let mut sizes = HashMap::new();
+    let config = std::iter::once(&manifest["config"]);
+    let layers = manifest["layers"].as_array().into_iter().flatten();
+    for d in config.chain(layers) {
+        if let (Some(digest), Some(size)) = (d["digest"].as_str(), d["size"].as_u64()) {
+            sizes.insert(digest.to_string(), size);
+        }
+    }
+    sizes
 }
 
 impl Storage {
-    fn blob_path(&self, digest: &str) -> Option<PathBuf> {
-        let hex = hex_of(digest)?;
-        Some(
-            self.v2
-                .join(format!("blobs/sha256/{}/{hex}/data", &hex[..2])),
-        )
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        blob_path_in(&self.v2, digest)
     }
 
     fn link(&self, path: &Path) -> Option<String> {
@@ -144,126 +96,111 @@ impl Storage {
     }
 
     /// The manifest digest a tag or digest reference points at in `repository`.
-    fn manifest_digest(&self, r: &ImageRef) -> Result<String, String> {
-        let repo = self.repo(&r.repository);
-        if !repo.is_dir() {
+    fn manifest_digest(&self, image: &ImageName) -> Result<Digest, String> {
+        let repository = image.storage_repository();
+        if !self.repo(repository).is_dir() {
             return Err(format!(
-                "repository {} is not in the registry data",
-                r.repository
+                "repository {repository} is not in the registry data"
             ));
         }
-        if hex_of(&r.reference).is_some() {
-            self.revision(&r.repository, &r.reference)?;
-            return Ok(r.reference.clone());
+        if let Some(digest) = &image.digest {
+            self.revision(repository, digest)?;
+            return Ok(digest.clone());
         }
-        let link = repo.join(format!("_manifests/tags/{}/current/link", r.reference));
+        let tag = image.tag().unwrap_or("latest");
+        let link = self
+            .repo(repository)
+            .join(format!("_manifests/tags/{tag}/current/link"));
         self.link(&link)
-            .filter(|d| hex_of(d).is_some())
-            .ok_or_else(|| {
-                format!(
-                    "tag {} of {} is not in the registry data",
-                    r.reference, r.repository
-                )
-            })
+            .and_then(|d| Digest::parse(&d).ok())
+            .ok_or_else(|| format!("tag {tag} of {repository} is not in the registry data"))
     }
 
     /// Checks that `digest` is a manifest revision of `repository` (what the registry
-    /// serves for it).
-    fn revision(&self, repository: &str, digest: &str) -> Result<(), String> {
-        let hex = hex_of(digest).ok_or_else(|| format!("bad digest {digest}"))?;
+    /// serves for it) and stored.
+    fn revision(&self, repository: &str, digest: &Digest) -> Result<(), String> {
         let link = self
             .repo(repository)
-            .join(format!("_manifests/revisions/sha256/{hex}/link"));
-        match self.link(&link) {
-            Some(d) if d == digest => Ok(()),
-            _ => Err(format!(
+            .join(format!("_manifests/revisions/sha256/{}/link", digest.hex()));
+        if self.link(&link) != Some(digest.to_string()) {
+            return Err(format!(
                 "manifest {digest} is not linked in repository {repository}"
-            )),
+            ));
         }
+        if !self.blob_path(digest).is_file() {
+            return Err(format!("blob {digest} (a manifest) is missing"));
+        }
+        Ok(())
     }
 
-    /// Checks that the blob `digest` of `size` bytes is stored and linked to `repository`.
-    fn blob(&self, repository: &str, digest: &str, size: Option<u64>) -> Result<(), String> {
-        let path = self
-            .blob_path(digest)
-            .ok_or_else(|| format!("bad digest {digest}"))?;
-        let meta = std::fs::metadata(&path).map_err(|_| format!("blob {digest} is missing"))?;
+    /// Checks that the blob `digest` is stored (with the size its manifest gives) and
+    /// linked to `repository`.
+    fn blob(&self, repository: &str, digest: &Digest, size: Option<u64>) -> Result<(), String> {
+        let meta = std::fs::metadata(self.blob_path(digest))
+            .map_err(|_| format!("blob {digest} is missing"))?;
         if let Some(size) = size.filter(|&s| s != meta.len()) {
             return Err(format!(
                 "blob {digest} has {} bytes, its manifest says {size}",
                 meta.len()
             ));
         }
-        let hex = hex_of(digest).unwrap_or_default();
         let link = self
             .repo(repository)
-            .join(format!("_layers/sha256/{hex}/link"));
-        match self.link(&link) {
-            Some(d) if d == digest => Ok(()),
-            _ => Err(format!(
+            .join(format!("_layers/sha256/{}/link", digest.hex()));
+        if self.link(&link) != Some(digest.to_string()) {
+            return Err(format!(
                 "blob {digest} is not linked in repository {repository}"
-            )),
+            ));
         }
+        Ok(())
     }
 
-    fn json(&self, digest: &str) -> Result<Value, String> {
-        let path = self
-            .blob_path(digest)
-            .ok_or_else(|| format!("bad digest {digest}"))?;
-        let file = std::fs::File::open(&path).map_err(|_| format!("blob {digest} is missing"))?;
+    fn read(&self, digest: &Digest) -> Result<Vec<u8>, String> {
+        let file = std::fs::File::open(self.blob_path(digest))
+            .map_err(|_| format!("blob {digest} is missing"))?;
         let mut bytes = Vec::new();
         file.take(MAX_MANIFEST_BYTES)
             .read_to_end(&mut bytes)
             .map_err(|e| format!("blob {digest}: {e}"))?;
-        serde_json::from_slice(&bytes).map_err(|e| format!("blob {digest} is not JSON: {e}"))
+        Ok(bytes)
     }
 
     /// Checks the image for `arch`: its manifest (through a manifest list or index) and
     /// every blob it names. Returns the arch manifest's digest and its blob count.
-    fn check_image(&self, r: &ImageRef, arch: &str) -> Result<(String, usize), String> {
-        let top = self.manifest_digest(r)?;
-        self.blob(&r.repository, &top, None)
-            .or_else(|_| self.revision(&r.repository, &top))?;
-        let manifest = self.json(&top)?;
-        let (digest, manifest) = match manifest.get("manifests").and_then(Value::as_array) {
-            Some(list) => {
-                let entry = list
-                    .iter()
-                    .find(|m| {
-                        m["platform"]["architecture"] == arch
-                            && m["platform"]["os"].as_str().unwrap_or("linux") == "linux"
-                    })
+    fn check_image(&self, image: &ImageName, arch: &str) -> Result<(Digest, usize), String> {
+        let repository = image.storage_repository();
+        let top = self.manifest_digest(image)?;
+        self.revision(repository, &top)?;
+        let bytes = self.read(&top)?;
+        let (digest, bytes) = match Manifest::parse(&bytes)? {
+            Manifest::List(entries) => {
+                let entry = entries_for_arch(&entries, arch)
+                    .into_iter()
+                    .next()
                     .ok_or_else(|| format!("its manifest list has no linux/{arch} manifest"))?;
-                let digest = entry["digest"].as_str().unwrap_or_default().to_string();
-                self.revision(&r.repository, &digest)?;
-                self.blob_path(&digest)
-                    .filter(|p| p.is_file())
-                    .ok_or_else(|| format!("blob {digest} (linux/{arch} manifest) is missing"))?;
-                (digest.clone(), self.json(&digest)?)
+                self.revision(repository, &entry.digest)?;
+                (entry.digest.clone(), self.read(&entry.digest)?)
             }
-            None => (top, manifest),
+            Manifest::Image(_) => (top, bytes),
         };
-        let mut blobs = 0;
-        let config = &manifest["config"];
-        let descriptors = std::iter::once(config).chain(
-            manifest["layers"]
-                .as_array()
-                .map(|l| l.iter())
-                .into_iter()
-                .flatten(),
-        );
-        for d in descriptors {
-            let digest = d["digest"]
-                .as_str()
-                .ok_or_else(|| format!("manifest {digest} names a blob without a digest"))?;
-            self.blob(&r.repository, digest, d["size"].as_u64())?;
-            blobs += 1;
+        let Manifest::Image(manifest) = Manifest::parse(&bytes)? else {
+            return Err(format!("manifest {digest} is a list inside a list"));
+        };
+        let raw: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+        let sizes = descriptor_sizes(&raw);
+        let blobs = std::iter::once(&manifest.config).chain(&manifest.layers);
+        let mut count = 0;
+        for blob in blobs {
+            let size = sizes.get(&blob.digest.to_string()).copied();
+            self.blob(repository, &blob.digest, size)?;
+            count += 1;
         }
-        // A single-platform manifest: its config says which arch it is for.
-        let config = self.json(config["digest"].as_str().unwrap_or_default())?;
+        // A single-platform image: its config says which arch it is for.
+        let config: Value = serde_json::from_slice(&self.read(&manifest.config.digest)?)
+            .map_err(|e| format!("image config {}: {e}", manifest.config.digest))?;
         match config["architecture"].as_str() {
             Some(a) if a != arch => Err(format!("it is built for {a}, not {arch}")),
-            _ => Ok((digest, blobs)),
+            _ => Ok((digest, count)),
         }
     }
 }
@@ -278,14 +215,21 @@ fn rendered(layout: &BuildLayout, path: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// The command that fills the cache for these parameters.
-pub fn fetch_command(params: &MountParams, cri: &str) -> String {
-    format!(
-        "rootfs-mount fetch --k8s {} --cri {cri} --arch {} --cache {}",
-        params.version,
-        params.arches.join(","),
-        params.cache.display()
-    )
+/// The `fetch` command that fills what is missing: the cache entries, and with
+/// `--images` the registry data (whose image list also depends on the CNI and the sealer
+/// generation).
+fn fill_command(params: &MountParams, layout: &BuildLayout, images: bool) -> String {
+    let mut cmd = fetch_command(params, &layout.profile);
+    if images {
+        if params.cni != "calico" {
+            cmd.push_str(&format!(" --cni {}", params.cni));
+        }
+        if let Some(generation) = &params.sealer {
+            cmd.push_str(&format!(" --sealer {generation}"));
+        }
+        cmd.push_str(" --images");
+    }
+    cmd
 }
 
 /// Runs every check on a planned layout (made with `allow_missing`, so that missing
@@ -366,7 +310,7 @@ pub fn check(params: &MountParams, layout: &BuildLayout) -> Result<Report, Strin
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let image = match ImageRef::parse(line) {
+        let image = match ImageName::parse(line) {
             Ok(i) => i,
             Err(message) => {
                 problems.push(Problem {
@@ -381,34 +325,26 @@ pub fn check(params: &MountParams, layout: &BuildLayout) -> Result<Report, Strin
         for arch in &params.arches {
             match storage.check_image(&image, arch) {
                 Ok((manifest, blobs)) => images.push(Present {
-                    image: image.image.clone(),
+                    image: line.to_string(),
                     arch: arch.clone(),
-                    manifest,
+                    manifest: manifest.to_string(),
                     blobs,
                 }),
                 Err(message) => problems.push(Problem {
                     kind: "image",
-                    subject: image.image.clone(),
+                    subject: line.to_string(),
                     arch: Some(arch.clone()),
-                    message: format!(
-                        "{} ({}:{}): {message}",
-                        image.image, image.repository, image.reference
-                    ),
+                    message: format!("{line} ({}): {message}", image.storage_repository()),
                 }),
             }
         }
     }
     let ok = problems.is_empty();
     let images_missing = problems.iter().any(|p| p.kind == "image");
-    let fix = problems.iter().any(|p| p.kind != "label").then(|| {
-        let fetch = fetch_command(params, &profile.cri);
-        // `fetch --images` pulls every image of the image list into CACHE/registry.
-        if images_missing {
-            format!("{fetch} --images")
-        } else {
-            fetch
-        }
-    });
+    let fix = problems
+        .iter()
+        .any(|p| p.kind != "label")
+        .then(|| fill_command(params, layout, images_missing));
     Ok(Report {
         ok,
         registry,
@@ -444,51 +380,5 @@ impl Report {
             out.push_str(&format!("fix: {fix}\n"));
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn image_names_map_to_registry_repositories() {
-        let cases = [
-            (
-                "registry.k8s.io/kube-apiserver:v1.23.4",
-                "kube-apiserver",
-                "v1.23.4",
-            ),
-            (
-                "registry.k8s.io/coredns/coredns:v1.8.6",
-                "coredns/coredns",
-                "v1.8.6",
-            ),
-            (
-                "docker.io/sealerio/lvscare:v1.1.3-beta.8",
-                "sealerio/lvscare",
-                "v1.1.3-beta.8",
-            ),
-            ("docker.io/nginx", "library/nginx", "latest"),
-            ("nginx:1.25", "library/nginx", "1.25"),
-            ("localhost:5000/a/b:c", "a/b", "c"),
-            ("calico/cni:v3.26.1", "calico/cni", "v3.26.1"),
-        ];
-        for (image, repository, reference) in cases {
-            let r = ImageRef::parse(image).unwrap();
-            assert_eq!(
-                (r.repository.as_str(), r.reference.as_str()),
-                (repository, reference),
-                "{image}"
-            );
-        }
-        let digest = format!("quay.io/x/y@sha256:{}", "a".repeat(64));
-        assert_eq!(
-            ImageRef::parse(&digest).unwrap().reference,
-            format!("sha256:{}", "a".repeat(64))
-        );
-        for bad in ["", "a b", "x/../y:1", "registry.k8s.io/:tag"] {
-            assert!(ImageRef::parse(bad).is_err(), "{bad:?}");
-        }
     }
 }

@@ -8,15 +8,119 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{BuildArgs, Cli, Command};
+use cli::{cache_dir, BuildArgs, CacheCommand, Cli, Command, FetchArgs};
 use rootfs_mount::daemon::{self, DaemonOptions};
 use std::sync::Arc;
 
+use rootfs_mount::fetch::{self, FetchOptions, ImageOptions};
 use rootfs_mount::fuse::passthrough::PassthroughPolicy;
 use rootfs_mount::layout::{self, Upper};
 use rootfs_mount::state::MountDescription;
 use rootfs_mount::tree::MergedTree;
 use rootfs_mount::upper::UpperDir;
+use rootfs_mount::versions::KubeVersion;
+
+/// `rootfs-mount fetch`: resolves the version like a mount does, then fills the cache.
+fn fetch(args: &FetchArgs) -> Result<(), String> {
+    let version = KubeVersion::parse(&args.k8s)?;
+    let arches = args.arches()?;
+    let cache = args.cache()?;
+    let contexts = args
+        .contexts
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| format!("--contexts: {e}"))?;
+    let (facts, sources) = layout::load_facts(contexts.as_deref())?;
+    let profile = facts.profile(&version, args.cri.as_deref(), &args.cni)?;
+    for url in &args.mirrors {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "bad --mirror {}: expected an http:// or https:// URL",
+                rootfs_mount::render::quote(url)
+            ));
+        }
+    }
+    let entries = layout::cache_entries(&sources, &profile, &arches)?;
+    let options = FetchOptions {
+        cache: cache.clone(),
+        mirrors: args.mirrors.clone(),
+        no_upstream: args.no_upstream,
+        allow_unpinned: args.allow_unpinned,
+        print_urls: args.print_urls,
+        jobs: args.jobs,
+        timeout: args.timeout,
+        attempts: args.retries.saturating_add(1),
+        image: ImageOptions {
+            images: args.images,
+            image_mirrors: args.image_mirrors.clone(),
+        },
+    };
+    let summary = fetch::fetch(&entries, &options)?;
+    if !summary.is_empty() {
+        println!("{summary}");
+    }
+    if args.images && !args.print_urls {
+        let params = layout::MountParams {
+            version: version.clone(),
+            cri: Some(profile.cri.clone()),
+            cni: args.cni.clone(),
+            arches: arches.clone(),
+            cache: cache.clone(),
+            contexts: contexts.clone(),
+            registry_domain: "sea.hub:5000".into(),
+            sealer: args.sealer.clone(),
+            registry_data: None,
+            index_dir: None,
+            allow_missing: true,
+            upper: layout::Upper::None,
+        };
+        fetch::pull_image_list(
+            &layout::image_list(&params)?,
+            &arches,
+            &options.image,
+            &cache.join("registry"),
+        )?;
+    }
+    Ok(())
+}
+
+fn cache_command(command: &CacheCommand) -> Result<(), String> {
+    let out = match command {
+        CacheCommand::Publish { dir, cache } => {
+            fetch::cache::publish(&cache_dir(cache.as_deref())?, dir)?
+        }
+        CacheCommand::Verify { cache } => fetch::cache::verify(&cache_dir(cache.as_deref())?)?,
+        CacheCommand::Ls { cache, contexts } => {
+            let (facts, sources) = layout::load_facts(contexts.as_deref())?;
+            fetch::cache::ls(&cache_dir(cache.as_deref())?, &facts, &sources)?
+        }
+        CacheCommand::Gc {
+            cache,
+            contexts,
+            index_dir,
+            keep,
+            dry_run,
+        } => {
+            let (facts, sources) = layout::load_facts(contexts.as_deref())?;
+            let cache = cache_dir(cache.as_deref())?;
+            let index_dir = match index_dir {
+                Some(dir) => std::path::absolute(dir).map_err(|e| format!("--index-dir: {e}"))?,
+                None => cache.join("index"),
+            };
+            let keep = keep
+                .iter()
+                .map(|v| KubeVersion::parse(v))
+                .collect::<Result<Vec<_>, _>>()?;
+            fetch::cache::gc(&cache, &index_dir, &keep, *dry_run, &facts, &sources)?
+        }
+    };
+    print!("{out}");
+    if !out.ends_with('\n') && !out.is_empty() {
+        println!();
+    }
+    Ok(())
+}
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
@@ -33,6 +137,8 @@ fn run(cli: Cli) -> Result<(), String> {
             build,
         }) => return pack(&build, &output, &format),
         Some(Command::Check { json, build }) => return check(&build, json),
+        Some(Command::Fetch(args)) => return fetch(&args),
+        Some(Command::Cache(command)) => return cache_command(&command),
         None => {}
     }
     let args = cli.mount;
@@ -154,7 +260,7 @@ fn tree(build: &BuildArgs, long: bool, json: bool) -> Result<(), String> {
 
 /// `pack -o OUT [--format tar|oci]`.
 fn pack(build: &BuildArgs, output: &std::path::Path, format: &str) -> Result<(), String> {
-    use rootfs_mount::pack::{self, oci, AtomicFile};
+    use rootfs_mount::pack::{self, oci_layout, AtomicFile};
     let (params, layout) = plan_tree(build)?;
     if format == "oci" {
         if output.as_os_str() == "-" {
@@ -169,10 +275,10 @@ fn pack(build: &BuildArgs, output: &std::path::Path, format: &str) -> Result<(),
                 &mut text,
             )
             .map_err(|e| format!("rootfs/Kubefile: {e}"))?;
-            oci::Kubefile::parse(&text)
+            oci_layout::Kubefile::parse(&text)
         };
         let ns = Arc::new(layout.namespace);
-        return oci::write_layout(&ns, &kubefile, &params.arches, output);
+        return oci_layout::write_layout(&ns, &kubefile, &params.arches, output);
     }
     if output.as_os_str() == "-" {
         return pack::pack_tar(&layout.namespace, std::io::stdout().lock())

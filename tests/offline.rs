@@ -499,7 +499,7 @@ fn check_passes_on_a_full_registry_and_names_what_is_missing() {
     assert!(!bad.status.success());
     let text = String::from_utf8_lossy(&bad.stdout).into_owned();
     assert!(
-        text.contains(&format!("missing [arm64]: registry.k8s.io/kube-apiserver:v1.23.4 (kube-apiserver:v1.23.4): blob {layer} is missing")),
+        text.contains(&format!("missing [arm64]: registry.k8s.io/kube-apiserver:v1.23.4 (kube-apiserver): blob {layer} is missing")),
         "{text}"
     );
     assert!(!text.contains("missing [amd64]"), "{text}");
@@ -514,7 +514,7 @@ fn check_passes_on_a_full_registry_and_names_what_is_missing() {
     std::fs::remove_dir_all(data.join("docker/registry/v2/repositories/sealerio/lvscare")).unwrap();
     let text = String::from_utf8_lossy(&check(&["--arch", "amd64"]).stdout).into_owned();
     assert!(
-        text.contains("missing [amd64]: docker.io/sealerio/lvscare:v1.1.3-beta.8 (sealerio/lvscare:v1.1.3-beta.8): repository sealerio/lvscare is not in the registry data"),
+        text.contains("missing [amd64]: docker.io/sealerio/lvscare:v1.1.3-beta.8 (sealerio/lvscare): repository sealerio/lvscare is not in the registry data"),
         "{text}"
     );
     assert_eq!(

@@ -7,11 +7,11 @@
 //! - [`content`]: an entry's bytes as a reader, streamed from its layer;
 //! - [`tar`]: GNU tar's exact bytes;
 //! - [`listing`]: `tree`'s text and JSON;
-//! - [`oci`]: an OCI image layout of what the Kubefile's COPY lines put in the image.
+//! - [`oci_layout`]: an OCI image layout of what the Kubefile's COPY lines put in the image.
 
 pub mod content;
 pub mod listing;
-pub mod oci;
+pub mod oci_layout;
 pub mod tar;
 pub mod walk;
 

@@ -189,7 +189,7 @@ fn image_root_follows_the_kubefile_copy_lines() {
             &mut text,
         )
         .unwrap();
-        let kubefile = oci::Kubefile::parse(&text);
+        let kubefile = oci_layout::Kubefile::parse(&text);
         assert_eq!(kubefile.copies.len(), 3, "{text}");
         assert_eq!(
             kubefile
@@ -199,7 +199,7 @@ fn image_root_follows_the_kubefile_copy_lines() {
             Some("docker")
         );
         let ns = Arc::new(layout.namespace);
-        let image = oci::image_namespace(&ns, &kubefile, "amd64").unwrap();
+        let image = oci_layout::image_namespace(&ns, &kubefile, "amd64").unwrap();
         let root = image.root().unwrap();
         let mut names: Vec<String> = image
             .children(Path::new(""), &root)

@@ -17,11 +17,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 
 use super::tar::{Naming, TarWriter};
 use super::walk::{tree_path, walk};
 use crate::layers::{build_epoch, Child, EntryKind, Layer, LayerEntry};
+use crate::oci::digest::Digest;
 use crate::tree::{Branch, Namespace};
 
 const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -157,10 +158,6 @@ struct Blob {
     size: u64,
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Streams a blob into `blobs/sha256/`, named by its digest once written.
 fn write_blob(dir: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -> io::Result<Blob> {
     let blobs = dir.join("blobs/sha256");
@@ -173,12 +170,12 @@ fn write_blob(dir: &Path, fill: impl FnOnce(&mut dyn Write) -> io::Result<()>) -
     };
     fill(&mut w)?;
     w.flush()?;
-    let digest = hex(&w.hasher.finalize());
+    let digest = Digest::from_hasher(w.hasher);
     let file = w.inner.into_inner().map_err(|e| e.into_error())?;
     file.sync_all()?;
-    std::fs::rename(&temp, blobs.join(&digest))?;
+    std::fs::rename(&temp, blobs.join(digest.hex()))?;
     Ok(Blob {
-        digest: format!("sha256:{digest}"),
+        digest: digest.to_string(),
         size: w.len,
     })
 }
