@@ -65,6 +65,16 @@ impl ContentReader {
         })
     }
 
+    /// The open backing file of a file on disk (read from its start), for copies the
+    /// kernel can do without passing the bytes through us (`sendfile`, `splice`,
+    /// `copy_file_range`); other contents give the reader back.
+    pub fn into_disk_file(self) -> Result<(File, u64), Self> {
+        match self.source {
+            Inner::Disk(file) if self.pos == 0 => Ok((file, self.len)),
+            source => Err(ContentReader { source, ..self }),
+        }
+    }
+
     fn short(&self) -> io::Error {
         io::Error::new(
             io::ErrorKind::UnexpectedEof,

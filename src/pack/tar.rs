@@ -169,10 +169,13 @@ impl<W: Write> TarWriter<W> {
             ))),
             (EntryKind::File, _) => {
                 // Opened first: a file that cannot be read fails before its header.
-                let mut reader = ContentReader::open(path, entry)?;
+                let reader = ContentReader::open(path, entry)?;
                 self.long_name(&name)?;
                 self.put(&header(&name, mode, entry.size, mtime, b'0', b""))?;
-                self.copy(&mut reader)?;
+                match reader.into_disk_file() {
+                    Ok((file, len)) => self.copy_file(&file, len, path)?,
+                    Err(mut reader) => self.copy(&mut reader)?,
+                }
                 self.pad()
             }
         }
@@ -182,6 +185,24 @@ impl<W: Write> TarWriter<W> {
     fn long_name(&mut self, name: &[u8]) -> io::Result<()> {
         if name.len() > NAME_FIELD {
             self.long_link(b'L', name)?;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes of a file on disk with `io::copy`, which lets the kernel move
+    /// them (`copy_file_range` to a file, `splice`/`sendfile` to a pipe) when the output
+    /// is one; a file that ends early is an error.
+    fn copy_file(&mut self, file: &std::fs::File, len: u64, path: &Path) -> io::Result<()> {
+        let copied = io::copy(&mut file.take(len), &mut self.out)?;
+        self.written += copied;
+        if copied < len {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "{}: its backing ended after {copied} of {len} bytes",
+                    path.display()
+                ),
+            ));
         }
         Ok(())
     }
