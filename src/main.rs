@@ -262,6 +262,9 @@ fn tree(build: &BuildArgs, long: bool, json: bool) -> Result<(), String> {
 fn pack(build: &BuildArgs, output: &std::path::Path, format: &str) -> Result<(), String> {
     use rootfs_mount::pack::{self, oci_layout, AtomicFile};
     let (params, layout) = plan_tree(build)?;
+    if output.as_os_str() != "-" {
+        pack::check_output(&params, output)?;
+    }
     if format == "oci" {
         if output.as_os_str() == "-" {
             return Err("--format oci writes a folder: name it with -o DIR".into());

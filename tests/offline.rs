@@ -263,6 +263,24 @@ fn pack_refuses_a_missing_cache_and_writes_nothing() {
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("kube/v1.23.4/amd64/kubeadm"));
     assert_eq!(std::fs::read_dir(&out).unwrap().count(), 0);
+    // An output inside the cache would be read back into itself.
+    let cache = common::own_cache();
+    let inside = cache.join("registry/build.tar");
+    let r = Command::new(BIN)
+        .args([
+            "pack",
+            "--k8s",
+            "v1.23.4",
+            "--cache",
+            cache.to_str().unwrap(),
+            "-o",
+        ])
+        .arg(&inside)
+        .output()
+        .unwrap();
+    assert!(!r.status.success());
+    assert!(String::from_utf8_lossy(&r.stderr).contains("which the tree is read from"));
+    assert!(!inside.exists());
 }
 
 /// buildah with its own vfs storage, removed on drop.

@@ -19,7 +19,35 @@ use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use crate::layout::MountParams;
 use crate::tree::Namespace;
+
+/// Refuses an output inside a folder the tree is read from (the cache, the registry
+/// data, the contexts): the pack would read its own half-written output.
+pub fn check_output(params: &MountParams, out: &Path) -> Result<(), String> {
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let Ok(dir) = std::fs::canonicalize(parent) else {
+        return Err(format!(
+            "cannot write {}: no folder {}",
+            out.display(),
+            parent.display()
+        ));
+    };
+    for root in params.source_roots() {
+        let root = std::fs::canonicalize(&root).unwrap_or(root);
+        if dir.starts_with(&root) {
+            return Err(format!(
+                "-o {} is inside {}, which the tree is read from; write it elsewhere",
+                out.display(),
+                root.display()
+            ));
+        }
+    }
+    Ok(())
+}
 
 /// Writes the whole tree to `out` as `tar --sort=name --owner=0 --group=0
 /// --numeric-owner -cf - -C MOUNT .` would; returns the bytes written.
