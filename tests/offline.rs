@@ -11,6 +11,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use common::buildah::Buildah;
 use common::registry::{skopeo, Registry};
 use common::{demo_cache, scratch, sh, Mount, BIN};
 
@@ -283,51 +284,6 @@ fn pack_refuses_a_missing_cache_and_writes_nothing() {
     assert!(!inside.exists());
 }
 
-/// buildah with its own vfs storage, removed on drop.
-struct Buildah {
-    root: PathBuf,
-}
-
-impl Buildah {
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("buildah")
-            .arg("--storage-driver")
-            .arg("vfs")
-            .arg("--root")
-            .arg(self.root.join("root"))
-            .arg("--runroot")
-            .arg(self.root.join("runroot"))
-            .args(args)
-            .output()
-            .expect("run buildah");
-        assert!(
-            out.status.success(),
-            "buildah {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Buildah {
-    fn drop(&mut self) {
-        let _ = Command::new("buildah")
-            .arg("--storage-driver")
-            .arg("vfs")
-            .arg("--root")
-            .arg(self.root.join("root"))
-            .arg("--runroot")
-            .arg(self.root.join("runroot"))
-            .args(["rm", "--all"])
-            .output();
-        let _ = Command::new("umount")
-            .arg("-R")
-            .arg(self.root.join("root"))
-            .output();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
-
 #[test]
 fn pack_oci_is_read_by_skopeo_and_buildah() {
     let m = Mount::new(&["--k8s", "v1.23.4", "--read-only"]);
@@ -362,9 +318,7 @@ fn pack_oci_is_read_by_skopeo_and_buildah() {
         !again.status.success(),
         "an existing layout is not overwritten"
     );
-    let buildah = Buildah {
-        root: scratch("oci-buildah"),
-    };
+    let buildah = Buildah::new();
     for arch in ["amd64", "arm64"] {
         let reference = format!("oci:{}:{arch}", layout.display());
         let info: serde_json::Value =

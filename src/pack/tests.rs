@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::layers::DiskTree;
-use crate::layout::{plan, MountParams, Upper};
+use crate::layout::{plan, MountParams};
 use crate::tree::Branch;
 use crate::versions::KubeVersion;
 
@@ -116,20 +116,8 @@ fn numbers_too_big_for_octal_are_base_256() {
 }
 
 fn params() -> MountParams {
-    MountParams {
-        version: KubeVersion::parse("v1.23.4").unwrap(),
-        cri: None,
-        cni: "calico".into(),
-        arches: vec!["amd64".into()],
-        cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
-        contexts: None,
-        registry_domain: "sea.hub:5000".into(),
-        sealer: None,
-        registry_data: None,
-        index_dir: None,
-        allow_missing: true,
-        upper: Upper::None,
-    }
+    let version = KubeVersion::parse("v1.23.4").unwrap();
+    MountParams::rendering(version, None, "calico".into(), None)
 }
 
 #[test]
