@@ -382,3 +382,124 @@ impl Report {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::plan;
+    use crate::oci::image_name::ImageName;
+    use crate::oci::registry_storage::RegistryStorage;
+    use crate::versions::KubeVersion;
+    use serde_json::json;
+
+    fn put_json(storage: &RegistryStorage, value: &Value) -> (Digest, usize) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        let digest = Digest::of_bytes(&bytes);
+        storage.put_blob(&digest, &bytes).unwrap();
+        (digest, bytes.len())
+    }
+
+    /// A two-arch image under `image`'s storage name, written with the storage writer
+    /// `fetch --images` uses. Returns the config digest of each arch.
+    fn put_image(storage: &RegistryStorage, image: &str) -> Vec<(String, Digest)> {
+        let name = ImageName::parse(image).unwrap();
+        let repo = name.storage_repository();
+        let mut entries = Vec::new();
+        let mut configs = Vec::new();
+        for arch in ["amd64", "arm64"] {
+            let layer = format!("layer of {image} for {arch}").into_bytes();
+            let layer_digest = Digest::of_bytes(&layer);
+            storage.put_blob(&layer_digest, &layer).unwrap();
+            storage.link_layer(repo, &layer_digest).unwrap();
+            let (config, config_len) = put_json(
+                storage,
+                &json!({"architecture": arch, "os": "linux",
+                        "rootfs": {"type": "layers", "diff_ids": [layer_digest.to_string()]}}),
+            );
+            storage.link_layer(repo, &config).unwrap();
+            let (manifest, manifest_len) = put_json(
+                storage,
+                &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                                   "digest": config.to_string(), "size": config_len},
+                        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                    "digest": layer_digest.to_string(), "size": layer.len()}]}),
+            );
+            storage.link_revision(repo, &manifest).unwrap();
+            entries.push(
+                json!({"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                "digest": manifest.to_string(), "size": manifest_len,
+                                "platform": {"architecture": arch, "os": "linux"}}),
+            );
+            configs.push((arch.to_string(), config));
+        }
+        let (index, _) = put_json(
+            storage,
+            &json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": entries}),
+        );
+        storage.link_revision(repo, &index).unwrap();
+        storage.link_tag(repo, name.tag().unwrap(), &index).unwrap();
+        configs
+    }
+
+    #[test]
+    fn check_follows_manifest_lists_to_every_blob_of_each_arch() {
+        let data = std::env::temp_dir().join(format!("rootfs-mount-check-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&data);
+        let version = KubeVersion::parse("v1.23.4").unwrap();
+        let mut params = MountParams::rendering(version, None, "calico".into(), None);
+        params.arches = vec!["amd64".into(), "arm64".into()];
+        params.registry_data = Some(data.clone());
+        let layout = plan(&params).unwrap();
+
+        let report = check(&params, &layout).unwrap();
+        assert!(!report.ok);
+        // The cache is not there: its entries are missing; so is every image.
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| p.kind == "cache" && p.subject == "kube/v1.23.4/arm64/kubelet"));
+        let fix = report.fix.as_deref().unwrap();
+        assert!(
+            fix.starts_with("rootfs-mount fetch --k8s v1.23.4 --cri docker --arch amd64,arm64"),
+            "{fix}"
+        );
+        assert!(fix.ends_with(" --images"), "{fix}");
+
+        let storage = RegistryStorage::open(&data).unwrap();
+        let list = rendered(&layout, "rootfs/imageList").unwrap();
+        let images: Vec<&str> = list.lines().filter(|l| !l.trim().is_empty()).collect();
+        let mut configs = Vec::new();
+        for image in &images {
+            configs.push((image.to_string(), put_image(&storage, image)));
+        }
+        let report = check(&params, &layout).unwrap();
+        let image_problems: Vec<_> = report
+            .problems
+            .iter()
+            .filter(|p| p.kind == "image")
+            .collect();
+        assert!(image_problems.is_empty(), "{image_problems:?}");
+        assert_eq!(report.images.len(), images.len() * 2);
+        assert!(report.images.iter().all(|i| i.blobs == 2));
+
+        // The arm64 config of one image gone: that image, that arch, that blob.
+        let (image, arch_configs) = &configs[3];
+        let (_, config) = &arch_configs[1];
+        std::fs::remove_file(blob_path_in(&data.join("docker/registry/v2"), config)).unwrap();
+        let report = check(&params, &layout).unwrap();
+        let image_problems: Vec<_> = report
+            .problems
+            .iter()
+            .filter(|p| p.kind == "image")
+            .collect();
+        assert_eq!(image_problems.len(), 1, "{image_problems:?}");
+        assert_eq!(image_problems[0].subject, *image);
+        assert_eq!(image_problems[0].arch.as_deref(), Some("arm64"));
+        assert!(image_problems[0]
+            .message
+            .contains(&format!("blob {config} is missing")));
+        std::fs::remove_dir_all(&data).unwrap();
+    }
+}
