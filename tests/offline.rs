@@ -285,6 +285,48 @@ fn pack_refuses_a_missing_cache_and_writes_nothing() {
 }
 
 #[test]
+fn pack_fails_on_a_corrupt_archive_and_leaves_no_file() {
+    let cache = common::own_cache();
+    let gz = cache.join("cri/docker/arm64/registry.tar.gz");
+    let len = std::fs::metadata(&gz).unwrap().len();
+    // Cut inside the deflate stream: the size is unknown, the entry cannot be packed.
+    sh(&format!("truncate -s {} '{}'", len / 2, gz.display()));
+    let out = writable("pack-corrupt");
+    let file = out.join("build.tar");
+    let r = offline(&[
+        "pack",
+        "--k8s",
+        "v1.23.4",
+        "--cache",
+        cache.to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("registry.tar.gz"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&out).unwrap().count(),
+        0,
+        "nothing half-written is left"
+    );
+    // The other arch packs.
+    let r = offline(&[
+        "pack",
+        "--k8s",
+        "v1.23.4",
+        "--arch",
+        "amd64",
+        "--cache",
+        cache.to_str().unwrap(),
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+#[test]
 fn pack_oci_is_read_by_skopeo_and_buildah() {
     let m = Mount::new(&["--k8s", "v1.23.4", "--read-only"]);
     let out = writable("oci-out");
@@ -302,6 +344,26 @@ fn pack_oci_is_read_by_skopeo_and_buildah() {
             layout.to_str().unwrap(),
         ]),
         "pack --format oci",
+    );
+    let twice = out.join("twice");
+    ok(
+        offline(&[
+            "pack",
+            "--k8s",
+            "v1.23.4",
+            "--cache",
+            cache_str(),
+            "--format",
+            "oci",
+            "-o",
+            twice.to_str().unwrap(),
+        ]),
+        "pack --format oci again",
+    );
+    assert_eq!(
+        std::fs::read(layout.join("index.json")).unwrap(),
+        std::fs::read(twice.join("index.json")).unwrap(),
+        "the same parameters give the same image digests"
     );
     let again = offline(&[
         "pack",
