@@ -316,10 +316,6 @@ fn plan_tree(build: &BuildArgs) -> Result<(layout::MountParams, layout::BuildLay
     Ok((params, layout))
 }
 
-fn stdout_error(e: std::io::Error) -> String {
-    format!("writing to stdout: {e}")
-}
-
 /// `render PATH...`: every path is resolved before anything is printed.
 fn render(build: &BuildArgs, paths: &[String]) -> Result<(), String> {
     use rootfs_mount::layers::EntryKind;
@@ -338,9 +334,12 @@ fn render(build: &BuildArgs, paths: &[String]) -> Result<(), String> {
     for (path, node) in files {
         let mut reader = ContentReader::open(&path, &node.entry)
             .map_err(|e| format!("{}: {e}", path.display()))?;
-        std::io::copy(&mut reader, &mut out).map_err(|e| format!("{}: {e}", path.display()))?;
+        match std::io::copy(&mut reader, &mut out) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other.map_err(|e| format!("{}: {e}", path.display()))?,
+        };
     }
-    std::io::Write::flush(&mut out).map_err(stdout_error)
+    until_reader_left(std::io::Write::flush(&mut out))
 }
 
 /// `tree [--long] [--json]`.
@@ -348,14 +347,24 @@ fn tree(build: &BuildArgs, long: bool, json: bool) -> Result<(), String> {
     use rootfs_mount::pack::listing;
     let (_, layout) = plan_tree(build)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if json {
+    let written = if json {
         let entries = listing::entries(&layout.namespace).map_err(|e| e.to_string())?;
-        serde_json::to_writer_pretty(&mut out, &entries).map_err(|e| e.to_string())?;
-        std::io::Write::write_all(&mut out, b"\n").map_err(stdout_error)?;
+        serde_json::to_writer_pretty(&mut out, &entries)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
     } else {
-        listing::write_text(&layout.namespace, long, &mut out).map_err(|e| e.to_string())?;
+        listing::write_text(&layout.namespace, long, &mut out)
+    };
+    until_reader_left(written.and_then(|()| std::io::Write::flush(&mut out)))
+}
+
+/// A reader that went away (`tree | head`) ends the output quietly, as SIGPIPE ends
+/// other tools; any other error is one line.
+fn until_reader_left(written: std::io::Result<()>) -> Result<(), String> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| e.to_string()),
     }
-    std::io::Write::flush(&mut out).map_err(stdout_error)
 }
 
 /// `pack -o OUT [--format tar|oci]`.
