@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::archive::tar_listing::TarScanner;
+use crate::archive::MemberKind;
 use crate::layout::{fetch_command, BuildLayout, MountParams};
 use crate::oci::digest::Digest;
 use crate::oci::image_name::ImageName;
@@ -205,6 +207,36 @@ impl Storage {
     }
 }
 
+/// Whether the gzipped tarball at `path` holds a regular file named `daemon` (at any
+/// depth); the reason when it does not. Read once, streaming: nothing is unpacked.
+fn tarball_has(path: &Path, daemon: &str) -> Result<(), String> {
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let mut gz = flate2::read::MultiGzDecoder::new(file);
+    let mut scanner = TarScanner::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = gz
+            .read(&mut buf)
+            .map_err(|e| format!("cannot be read: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        scanner.feed(&buf[..n]);
+    }
+    let listing = scanner
+        .finish()
+        .map_err(|(e, _)| format!("is not a tar archive: {e}"))?;
+    let holds = listing
+        .members
+        .iter()
+        .any(|m| m.kind == MemberKind::File && m.path.file_name().is_some_and(|n| n == daemon));
+    if holds {
+        Ok(())
+    } else {
+        Err(format!("holds no {daemon}"))
+    }
+}
+
 /// Reads the rendered file `path` of the tree.
 fn rendered(layout: &BuildLayout, path: &str) -> Result<String, String> {
     let (p, node) = resolve(&layout.namespace, path)?;
@@ -276,8 +308,8 @@ pub fn check(params: &MountParams, layout: &BuildLayout) -> Result<Report, Strin
             }),
         }
     }
-    // The label names the CRI sealer installs from the image: its tarball must be the
-    // one the cache holds for every arch.
+    // The label names the CRI sealer installs from the image: the cache must hold that
+    // CRI's tarball for every arch, with the runtime's daemon in it.
     let cri = kubefile
         .labels
         .get("cluster.alpha.sealer.io/container-runtime-type")
@@ -285,18 +317,25 @@ pub fn check(params: &MountParams, layout: &BuildLayout) -> Result<Report, Strin
         .unwrap_or_default();
     for arch in &params.arches {
         let tarball = format!("cri/{cri}/{arch}/{cri}.tar.gz");
-        let shown = format!("{arch}/cri/{cri}.tar.gz");
-        if !layout.missing.contains(&tarball)
-            && !matches!(
-                layout.namespace.resolve_path(Path::new(&shown)),
-                Ok(Some(_))
-            )
-        {
+        if layout.missing.contains(&tarball) {
+            continue;
+        }
+        let found = if cri == profile.cri && !profile.cri_daemon.is_empty() {
+            tarball_has(&params.cache.join(&tarball), &profile.cri_daemon)
+        } else {
+            params
+                .cache
+                .join(&tarball)
+                .is_file()
+                .then_some(())
+                .ok_or_else(|| "missing".into())
+        };
+        if let Err(why) = found {
             problems.push(Problem {
                 kind: "label",
                 subject: "cluster.alpha.sealer.io/container-runtime-type".into(),
                 arch: Some(arch.clone()),
-                message: format!("the Kubefile names {cri}, but the cache has no {tarball}"),
+                message: format!("the Kubefile names {cri}, but the cache's {tarball} {why}"),
             });
         }
     }

@@ -563,6 +563,12 @@ fn check_names_missing_cache_entries_with_the_fetch_command() {
     let cache = common::own_cache();
     std::fs::remove_file(cache.join("kube/v1.23.4/arm64/kubelet")).unwrap();
     std::fs::remove_file(cache.join("cri/docker/amd64/docker.tar.gz")).unwrap();
+    // A containerd bundle under docker's name: the label and the cache disagree.
+    std::fs::copy(
+        cache.join("cri/containerd/arm64/containerd.tar.gz"),
+        cache.join("cri/docker/arm64/docker.tar.gz"),
+    )
+    .unwrap();
     let out = offline(&[
         "check",
         "--k8s",
@@ -594,6 +600,18 @@ fn check_names_missing_cache_entries_with_the_fetch_command() {
             "rootfs-mount fetch --k8s v1.23.4 --cri docker --arch amd64,arm64 --cache {} --images",
             cache.display()
         )
+    );
+    let label: Vec<&serde_json::Value> = report["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "label")
+        .collect();
+    assert_eq!(label.len(), 1, "{label:?}");
+    assert_eq!(label[0]["arch"], "arm64");
+    assert_eq!(
+        label[0]["message"],
+        "the Kubefile names docker, but the cache's cri/docker/arm64/docker.tar.gz holds no dockerd"
     );
     // The demo registry lacks most images: they are listed too.
     assert!(report["problems"]
