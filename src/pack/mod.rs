@@ -75,6 +75,9 @@ pub struct AtomicFile {
 
 impl AtomicFile {
     pub fn create(path: &Path) -> io::Result<Self> {
+        if path.is_dir() {
+            return Err(io::Error::other("it is a folder; name the file to write"));
+        }
         let name = path
             .file_name()
             .ok_or_else(|| io::Error::other(format!("{}: not a file name", path.display())))?;
@@ -98,9 +101,14 @@ impl AtomicFile {
     /// Syncs the file, renames it into place and syncs the folder.
     pub fn commit(mut self) -> io::Result<()> {
         let file = self.file.take().expect("open until commit");
-        file.sync_all()?;
+        let placed = file
+            .sync_all()
+            .and_then(|()| std::fs::rename(&self.temp, &self.path));
         drop(file);
-        std::fs::rename(&self.temp, &self.path)?;
+        if let Err(e) = placed {
+            let _ = std::fs::remove_file(&self.temp);
+            return Err(e);
+        }
         let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty());
         File::open(dir.unwrap_or(Path::new(".")))?.sync_all()
     }
