@@ -347,15 +347,25 @@ fn tree(build: &BuildArgs, long: bool, json: bool) -> Result<(), String> {
     use rootfs_mount::pack::listing;
     let (_, layout) = plan_tree(build)?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut faults = Vec::new();
     let written = if json {
-        let entries = listing::entries(&layout.namespace).map_err(|e| e.to_string())?;
+        let (entries, f) = listing::entries(&layout.namespace).map_err(|e| e.to_string())?;
+        faults = f;
         serde_json::to_writer_pretty(&mut out, &entries)
             .map_err(std::io::Error::from)
             .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
     } else {
-        listing::write_text(&layout.namespace, long, &mut out)
+        listing::write_text(&layout.namespace, long, &mut out).map(|f| faults = f)
     };
-    until_reader_left(written.and_then(|()| std::io::Write::flush(&mut out)))
+    until_reader_left(written.and_then(|()| std::io::Write::flush(&mut out)))?;
+    // Faults hit only their entries: each is said, the rest was listed, the exit fails.
+    for (path, e) in &faults {
+        eprintln!("rootfs-mount: {}: {e}", path.display());
+    }
+    match faults.len() {
+        0 => Ok(()),
+        n => Err(format!("{n} entries could not be read; the rest is listed")),
+    }
 }
 
 /// A reader that went away (`tree | head`) ends the output quietly, as SIGPIPE ends

@@ -311,6 +311,30 @@ fn pack_fails_on_a_corrupt_archive_and_leaves_no_file() {
         0,
         "nothing half-written is left"
     );
+    // tree lists the rest and names the one entry it could not read.
+    let t = offline(&[
+        "tree",
+        "--k8s",
+        "v1.23.4",
+        "--cache",
+        cache.to_str().unwrap(),
+    ]);
+    assert!(!t.status.success());
+    let listed = String::from_utf8_lossy(&t.stdout);
+    assert!(
+        listed.lines().any(|l| l == "amd64/images/registry.tar"),
+        "{listed}"
+    );
+    assert!(
+        !listed.lines().any(|l| l == "arm64/images/registry.tar"),
+        "{listed}"
+    );
+    assert!(
+        listed.lines().any(|l| l == "rootfs/etc/kubeadm.yml"),
+        "{listed}"
+    );
+    let err = String::from_utf8_lossy(&t.stderr);
+    assert!(err.contains("arm64/images/registry.tar: "), "{err}");
     // The other arch packs.
     let r = offline(&[
         "pack",

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::walk::walk;
+use super::walk::walk_past_faults;
 use crate::layers::{Content, EntryKind};
 use crate::tree::{Namespace, Node};
 
@@ -108,53 +108,80 @@ fn target(node: &Node) -> Option<&Path> {
     }
 }
 
+/// Entries that could not be read, each said on stderr: the rest is listed, as a mount
+/// lists the rest of a folder.
+pub type Faults = Vec<(std::path::PathBuf, io::Error)>;
+
 /// Writes the tree below the root, sorted: one path per line, or with `long`
-/// `MODE SIZE MTIME PATH[ -> TARGET]`, a tab and the provenance.
-pub fn write_text(ns: &Namespace, long: bool, out: &mut dyn Write) -> io::Result<()> {
-    walk(ns, Path::new(""), &mut |path, node| {
-        if path.as_os_str().is_empty() {
-            return Ok(());
-        }
-        let e = &node.entry;
-        if long {
-            let size = if e.kind == EntryKind::Dir { 0 } else { e.size };
-            write!(
-                out,
-                "{} {size:>12} {} ",
-                mode_string(e.kind, e.perm),
-                utc(seconds(e.mtime))
-            )?;
-        }
-        out.write_all(&path_bytes(path, node))?;
-        if let (true, Some(t)) = (long, target(node)) {
-            out.write_all(b" -> ")?;
-            out.write_all(t.as_os_str().as_bytes())?;
-        }
-        if long {
-            write!(out, "\t{}", node.provenance())?;
-        }
-        out.write_all(b"\n")
-    })
+/// `MODE SIZE MTIME PATH[ -> TARGET]`, a tab and the provenance. Entries that cannot be
+/// read are left out and returned.
+pub fn write_text(ns: &Namespace, long: bool, out: &mut dyn Write) -> io::Result<Faults> {
+    let mut faults = Faults::new();
+    let mut fault = |path: &Path, e: io::Error| {
+        faults.push((path.to_path_buf(), e));
+        Ok(())
+    };
+    walk_past_faults(
+        ns,
+        Path::new(""),
+        &mut |path, node| {
+            if path.as_os_str().is_empty() {
+                return Ok(());
+            }
+            let e = &node.entry;
+            if long {
+                let size = if e.kind == EntryKind::Dir { 0 } else { e.size };
+                write!(
+                    out,
+                    "{} {size:>12} {} ",
+                    mode_string(e.kind, e.perm),
+                    utc(seconds(e.mtime))
+                )?;
+            }
+            out.write_all(&path_bytes(path, node))?;
+            if let (true, Some(t)) = (long, target(node)) {
+                out.write_all(b" -> ")?;
+                out.write_all(t.as_os_str().as_bytes())?;
+            }
+            if long {
+                write!(out, "\t{}", node.provenance())?;
+            }
+            out.write_all(b"\n")
+        },
+        &mut fault,
+    )?;
+    Ok(faults)
 }
 
-/// Every entry below the root, sorted, for `tree --json`.
-pub fn entries(ns: &Namespace) -> io::Result<Vec<Listed>> {
+/// Every entry below the root, sorted, for `tree --json`, and the entries that could not
+/// be read.
+pub fn entries(ns: &Namespace) -> io::Result<(Vec<Listed>, Faults)> {
     let mut out = Vec::new();
-    walk(ns, Path::new(""), &mut |path, node| {
-        if path.as_os_str().is_empty() {
-            return Ok(());
-        }
-        let e = &node.entry;
-        out.push(Listed {
-            path: String::from_utf8_lossy(&path_bytes(path, node)).into_owned(),
-            kind: kind_name(e.kind),
-            mode: format!("{:04o}", e.perm),
-            size: if e.kind == EntryKind::Dir { 0 } else { e.size },
-            mtime: seconds(e.mtime),
-            target: target(node).map(|t| t.to_string_lossy().into_owned()),
-            source: node.provenance(),
-        });
+    let mut faults = Faults::new();
+    let mut fault = |path: &Path, e: io::Error| {
+        faults.push((path.to_path_buf(), e));
         Ok(())
-    })?;
-    Ok(out)
+    };
+    walk_past_faults(
+        ns,
+        Path::new(""),
+        &mut |path, node| {
+            if path.as_os_str().is_empty() {
+                return Ok(());
+            }
+            let e = &node.entry;
+            out.push(Listed {
+                path: String::from_utf8_lossy(&path_bytes(path, node)).into_owned(),
+                kind: kind_name(e.kind),
+                mode: format!("{:04o}", e.perm),
+                size: if e.kind == EntryKind::Dir { 0 } else { e.size },
+                mtime: seconds(e.mtime),
+                target: target(node).map(|t| t.to_string_lossy().into_owned()),
+                source: node.provenance(),
+            });
+            Ok(())
+        },
+        &mut fault,
+    )?;
+    Ok((out, faults))
 }

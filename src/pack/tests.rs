@@ -123,7 +123,8 @@ fn params() -> MountParams {
 #[test]
 fn tree_listing_is_sorted_with_provenance() {
     let layout = plan(&params()).unwrap();
-    let entries = listing::entries(&layout.namespace).unwrap();
+    let (entries, faults) = listing::entries(&layout.namespace).unwrap();
+    assert!(faults.is_empty());
     let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
     let mut sorted = paths.clone();
     sorted.sort_by(|a, b| {
@@ -151,7 +152,9 @@ fn tree_listing_is_sorted_with_provenance() {
         .iter()
         .any(|e| e.path == "amd64/images/" && e.source == "synthetic"));
     let mut text = Vec::new();
-    listing::write_text(&layout.namespace, true, &mut text).unwrap();
+    assert!(listing::write_text(&layout.namespace, true, &mut text)
+        .unwrap()
+        .is_empty());
     let text = String::from_utf8(text).unwrap();
     assert!(
         text.lines()

@@ -35,11 +35,22 @@ pub fn resolve(ns: &Namespace, typed: &str) -> Result<(PathBuf, Node), String> {
 }
 
 /// Visits `start` and everything below it in GNU tar `--sort=name` order. Paths are
-/// relative to the tree root (empty = the root itself).
+/// relative to the tree root (empty = the root itself). The first fault ends the walk.
 pub fn walk(
     ns: &Namespace,
     start: &Path,
     visit: &mut dyn FnMut(&Path, &Node) -> io::Result<()>,
+) -> io::Result<()> {
+    walk_past_faults(ns, start, visit, &mut |_, e| Err(e))
+}
+
+/// [`walk`], handing an entry that cannot be looked up or listed (a corrupt archive, a
+/// vanished backing folder) to `fault`, which may carry on past it (`Ok`) or stop.
+pub fn walk_past_faults(
+    ns: &Namespace,
+    start: &Path,
+    visit: &mut dyn FnMut(&Path, &Node) -> io::Result<()>,
+    fault: &mut dyn FnMut(&Path, io::Error) -> io::Result<()>,
 ) -> io::Result<()> {
     let root = ns
         .resolve_path(start)?
@@ -59,14 +70,21 @@ pub fn walk(
             stack.pop();
             continue;
         };
-        let Some(child) = ns.lookup(dir, node, &name)? else {
-            continue;
-        };
         let path = dir.join(&name);
+        let child = match ns.lookup(dir, node, &name) {
+            Ok(Some(child)) => child,
+            Ok(None) => continue,
+            Err(e) => {
+                fault(&path, e)?;
+                continue;
+            }
+        };
         visit(&path, &child)?;
         if child.entry.kind == EntryKind::Dir {
-            let children = sorted_children(ns, &path, &child)?;
-            stack.push((path, child, children));
+            match sorted_children(ns, &path, &child) {
+                Ok(children) => stack.push((path, child, children)),
+                Err(e) => fault(&path, e)?,
+            }
         }
     }
     Ok(())
