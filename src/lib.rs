@@ -2,17 +2,19 @@
 //! FUSE as a union of layers, with templated files rendered on read.
 //!
 //! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`sealer`], [`render`],
-//! [`layout`]. Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files,
-//! `status`). Registry images (pulled over the OCI distribution API): [`oci`]. All
-//! `unsafe` code is in `sys`.
+//! [`layout`]; the tree without a mount: [`pack`] (`render`, `tree`, `pack`) and [`check`].
+//! Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files, `status`). Registry
+//! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`.
 
 pub mod archive;
+pub mod check;
 pub mod daemon;
 pub mod fetch;
 pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod oci;
+pub mod pack;
 pub mod render;
 pub mod sealer;
 pub mod sources;
