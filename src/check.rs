@@ -158,7 +158,7 @@ impl Storage {
     }
 
     fn read(&self, digest: &Digest) -> Result<Vec<u8>, String> {
-        let file = std::fs::File::open(self.blob_path(digest))
+        let file = crate::sys::open_regular(&self.blob_path(digest))
             .map_err(|_| format!("blob {digest} is missing"))?;
         let mut bytes = Vec::new();
         file.take(MAX_MANIFEST_BYTES)
@@ -210,7 +210,7 @@ impl Storage {
 /// Whether the gzipped tarball at `path` holds a regular file named `daemon` (at any
 /// depth); the reason when it does not. Read once, streaming: nothing is unpacked.
 fn tarball_has(path: &Path, daemon: &str) -> Result<(), String> {
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let file = crate::sys::open_regular(path).map_err(|e| format!("cannot be read: {e}"))?;
     let mut gz = flate2::read::MultiGzDecoder::new(file);
     let mut scanner = TarScanner::new();
     let mut buf = vec![0u8; 1 << 16];
