@@ -667,3 +667,39 @@ fn folders_of_the_upper_layer_count_their_links() {
     std::fs::remove_dir(m.path("rootfs/d/b")).unwrap();
     assert_eq!(nlink("rootfs/d"), 2);
 }
+
+/// Hard links are one file, as on a local disk: both names have one inode number (in
+/// `stat` and `readdir`), one link count and one set of metadata, and unlinking one name
+/// leaves the other whole.
+#[test]
+fn hard_links_share_one_inode() {
+    use std::os::unix::fs::DirEntryExt;
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let (a, b) = (m.path("rootfs/link-a"), m.path("rootfs/link-b"));
+    std::fs::write(&a, b"shared").unwrap();
+    let before = std::fs::metadata(&a).unwrap();
+    std::fs::hard_link(&a, &b).unwrap();
+    let (ma, mb) = (
+        std::fs::metadata(&a).unwrap(),
+        std::fs::metadata(&b).unwrap(),
+    );
+    assert_eq!(ma.ino(), before.ino(), "the first name changed its number");
+    assert_eq!(ma.ino(), mb.ino());
+    assert_eq!((ma.nlink(), mb.nlink()), (2, 2));
+    std::fs::set_permissions(&a, std::fs::Permissions::from_mode(0o600)).unwrap();
+    assert_eq!(std::fs::metadata(&b).unwrap().mode() & 0o7777, 0o600);
+    let listed = std::fs::read_dir(m.path("rootfs"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .find(|e| e.file_name() == "link-b")
+        .unwrap();
+    assert_eq!(listed.ino(), ma.ino(), "d_ino differs from st_ino");
+    std::fs::remove_file(&a).unwrap();
+    let mb = std::fs::metadata(&b).unwrap();
+    assert_eq!((mb.ino(), mb.nlink()), (ma.ino(), 1));
+    assert_eq!(std::fs::read(&b).unwrap(), b"shared");
+    // A new file of the first name is another file.
+    std::fs::write(&a, b"new").unwrap();
+    assert_ne!(std::fs::metadata(&a).unwrap().ino(), mb.ino());
+    assert_eq!(std::fs::read(&b).unwrap(), b"shared");
+}

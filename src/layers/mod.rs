@@ -59,6 +59,9 @@ pub enum Content {
 pub struct DiskFile {
     pub tree: Arc<disk::Root>,
     pub rel: PathBuf,
+    /// `(st_dev, st_ino)` of a file of the upper layer with more than one name (a hard
+    /// link): all its names are one inode in the tree.
+    pub link_id: Option<(u64, u64)>,
 }
 
 impl DiskFile {

@@ -14,6 +14,7 @@ use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
 use super::Node;
+use crate::layers::Content;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -22,13 +23,25 @@ struct Inode {
     path: Arc<Path>,
     node: Arc<Node>,
     lookups: u64,
+    /// Other names of the same file (hard links of the upper layer); each is in `moved`.
+    aliases: Vec<Arc<Path>>,
 }
 
 #[derive(Debug, Default)]
 pub struct InodeTable {
     map: DashMap<u64, Inode>,
-    /// Paths whose number is not where hashing would find it (renamed entries).
+    /// Paths whose number is not where hashing would find it (renamed entries, and
+    /// the other names of hard-linked files).
     moved: DashMap<Arc<Path>, u64>,
+    /// The number of each hard-linked upper file, by `(st_dev, st_ino)`.
+    by_link: DashMap<(u64, u64), u64>,
+}
+
+fn link_id(node: &Node) -> Option<(u64, u64)> {
+    match &node.entry.content {
+        Content::Disk(f) => f.link_id,
+        _ => None,
+    }
 }
 
 fn hash_ino(path: &Path) -> u64 {
@@ -51,6 +64,7 @@ impl InodeTable {
                 path: Arc::from(Path::new("")),
                 node: Arc::new(root),
                 lookups: 1,
+                aliases: Vec::new(),
             },
         );
         table
@@ -81,13 +95,53 @@ impl InodeTable {
             }
             return ROOT_INO;
         }
+        // Another name of a hard-linked file already known: the same number.
+        if let Some(id) = link_id(&node) {
+            if let Some(known) = self.by_link.get(&id).map(|v| *v) {
+                if self.add_alias(known, path, node.clone()) {
+                    return known;
+                }
+                self.by_link.remove(&id);
+            }
+        }
+        let ino = self.remember_path(path, node.clone());
+        if let Some(id) = link_id(&node) {
+            self.by_link.insert(id, ino);
+        }
+        ino
+    }
+
+    /// Records `path` as a name of the file numbered `ino` (a hard link made or looked
+    /// up), with one more lookup; false when `ino` is not known.
+    pub fn add_alias(&self, ino: u64, path: &Path, node: Arc<Node>) -> bool {
+        let id = link_id(&node);
+        let Some(mut i) = self.map.get_mut(&ino) else {
+            return false;
+        };
+        if &*i.path != path && !i.aliases.iter().any(|a| &**a == path) {
+            let alias: Arc<Path> = Arc::from(path);
+            i.aliases.push(alias.clone());
+            self.moved.insert(alias, ino);
+        }
+        i.node = node;
+        i.lookups += 1;
+        drop(i);
+        if let Some(id) = id {
+            self.by_link.insert(id, ino);
+        }
+        true
+    }
+
+    fn remember_path(&self, path: &Path, node: Arc<Node>) -> u64 {
         let mut ino = match self.moved.get(path) {
             Some(ino) => *ino,
             None => hash_ino(path),
         };
         loop {
             match self.map.entry(ino) {
-                Entry::Occupied(mut o) if &*o.get().path == path => {
+                Entry::Occupied(mut o)
+                    if &*o.get().path == path || o.get().aliases.iter().any(|a| &**a == path) =>
+                {
                     let inode = o.get_mut();
                     inode.node = node;
                     inode.lookups += 1;
@@ -99,6 +153,7 @@ impl InodeTable {
                         path: Arc::from(path),
                         node,
                         lookups: 1,
+                        aliases: Vec::new(),
                     });
                     return ino;
                 }
@@ -128,6 +183,12 @@ impl InodeTable {
             if inode.lookups == 0 {
                 let (_, gone) = o.remove_entry();
                 self.moved.remove_if(&gone.path, |_, moved| *moved == ino);
+                for alias in &gone.aliases {
+                    self.moved.remove_if(alias, |_, moved| *moved == ino);
+                }
+                if let Some(id) = link_id(&gone.node) {
+                    self.by_link.remove_if(&id, |_, known| *known == ino);
+                }
             }
         }
     }
@@ -136,17 +197,20 @@ impl InodeTable {
     /// the removed entry for the fds still open on it, and a new entry of that name
     /// gets another number.
     pub fn detach(&self, path: &Path) {
-        let deleted = || Arc::from(Path::new("/deleted"));
-        if let Some((_, old)) = self.moved.remove(path) {
-            if let Some(mut i) = self.map.get_mut(&old) {
-                i.path = deleted();
-            }
-            return;
-        }
-        let ino = self.ino_of(path);
+        let ino = match self.moved.remove(path) {
+            Some((_, ino)) => ino,
+            None => self.ino_of(path),
+        };
         if let Some(mut i) = self.map.get_mut(&ino) {
-            if &*i.path == path {
-                i.path = deleted();
+            if let Some(at) = i.aliases.iter().position(|a| &**a == path) {
+                // One name of a hard-linked file: the others stay.
+                i.aliases.remove(at);
+            } else if &*i.path == path {
+                i.path = if i.aliases.is_empty() {
+                    Arc::from(Path::new("/deleted"))
+                } else {
+                    i.aliases.remove(0)
+                };
             }
         }
     }
@@ -162,6 +226,28 @@ impl InodeTable {
             .filter(|i| i.path.starts_with(from) && *i.key() != ROOT_INO)
             .map(|i| (*i.key(), i.path.clone()))
             .collect();
+        // Other names of hard-linked files below `from` move too.
+        let mut aliases: Vec<(u64, Arc<Path>)> = Vec::new();
+        for i in self.map.iter() {
+            for a in i.aliases.iter().filter(|a| a.starts_with(from)) {
+                aliases.push((*i.key(), a.clone()));
+            }
+        }
+        for (ino, old) in aliases {
+            let suffix = old.strip_prefix(from).unwrap_or(Path::new(""));
+            let new: Arc<Path> = if suffix.as_os_str().is_empty() {
+                Arc::from(to)
+            } else {
+                Arc::from(to.join(suffix))
+            };
+            self.moved.remove(&old);
+            self.moved.insert(new.clone(), ino);
+            if let Some(mut i) = self.map.get_mut(&ino) {
+                for a in i.aliases.iter_mut().filter(|a| **a == old) {
+                    *a = new.clone();
+                }
+            }
+        }
         for (ino, old) in renamed {
             let suffix = old.strip_prefix(from).unwrap_or(Path::new(""));
             let new: Arc<Path> = if suffix.as_os_str().is_empty() {

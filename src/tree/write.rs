@@ -330,6 +330,15 @@ impl MergedTree {
         self.upper_dir()?
             .link(&source, &path)
             .map_err(|e| io_err("linking", &path, e))?;
+        // The new name is the same file: the same inode number.
+        self.changed();
+        let node = self
+            .node_at(&path)?
+            .ok_or_else(|| fs_err!(EIO, "{} vanished after linking", path.display()))?;
+        let node = self.stamp(node);
+        if self.inodes.add_alias(ino, &path, node.clone()) {
+            return Ok((ino, node));
+        }
         self.remember_new(&path)
     }
 
