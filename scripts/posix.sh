@@ -48,11 +48,11 @@ set -e
 results=$(grep -E '^[a-z_0-9:]+ +(ok|FAILED)$' "$out/pjdfstest.log" || true)
 passed=$(grep -c ' ok$' <<<"$results" || true)
 failed=$(grep -c ' FAILED$' <<<"$results" || true)
-# Devices, fifos and sockets cannot be made in the mount (SPEC §8: regular files only).
+# Devices cannot be made in the mount (it is nodev); fifos and sockets can.
 failures=$(grep ' FAILED$' <<<"$results" | sed 's/ *FAILED$//' || true)
-special_pattern='::(fifo|socket|char|block)$|^mkfifo::|^mknod::'
+special_pattern='::(char|block)$'
 special=$(grep -c -E "$special_pattern" <<<"$failures" || true)
-echo "pjdfstest: $passed passed, $failed failed ($special of them need fifos, sockets or devices; exit $pjd_status)"
+echo "pjdfstest: $passed passed, $failed failed ($special of them need devices; exit $pjd_status)"
 echo "  log: $out/pjdfstest.log"
 grep -v -E "$special_pattern" <<<"$failures" | sed 's/^/  other failure: /' || true
 

@@ -702,4 +702,13 @@ fn hard_links_share_one_inode() {
     std::fs::write(&a, b"new").unwrap();
     assert_ne!(std::fs::metadata(&a).unwrap().ino(), mb.ino());
     assert_eq!(std::fs::read(&b).unwrap(), b"shared");
+    // The same for a FIFO.
+    let (p, q) = (m.path("rootfs/pipe-a"), m.path("rootfs/pipe-b"));
+    sh(&format!("mkfifo '{}'", p.display()));
+    std::fs::hard_link(&p, &q).unwrap();
+    let (mp, mq) = (
+        std::fs::symlink_metadata(&p).unwrap(),
+        std::fs::symlink_metadata(&q).unwrap(),
+    );
+    assert_eq!((mp.ino(), mp.nlink()), (mq.ino(), 2));
 }

@@ -162,7 +162,9 @@ impl DiskTree {
             _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         };
         let content = match kind {
-            EntryKind::Fifo | EntryKind::Socket => Content::Special,
+            EntryKind::Fifo | EntryKind::Socket => Content::Special {
+                link_id: (st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
+            },
             EntryKind::Dir => Content::Dir,
             EntryKind::Symlink => Content::Link(PathBuf::from(sys::readlink_fd(fd)?)),
             EntryKind::File => Content::Disk(DiskFile {
@@ -185,7 +187,7 @@ impl DiskTree {
             ctime: Some(time(st.st_ctime, st.st_ctime_nsec)),
             // A folder's count is its own layer's only: the tree shows it for folders
             // of the upper layer with nothing below (see `fuse::attr`).
-            nlink: matches!(kind, EntryKind::File | EntryKind::Dir).then_some(st.st_nlink as u32),
+            nlink: (kind != EntryKind::Symlink).then_some(st.st_nlink as u32),
             uid: st.st_uid,
             gid: st.st_gid,
             content,

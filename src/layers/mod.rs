@@ -47,8 +47,9 @@ pub enum Content {
     /// Bytes of an archive (a tarball member, a decompressed `.gz`), read through the
     /// archive's seek index.
     Archive(crate::archive::ArchiveSlice),
-    /// A FIFO or socket: no bytes (the kernel handles its opens itself).
-    Special,
+    /// A FIFO or socket: no bytes (the kernel handles its opens itself). `link_id` as
+    /// for [`DiskFile`]: hard links of one are one inode too.
+    Special { link_id: Option<(u64, u64)> },
     /// A file whose backing is known to be broken (a member of a corrupt archive):
     /// opening it fails with EIO. The message says why; it was logged when found.
     Faulty(Arc<str>),
@@ -191,6 +192,6 @@ pub fn read_all(entry: &LayerEntry) -> io::Result<Vec<u8>> {
         Content::Archive(slice) => slice.read(0, slice.len as usize),
         Content::Faulty(why) => Err(crate::archive::reported(why.to_string())),
         Content::Dir | Content::Link(_) => Err(io::Error::from_raw_os_error(libc::EISDIR)),
-        Content::Special => Err(io::Error::from_raw_os_error(libc::ENXIO)),
+        Content::Special { .. } => Err(io::Error::from_raw_os_error(libc::ENXIO)),
     }
 }

@@ -53,7 +53,7 @@ impl ContentReader {
                 Inner::Archive(slice.clone())
             }
             Content::Faulty(why) => return Err(reported(format!("{shown}: {why}"))),
-            Content::Dir | Content::Link(_) | Content::Special => {
+            Content::Dir | Content::Link(_) | Content::Special { .. } => {
                 return Err(io::Error::other(format!("{shown} is not a regular file")))
             }
         };

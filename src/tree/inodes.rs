@@ -40,6 +40,7 @@ pub struct InodeTable {
 fn link_id(node: &Node) -> Option<(u64, u64)> {
     match &node.entry.content {
         Content::Disk(f) => f.link_id,
+        Content::Special { link_id } => *link_id,
         _ => None,
     }
 }

@@ -344,7 +344,7 @@ impl MergedTree {
             Content::Dir => return Err(fs_err!(EISDIR, "{} is a folder", path.display())),
             Content::Link(_) => return Err(fs_err!(ELOOP, "{} is a symlink", path.display())),
             // The kernel opens FIFOs and sockets itself; no open of one reaches here.
-            Content::Special => {
+            Content::Special { .. } => {
                 return Err(fs_err!(ENXIO, "{} is a fifo or socket", path.display()))
             }
         };

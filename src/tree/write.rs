@@ -824,6 +824,6 @@ fn copy_bytes(content: &Content, out: &mut std::fs::File) -> std::io::Result<()>
         }
         Content::Faulty(why) => Err(crate::archive::reported(why.to_string())),
         Content::Dir | Content::Link(_) => Err(std::io::Error::from_raw_os_error(libc::EISDIR)),
-        Content::Special => Err(std::io::Error::from_raw_os_error(libc::ENXIO)),
+        Content::Special { .. } => Err(std::io::Error::from_raw_os_error(libc::ENXIO)),
     }
 }
