@@ -4,8 +4,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use cli::{Cli, Command};
 use rootfs_mount::daemon::{self, DaemonOptions};
 use std::sync::Arc;
@@ -28,7 +26,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let args = cli.mount;
     let params = args.params()?;
     params.check_upper()?;
-    let mountpoint = args.mountpoint.clone().unwrap_or_default();
+    let mountpoint = args.mountpoint_and_source().0;
     let mut roots = params.source_roots();
     if let Upper::Kept(dir) = &params.upper {
         roots.push(dir.clone());
@@ -79,7 +77,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let options = DaemonOptions {
         foreground: args.foreground,
         allow_other: args.allow_other,
-        log_filter: args.log_level.clone(),
+        log_filter: args.log_level.directive().to_string(),
         log_file: args.log_file.clone(),
         writable: upper_dir.is_some(),
         scratch_upper: scratch,
@@ -94,8 +92,7 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    match cli::parse().and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("rootfs-mount: {message}");
