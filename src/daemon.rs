@@ -19,12 +19,31 @@ use fuser::{Config, MountOption, Session, SessionACL};
 
 use crate::fuse::passthrough::PassthroughPolicy;
 use crate::fuse::BuildFs;
+use crate::notify;
 use crate::state::{self, MountDescription, StateFile};
 use crate::sys;
 use crate::tree::MergedTree;
 
-/// The `source` field of our mounts in /proc/self/mountinfo.
+/// The name our mounts go by: the subtype of their file system type, and the source
+/// column of the mount table (`rootfs-mount:v1.23.4`).
 pub const FS_NAME: &str = "rootfs-mount";
+
+/// The file system type of every mount, whichever way it was made (`findmnt -t`).
+pub const FS_TYPE: &str = "fuse.rootfs-mount";
+
+/// The source column of a mount of `version`: `rootfs-mount:v1.23.4`.
+pub fn fs_source(version: &str) -> String {
+    format!("{FS_NAME}:{version}")
+}
+
+/// Whether a mount table source is one of ours (`rootfs-mount` was the source of mounts
+/// made by older versions).
+pub fn is_our_source(source: &str) -> bool {
+    source == FS_NAME
+        || source
+            .strip_prefix(FS_NAME)
+            .is_some_and(|rest| rest.starts_with(':'))
+}
 
 #[derive(Clone, Debug)]
 pub struct DaemonOptions {
@@ -203,10 +222,10 @@ pub fn wants_auto_unmount(allow_other: bool) -> bool {
     allow_other && in_path("fusermount3")
 }
 
-fn session_config(allow_other: bool, writable: bool) -> Config {
+fn session_config(allow_other: bool, writable: bool, version: &str) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName(FS_NAME.into()),
+        MountOption::FSName(fs_source(version)),
         MountOption::Subtype(FS_NAME.into()),
         if writable {
             MountOption::RW
@@ -313,22 +332,34 @@ fn serve_until_unmounted(
 ) -> Result<(), String> {
     // Signals are blocked before any thread exists, so only the waiter below takes them.
     let signals = sys::block_termination_signals();
-    let config = session_config(options.allow_other, options.writable);
+    let version = options.description.version.clone();
+    let config = session_config(options.allow_other, options.writable, &version);
     match sys::raise_open_files_limit() {
         Ok(limit) => tracing::debug!(limit, "open files limit"),
         Err(e) => tracing::debug!(error = %e, "cannot raise the open files limit"),
     }
     let connection: Arc<OnceLock<OwnedFd>> = Arc::default();
     let state_file: Arc<OnceLock<Arc<StateFile>>> = Arc::default();
-    let fs = BuildFs::new(tree, options.passthrough).on_destroy({
-        let point = mountpoint.to_path_buf();
-        let (connection, state_file) = (connection.clone(), state_file.clone());
-        let scratch = options.scratch_upper.clone();
-        move || leave_if_unmounted(&point, connection.get(), state_file.get(), scratch)
-    });
+    let auto_unmount = config.mount_options.contains(&MountOption::AutoUnmount);
+    let fs = BuildFs::new(tree, options.passthrough)
+        .keep_opendir(auto_unmount)
+        .on_destroy({
+            let point = mountpoint.to_path_buf();
+            let (connection, state_file) = (connection.clone(), state_file.clone());
+            let scratch = options.scratch_upper.clone();
+            move || leave_if_unmounted(&point, connection.get(), state_file.get(), scratch)
+        });
     let stats = fs.stats();
-    let mut session = Session::new(fs, mountpoint, &config)
-        .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+    // Root mounts with mount(2) itself, so that the type is `fuse.rootfs-mount` (fuser's
+    // mount(2) says `fuse`); fusermount3 (auto_unmount, other users) sets the subtype.
+    let direct = sys::euid() == 0 && !auto_unmount;
+    let session = if direct {
+        mount_direct(fs, mountpoint, &config, &version, options)
+    } else {
+        Session::new(fs, mountpoint, &config)
+            .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))
+    };
+    let mut session = session.inspect_err(|e| notify::failed(e, libc::EIO))?;
     if let Ok(fd) = session.as_fd().try_clone_to_owned() {
         let _ = connection.set(fd);
     }
@@ -340,15 +371,16 @@ fn serve_until_unmounted(
     }
     let shown = mountpoint.display().to_string();
     let point = mountpoint.to_path_buf();
-    let auto_unmount = config.mount_options.contains(&MountOption::AutoUnmount);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let signal = sys::wait_for_signal(&signals);
             tracing::info!(signal, mountpoint = %shown, "unmounting on signal");
+            notify::stopping(&format!("unmounting {shown}"));
             // fuser leaves an auto_unmount mount to fusermount3, which unmounts only
-            // once the daemon is dead: a live daemon unmounts it itself.
-            let result = if auto_unmount {
+            // once the daemon is dead, and knows nothing of a mount made with mount(2)
+            // here: a live daemon unmounts those itself.
+            let result = if auto_unmount || direct {
                 umount(&point, false)
             } else {
                 unmounter.unmount().map_err(|e| e.to_string())
@@ -358,17 +390,80 @@ fn serve_until_unmounted(
             }
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
-    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
-    if let Some(mut pipe) = ready.and_then(Option::take) {
-        let _ = pipe.write_all(b"ready\n");
-    }
+    announce_when_answering(mountpoint, &version, ready.and_then(Option::take))?;
     let served = session.run();
     if let Some(state) = state {
         state.remove();
     }
+    if served.is_err() && direct && !connection.get().is_some_and(sys::fuse_connection_closed) {
+        // Our own mount(2): nothing in fuser unmounts it when the session fails.
+        let _ = sys::unmount(mountpoint, true);
+    }
     served.map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+    notify::stopping(&format!("unmounted {}", mountpoint.display()));
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
+}
+
+/// Mounts with mount(2) (see `sys::mount_fuse`) and starts the session on that
+/// connection; unmounts again when the session cannot start.
+fn mount_direct(
+    fs: BuildFs,
+    mountpoint: &Path,
+    config: &Config,
+    version: &str,
+    options: &DaemonOptions,
+) -> Result<Session<BuildFs>, String> {
+    let fd = sys::mount_fuse(&sys::FuseMount {
+        mountpoint,
+        source: &fs_source(version),
+        fstype: FS_TYPE,
+        read_only: !options.writable,
+        allow_other: options.allow_other,
+    })
+    .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+    Session::from_fd(fs, fd, config.acl, config.clone()).map_err(|e| {
+        let _ = sys::unmount(mountpoint, true);
+        format!("starting the FUSE session on {}: {e}", mountpoint.display())
+    })
+}
+
+/// Tells the waiting parent (the readiness pipe) and systemd (`READY=1`) that the mount
+/// is there, once a listing of its root has been answered by the session, which starts
+/// right after this returns. A root that does not answer is unmounted and the error
+/// reported instead.
+fn announce_when_answering(
+    mountpoint: &Path,
+    version: &str,
+    pipe: Option<std::io::PipeWriter>,
+) -> Result<(), String> {
+    let point = mountpoint.to_path_buf();
+    let status = format!("serving Kubernetes {version} on {}", point.display());
+    std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            let answered = std::fs::read_dir(&point).and_then(|mut d| d.next().transpose());
+            match answered {
+                Ok(_) => {
+                    tracing::info!(mountpoint = %point.display(), "mounted");
+                    if let Some(mut pipe) = pipe {
+                        let _ = pipe.write_all(b"ready\n");
+                    }
+                    notify::ready(&status);
+                }
+                Err(e) => {
+                    let message = format!("the mount on {} does not answer: {e}", point.display());
+                    tracing::error!("{message}");
+                    notify::failed(&message, e.raw_os_error().unwrap_or(libc::EIO));
+                    if let Some(mut pipe) = pipe {
+                        let _ = pipe.write_all(message.as_bytes());
+                    }
+                    let _ = sys::unmount(&point, true);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("starting the readiness thread: {e}"))
 }
 
 /// Ends the daemon when the session ended because the mount is gone (`umount`,
@@ -432,7 +527,7 @@ pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
     let live = state::live_mounts();
     let ours: Vec<PathBuf> = mounts()
         .into_iter()
-        .filter(|m| m.source == FS_NAME)
+        .filter(|m| is_our_source(&m.source))
         .map(|m| m.point)
         .collect();
     let now = state::now_secs();
@@ -509,7 +604,7 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
     let Some(found) = all.iter().rev().find(|m| m.point == target) else {
         return Err(format!("{shown} is not mounted"));
     };
-    if found.source != FS_NAME {
+    if !is_our_source(&found.source) {
         return Err(format!(
             "{shown} is not a rootfs-mount mount (source {:?})",
             found.source

@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod fuse;
 pub mod layers;
 pub mod layout;
+pub mod notify;
 pub mod render;
 pub mod sealer;
 pub mod state;

@@ -48,6 +48,8 @@ pub struct BuildFs {
     passthrough: Passthrough,
     /// The kernel does without opendir/releasedir (we answered the first with ENOSYS).
     no_opendir: bool,
+    /// Keep opendir round trips (see [`BuildFs::keep_opendir`]).
+    keep_opendir: bool,
     /// The kernel does without open/release (a read-only mount without passthrough).
     no_open: bool,
     on_destroy: Option<Box<dyn FnOnce() + Send + Sync>>,
@@ -66,9 +68,19 @@ impl BuildFs {
             passthrough: Passthrough::new(passthrough, stats.clone()),
             stats,
             no_opendir: false,
+            keep_opendir: false,
             no_open: false,
             on_destroy: None,
         }
+    }
+
+    /// Answers opendir even where the kernel could do without it. fusermount3's
+    /// `auto_unmount` decides that the mount is dead when opening its root fails with
+    /// ENOTCONN; with no opendir round trips the kernel opens the root of a dead mount
+    /// by itself, and the mount would stay, stale.
+    pub fn keep_opendir(mut self, keep: bool) -> Self {
+        self.keep_opendir = keep;
+        self
     }
 
     /// Runs `hook` when the session ends (all serving threads have stopped).
@@ -151,7 +163,8 @@ impl Filesystem for BuildFs {
             }
         }
         let offered = config.capabilities();
-        self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.no_opendir =
+            !self.keep_opendir && offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         let writable = self.tree.is_writable();
         match self.passthrough.init(config, writable) {
             Ok(()) => tracing::info!("read path: kernel passthrough to the backing files"),
