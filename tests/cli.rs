@@ -385,6 +385,9 @@ fn allow_other_mounts_unmount_themselves_when_the_daemon_is_killed() {
             "{option} missing: {line}"
         );
     }
+    // A listing of the root first: the kernel must still ask the daemon to open it, or
+    // fusermount3 finds the root of the dead mount openable and leaves it stale.
+    assert!(std::fs::read_dir(&m.dir).unwrap().count() > 0);
     let pid = daemon_pid(&m.dir);
     // SAFETY: killing the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
