@@ -8,6 +8,9 @@
 # v1.27.16 v1.31.1):
 #
 #   oss/<arch>/bin/conntrack, seautil                    plain stand-ins (0755)
+#   oss/<arch>/bin/seautil.tar.gz                        member: seautil (the release
+#                                                        tarball fetch fills; the plain
+#                                                        seautil above wins over it)
 #   oss/<arch>/bin/crictl.tar.gz                         member: crictl
 #   oss/<arch>/bin/nerdctl.tar.gz                        members: nerdctl,
 #                                                        containerd-rootless-setuptool.sh,
@@ -229,6 +232,11 @@ for arch in "${ARCHES[@]}"; do
     place "$work/conntrack" "$bin/conntrack" 0755
     standin seautil "$SEAUTIL_VERSION" "$arch" "$work/seautil"
     place "$work/seautil" "$bin/seautil" 0755
+
+    fresh_stage seautil
+    standin seautil "$SEAUTIL_VERSION" "$arch" "$STAGE/seautil"
+    mktgz "$work/seautil.tar.gz" "$STAGE" seautil
+    place "$work/seautil.tar.gz" "$bin/seautil.tar.gz" 0644
 
     fresh_stage crictl
     standin crictl "$CRICTL_VERSION" "$arch" "$STAGE/crictl"

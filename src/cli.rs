@@ -37,6 +37,193 @@ pub enum Command {
     },
     /// List the live mounts (or one): parameters, pid, uptime, read path and counters.
     Status { mountpoint: Option<PathBuf> },
+    /// Fill the cache with what a mount of the version needs: from mirrors, then
+    /// upstream, every file checked against its published or pinned sha256.
+    Fetch(FetchArgs),
+    /// The cache as a whole: publish a mirror, verify, list, collect garbage.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct FetchArgs {
+    /// Kubernetes version, e.g. v1.23.4.
+    #[arg(long = "k8s", value_name = "VERSION")]
+    pub k8s: String,
+
+    /// Container runtime [default: the version's, as for the mount].
+    #[arg(long)]
+    pub cri: Option<String>,
+
+    /// Architectures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
+    pub arch: Vec<String>,
+
+    /// CNI whose images --images pulls, or `none`.
+    #[arg(long, default_value = "calico")]
+    pub cni: String,
+
+    /// sealer generation, which decides the lvscare image of the imageList (--images).
+    #[arg(long, value_name = "GEN")]
+    pub sealer: Option<String>,
+
+    /// The cache to fill [default: as for the mount].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// Read versions.yaml and sources.yaml from this contexts folder.
+    #[arg(long, value_name = "DIR")]
+    pub contexts: Option<PathBuf>,
+
+    /// A URL serving the cache layout with a SHA256SUMS at its root; repeatable, tried
+    /// in order before upstream.
+    #[arg(long = "mirror", value_name = "URL")]
+    pub mirrors: Vec<String>,
+
+    /// Never download from upstream (mirrors only).
+    #[arg(long)]
+    pub no_upstream: bool,
+
+    /// Accept upstream files with no published or pinned sha256, recording the digest
+    /// of what was downloaded (trust on first use).
+    #[arg(long)]
+    pub allow_unpinned: bool,
+
+    /// Print URL -> cache path -> sha256 of every entry instead of downloading.
+    #[arg(long)]
+    pub print_urls: bool,
+
+    /// Parallel downloads.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+
+    /// Connect timeout and longest wait for any answer or byte (30s, 2s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: std::time::Duration,
+
+    /// Retries of a failed request (with backoff) before the next source.
+    #[arg(long, default_value_t = 3)]
+    pub retries: u32,
+
+    /// Also pull every image of the imageList into CACHE/registry.
+    #[arg(long)]
+    pub images: bool,
+
+    /// Pull images of registry HOST from URL instead (HOST=URL); repeatable.
+    #[arg(long = "image-mirror", value_name = "HOST=URL", value_parser = parse_image_mirror)]
+    pub image_mirrors: Vec<(String, String)>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Write a mirror folder (the layout plus SHA256SUMS) that `fetch --mirror` can use.
+    Publish {
+        dir: PathBuf,
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+    },
+    /// Re-hash every file recorded in CACHE/SHA256SUMS; non-zero exit on a mismatch.
+    Verify {
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+    },
+    /// Which versions, CRIs and arches the cache holds completely.
+    Ls {
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        contexts: Option<PathBuf>,
+    },
+    /// Remove what no kept version needs, orphaned seek indexes and stale partial files.
+    Gc {
+        #[arg(long, value_name = "DIR")]
+        cache: Option<PathBuf>,
+        #[arg(long, value_name = "DIR")]
+        contexts: Option<PathBuf>,
+        /// Where the seek indexes are [default: CACHE/index].
+        #[arg(long, value_name = "DIR")]
+        index_dir: Option<PathBuf>,
+        /// A version to keep; repeatable [default: every version in CACHE/kube].
+        #[arg(long, value_name = "VERSION")]
+        keep: Vec<String>,
+        /// Only list what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+/// `30s`, `2s`, `500ms`, `1m`, or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '.') {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("bad duration {text:?}: expected e.g. 30s, 500ms, 2m"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        _ => {
+            return Err(format!(
+                "bad duration {text:?}: expected e.g. 30s, 500ms, 2m"
+            ))
+        }
+    };
+    if !(0.001..=86_400.0).contains(&seconds) {
+        return Err(format!("duration {text:?} out of range (1ms to 24h)"));
+    }
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// `HOST=URL`.
+fn parse_image_mirror(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((host, url))
+            if !host.is_empty() && (url.starts_with("http://") || url.starts_with("https://")) =>
+        {
+            Ok((host.to_string(), url.to_string()))
+        }
+        _ => Err(format!(
+            "bad --image-mirror {text:?}: expected HOST=URL, e.g. docker.io=http://127.0.0.1:5000"
+        )),
+    }
+}
+
+impl FetchArgs {
+    /// The cache folder, absolute.
+    pub fn cache(&self) -> Result<PathBuf, String> {
+        cache_dir(self.cache.as_deref())
+    }
+
+    pub fn arches(&self) -> Result<Vec<String>, String> {
+        parse_arches(&self.arch)
+    }
+}
+
+/// `--cache DIR` or the default, absolute.
+pub fn cache_dir(cache: Option<&Path>) -> Result<PathBuf, String> {
+    absolute(&cache.map(Path::to_path_buf).unwrap_or_else(default_cache))
+}
+
+/// Validated, deduplicated `--arch` values.
+fn parse_arches(list: &[String]) -> Result<Vec<String>, String> {
+    let mut arches: Vec<String> = Vec::new();
+    for arch in list {
+        let arch = arch.trim();
+        if !KNOWN_ARCHES.contains(&arch) {
+            return Err(format!(
+                "unknown arch {arch:?}: expected {}",
+                KNOWN_ARCHES.join(" or ")
+            ));
+        }
+        if !arches.iter().any(|a| a == arch) {
+            arches.push(arch.to_string());
+        }
+    }
+    Ok(arches)
 }
 
 #[derive(Debug, Args)]
@@ -217,19 +404,7 @@ impl MountArgs {
     /// daemon, which knows about mounts).
     pub fn params(&self) -> Result<MountParams, String> {
         let version = KubeVersion::parse(&self.version_text()?)?;
-        let mut arches: Vec<String> = Vec::new();
-        for arch in &self.arch {
-            let arch = arch.trim();
-            if !KNOWN_ARCHES.contains(&arch) {
-                return Err(format!(
-                    "unknown arch {arch:?}: expected {}",
-                    KNOWN_ARCHES.join(" or ")
-                ));
-            }
-            if !arches.iter().any(|a| a == arch) {
-                arches.push(arch.to_string());
-            }
-        }
+        let arches = parse_arches(&self.arch)?;
         // The domain is written into YAML and TOML configs: host names, IPv4, [IPv6]
         // and a port only, so it can never break out of the value it is written into.
         let domain = self.registry_domain.trim();
@@ -240,7 +415,7 @@ impl MountArgs {
                 rootfs_mount::render::quote(&self.registry_domain)
             ));
         }
-        let cache = absolute(&self.cache.clone().unwrap_or_else(default_cache))?;
+        let cache = cache_dir(self.cache.as_deref())?;
         Ok(MountParams {
             version,
             cri: self.cri.clone(),
@@ -289,11 +464,17 @@ impl LogLevel {
     }
 }
 
-/// The names the subcommands answer to, for "did you mean".
-const SUBCOMMANDS: &[&str] = &["umount", "status"];
+/// The names the subcommands answer to.
+fn subcommands() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect()
+}
 
 /// The subcommand `word` is most likely a typo of (`unmount` -> `umount`).
-pub fn subcommand_like(word: &str) -> Option<&'static str> {
+pub fn subcommand_like(word: &str) -> Option<String> {
     let lower = word.to_ascii_lowercase();
     let aliases = [
         ("unmount", "umount"),
@@ -301,12 +482,16 @@ pub fn subcommand_like(word: &str) -> Option<&'static str> {
         ("stat", "status"),
     ];
     if let Some((_, command)) = aliases.iter().find(|(alias, _)| *alias == lower) {
-        return Some(command);
+        return Some(command.to_string());
     }
-    SUBCOMMANDS
-        .iter()
-        .copied()
-        .find(|c| edit_distance(&lower, c) <= 2 && lower != *c)
+    let names = subcommands();
+    if names.contains(&lower) {
+        return None;
+    }
+    names
+        .into_iter()
+        .filter(|c| c.len() > 3)
+        .find(|c| edit_distance(&lower, c) <= 2)
 }
 
 /// Levenshtein distance, for a handful of short words.
@@ -516,10 +701,11 @@ pub fn command() -> clap::Command {
 /// Parses the process arguments: the mount(8) helper form first, then clap; a first
 /// word that looks like a mistyped subcommand gets "did you mean".
 pub fn parse() -> Result<Cli, String> {
-    let args: Vec<OsString> = std::env::args_os().collect();
-    if let Some(first) = args.get(1).map(|a| a.to_string_lossy().into_owned()) {
-        let is_command = SUBCOMMANDS.contains(&first.as_str()) || first == "help";
-        if !is_command && !first.starts_with('-') && !Path::new(&first).exists() {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+    let is_command = first.as_ref().is_some_and(|f| subcommands().contains(f));
+    if let Some(first) = first.filter(|f| !is_command && !f.starts_with('-')) {
+        if !Path::new(&first).exists() {
             if let Some(command) = subcommand_like(&first) {
                 return Err(format!(
                     "unknown command {first:?}: did you mean `rootfs-mount {command}`?"
@@ -527,7 +713,9 @@ pub fn parse() -> Result<Cli, String> {
             }
         }
     }
-    let args = expand_mount_options(args)?;
+    if !is_command {
+        args = expand_mount_options(args)?;
+    }
     let matches = command()
         .try_get_matches_from(args)
         .unwrap_or_else(|e| e.exit());
@@ -537,6 +725,7 @@ pub fn parse() -> Result<Cli, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn expand(args: &[&str]) -> Result<Vec<String>, String> {
         expand_mount_options(args.iter().map(OsString::from).collect()).map(|v| {
@@ -586,9 +775,10 @@ mod tests {
 
     #[test]
     fn typos_of_subcommands_are_named() {
-        assert_eq!(subcommand_like("unmount"), Some("umount"));
-        assert_eq!(subcommand_like("umonut"), Some("umount"));
-        assert_eq!(subcommand_like("stauts"), Some("status"));
+        assert_eq!(subcommand_like("unmount").as_deref(), Some("umount"));
+        assert_eq!(subcommand_like("umonut").as_deref(), Some("umount"));
+        assert_eq!(subcommand_like("stauts").as_deref(), Some("status"));
+        assert_eq!(subcommand_like("fecth").as_deref(), Some("fetch"));
         assert_eq!(subcommand_like("/mnt/build"), None);
         assert_eq!(subcommand_like("umount"), None);
     }
@@ -604,5 +794,27 @@ mod tests {
         assert!(help.contains("possible values: amd64, arm64"), "{help}");
         assert!(help.contains("v1.13.0 to v1.31.x"), "{help}");
         command().debug_assert();
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s").unwrap(), Duration::from_secs(2));
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1m").unwrap(), Duration::from_secs(60));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        for bad in ["", "s", "2h", "-1s", "0s", "1e9s", "2 s"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn image_mirrors() {
+        assert_eq!(
+            parse_image_mirror("docker.io=http://127.0.0.1:5000").unwrap(),
+            ("docker.io".to_string(), "http://127.0.0.1:5000".to_string())
+        );
+        for bad in ["docker.io", "=http://x", "docker.io=ftp://x", "docker.io="] {
+            assert!(parse_image_mirror(bad).is_err(), "{bad:?}");
+        }
     }
 }

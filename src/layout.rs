@@ -11,6 +11,7 @@ use crate::layers::{
 };
 use crate::render::template_vars;
 use crate::sealer::SealerFacts;
+use crate::sources::{CacheEntry, Sources};
 use crate::tree::{Branch, Namespace};
 use crate::versions::{KubeVersion, Profile, VersionFacts};
 
@@ -19,6 +20,83 @@ pub const KNOWN_ARCHES: &[&str] = &["amd64", "arm64"];
 
 /// The kube binaries taken from `kube/<version>/<arch>/`.
 const KUBE_BINARIES: &[&str] = &["kubeadm", "kubectl", "kubelet"];
+
+/// The cache entries a build of `profile` for `arches` is made from: the one answer to
+/// "what does this mount need", used by the mount's check for missing entries and by
+/// `fetch`, so the two can never disagree. Entries with `required == false` are filled
+/// when a source has them but never refuse a mount.
+pub fn cache_entries(
+    sources: &Sources,
+    profile: &Profile,
+    arches: &[String],
+) -> Result<Vec<CacheEntry>, String> {
+    sources.entries(profile, arches)
+}
+
+/// Reads `versions.yaml` and `sources.yaml` from the embedded contexts or `--contexts DIR`.
+pub fn load_facts(contexts: Option<&Path>) -> Result<(VersionFacts, Sources), String> {
+    let contexts = match contexts {
+        None => Contexts::Embedded,
+        Some(dir) => Contexts::Disk(dir),
+    };
+    Ok((
+        contexts.data("versions.yaml", VersionFacts::parse)?,
+        contexts.data("sources.yaml", Sources::parse)?,
+    ))
+}
+
+/// The images of the rendered `rootfs/imageList` of a mount of `params`: what
+/// `fetch --images` pulls into the registry data, so the two never disagree.
+pub fn image_list(params: &MountParams) -> Result<Vec<String>, String> {
+    let params = MountParams {
+        allow_missing: true,
+        ..params.clone()
+    };
+    let layout = plan(&params)?;
+    let node = layout
+        .namespace
+        .resolve_path(Path::new("rootfs/imageList"))
+        .map_err(|e| format!("rootfs/imageList: {e}"))?
+        .ok_or("the contexts render no rootfs/imageList")?;
+    let bytes = match node.entry.content {
+        crate::layers::Content::Bytes(b) => b.to_vec(),
+        other => return Err(format!("rootfs/imageList is not rendered text: {other:?}")),
+    };
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The command that fills the cache for a mount of `params` resolved to `profile`.
+pub fn fetch_command(params: &MountParams, profile: &Profile) -> String {
+    let mut cmd = format!(
+        "rootfs-mount fetch --k8s {} --cri {} --arch {} --cache {}",
+        profile.version,
+        profile.cri,
+        params.arches.join(","),
+        shell_quote(&params.cache.to_string_lossy())
+    );
+    if let Some(dir) = &params.contexts {
+        cmd.push_str(&format!(
+            " --contexts {}",
+            shell_quote(&dir.to_string_lossy())
+        ));
+    }
+    cmd
+}
+
+/// `text` as one shell word.
+pub fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
+}
 
 /// Everything a mount is made from, validated by the CLI.
 #[derive(Clone, Debug)]
@@ -164,6 +242,7 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
         }
     }
     let facts = contexts.data("versions.yaml", VersionFacts::parse)?;
+    let sources = contexts.data("sources.yaml", Sources::parse)?;
     let profile = facts.profile(&params.version, params.cri.as_deref(), &params.cni)?;
     let sealer = contexts
         .data("sealer.yaml", SealerFacts::parse)?
@@ -190,6 +269,7 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     context_layers.push(("rootfs".into(), base));
 
     let mut branches = arch_branches(params, &profile)?;
+    check_missing(params, &profile, &sources)?;
     // --registry-data is a folder the user named; CACHE/registry is inside the cache.
     let registry = match &params.registry_data {
         Some(dir) => DiskTree::open(dir),
@@ -225,33 +305,26 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
     let cache = &params.cache;
     let cri = &profile.cri;
     let mut branches = Vec::new();
-    let mut missing: Vec<String> = Vec::new();
     // Indexed on first need, never at mount time; shared by every archive of the mount.
     let indexes = Arc::new(IndexStore::new(params.index_dir()));
     for arch in &params.arches {
         let cri_dir = cache.join(format!("cri/{cri}/{arch}"));
-        let mut wanted: Vec<(String, PathBuf, bool)> = KUBE_BINARIES
+        let mut wanted: Vec<(String, PathBuf)> = KUBE_BINARIES
             .iter()
             .map(|bin| {
                 (
                     format!("{arch}/bin/{bin}"),
                     cache.join(format!("kube/{}/{arch}/{bin}", profile.version)),
-                    true,
                 )
             })
             .collect();
-        wanted.push((
-            format!("{arch}/bin"),
-            cache.join(format!("oss/{arch}/bin")),
-            true,
-        ));
+        wanted.push((format!("{arch}/bin"), cache.join(format!("oss/{arch}/bin"))));
         wanted.push((
             format!("{arch}/cri/{cri}.tar.gz"),
             cri_dir.join(format!("{cri}.tar.gz")),
-            true,
         ));
-        wanted.push((format!("{arch}/cri/lib64"), cri_dir.join("lib64"), false));
-        for (at, path, required) in wanted {
+        wanted.push((format!("{arch}/cri/lib64"), cri_dir.join("lib64")));
+        for (at, path) in wanted {
             let rel = path.strip_prefix(cache).unwrap_or(&path);
             let tree = DiskTree::open_in(cache, rel)
                 .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -266,13 +339,6 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
                     at: at.into(),
                     layer: Arc::new(tree),
                 });
-            } else if required {
-                missing.push(
-                    path.strip_prefix(cache)
-                        .unwrap_or(&path)
-                        .display()
-                        .to_string(),
-                );
             }
         }
         // Members of the release tarballs, below the plain files of oss/<arch>/bin/.
@@ -291,9 +357,8 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
             "registry.tar",
             indexes.clone(),
         );
-        if !registry.probe()? {
-            missing.push(registry_rel);
-        }
+        // A symlink out of the cache refuses the mount here; absence is check_missing's.
+        registry.probe()?;
         branches.push(Branch {
             at: format!("{arch}/images").into(),
             layer: Arc::new(registry),
@@ -305,15 +370,39 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
             });
         }
     }
-    if !missing.is_empty() && !params.allow_missing {
-        return Err(format!(
-            "the cache {} lacks what {} with {cri} needs: {}; download them into that layout (see README, \"The cache\"), make a demo cache with scripts/demo-cache.sh, or pass --allow-missing",
-            cache.display(),
-            profile.version,
-            missing.join(", ")
-        ));
-    }
     Ok(branches)
+}
+
+/// Refuses the mount when a required cache entry is missing (unless --allow-missing),
+/// naming each one and, on its own line, the `fetch` command that fills them.
+fn check_missing(params: &MountParams, profile: &Profile, sources: &Sources) -> Result<(), String> {
+    if params.allow_missing {
+        return Ok(());
+    }
+    let cache = &params.cache;
+    let mut missing: Vec<String> = Vec::new();
+    for entry in cache_entries(sources, profile, &params.arches)? {
+        if !entry.required {
+            continue;
+        }
+        let present = DiskTree::open_in(cache, Path::new(&entry.path))
+            .map_err(|e| format!("cannot read {}: {e}", cache.join(&entry.path).display()))?
+            .exists();
+        if !present {
+            missing.push(entry.path);
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the cache {} lacks what {} with {} needs: {}; fill it with the command below (see README, \"fetch\"), make a demo cache with scripts/demo-cache.sh, or pass --allow-missing\n{}",
+        cache.display(),
+        profile.version,
+        profile.cri,
+        missing.join(", "),
+        fetch_command(params, profile)
+    ))
 }
 
 #[cfg(test)]

@@ -3,16 +3,20 @@
 //!
 //! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`sealer`], [`render`],
 //! [`layout`]. Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files,
-//! `status`). All `unsafe` code is in `sys`.
+//! `status`). Registry images (pulled over the OCI distribution API): [`oci`]. All
+//! `unsafe` code is in `sys`.
 
 pub mod archive;
 pub mod daemon;
+pub mod fetch;
 pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod notify;
+pub mod oci;
 pub mod render;
 pub mod sealer;
+pub mod sources;
 pub mod state;
 pub mod sys;
 pub mod tree;

@@ -4,15 +4,119 @@ mod cli;
 
 use std::process::ExitCode;
 
-use cli::{Cli, Command};
+use cli::{cache_dir, CacheCommand, Cli, Command, FetchArgs};
 use rootfs_mount::daemon::{self, DaemonOptions};
 use std::sync::Arc;
 
+use rootfs_mount::fetch::{self, FetchOptions, ImageOptions};
 use rootfs_mount::fuse::passthrough::PassthroughPolicy;
 use rootfs_mount::layout::{self, Upper};
 use rootfs_mount::state::MountDescription;
 use rootfs_mount::tree::MergedTree;
 use rootfs_mount::upper::UpperDir;
+use rootfs_mount::versions::KubeVersion;
+
+/// `rootfs-mount fetch`: resolves the version like a mount does, then fills the cache.
+fn fetch(args: &FetchArgs) -> Result<(), String> {
+    let version = KubeVersion::parse(&args.k8s)?;
+    let arches = args.arches()?;
+    let cache = args.cache()?;
+    let contexts = args
+        .contexts
+        .as_deref()
+        .map(std::path::absolute)
+        .transpose()
+        .map_err(|e| format!("--contexts: {e}"))?;
+    let (facts, sources) = layout::load_facts(contexts.as_deref())?;
+    let profile = facts.profile(&version, args.cri.as_deref(), &args.cni)?;
+    for url in &args.mirrors {
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(format!(
+                "bad --mirror {}: expected an http:// or https:// URL",
+                rootfs_mount::render::quote(url)
+            ));
+        }
+    }
+    let entries = layout::cache_entries(&sources, &profile, &arches)?;
+    let options = FetchOptions {
+        cache: cache.clone(),
+        mirrors: args.mirrors.clone(),
+        no_upstream: args.no_upstream,
+        allow_unpinned: args.allow_unpinned,
+        print_urls: args.print_urls,
+        jobs: args.jobs,
+        timeout: args.timeout,
+        attempts: args.retries.saturating_add(1),
+        image: ImageOptions {
+            images: args.images,
+            image_mirrors: args.image_mirrors.clone(),
+        },
+    };
+    let summary = fetch::fetch(&entries, &options)?;
+    if !summary.is_empty() {
+        println!("{summary}");
+    }
+    if args.images && !args.print_urls {
+        let params = layout::MountParams {
+            version: version.clone(),
+            cri: Some(profile.cri.clone()),
+            cni: args.cni.clone(),
+            arches: arches.clone(),
+            cache: cache.clone(),
+            contexts: contexts.clone(),
+            registry_domain: "sea.hub:5000".into(),
+            sealer: args.sealer.clone(),
+            registry_data: None,
+            index_dir: None,
+            allow_missing: true,
+            upper: layout::Upper::None,
+        };
+        fetch::pull_image_list(
+            &layout::image_list(&params)?,
+            &arches,
+            &options.image,
+            &cache.join("registry"),
+        )?;
+    }
+    Ok(())
+}
+
+fn cache_command(command: &CacheCommand) -> Result<(), String> {
+    let out = match command {
+        CacheCommand::Publish { dir, cache } => {
+            fetch::cache::publish(&cache_dir(cache.as_deref())?, dir)?
+        }
+        CacheCommand::Verify { cache } => fetch::cache::verify(&cache_dir(cache.as_deref())?)?,
+        CacheCommand::Ls { cache, contexts } => {
+            let (facts, sources) = layout::load_facts(contexts.as_deref())?;
+            fetch::cache::ls(&cache_dir(cache.as_deref())?, &facts, &sources)?
+        }
+        CacheCommand::Gc {
+            cache,
+            contexts,
+            index_dir,
+            keep,
+            dry_run,
+        } => {
+            let (facts, sources) = layout::load_facts(contexts.as_deref())?;
+            let cache = cache_dir(cache.as_deref())?;
+            let index_dir = match index_dir {
+                Some(dir) => std::path::absolute(dir).map_err(|e| format!("--index-dir: {e}"))?,
+                None => cache.join("index"),
+            };
+            let keep = keep
+                .iter()
+                .map(|v| KubeVersion::parse(v))
+                .collect::<Result<Vec<_>, _>>()?;
+            fetch::cache::gc(&cache, &index_dir, &keep, *dry_run, &facts, &sources)?
+        }
+    };
+    print!("{out}");
+    if !out.ends_with('\n') && !out.is_empty() {
+        println!();
+    }
+    Ok(())
+}
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
@@ -21,6 +125,8 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", daemon::status(mountpoint.as_deref())?);
             return Ok(());
         }
+        Some(Command::Fetch(args)) => return fetch(&args),
+        Some(Command::Cache(command)) => return cache_command(&command),
         None => {}
     }
     let args = cli.mount;

@@ -107,6 +107,14 @@ struct ImageOrder {
     order: Vec<String>,
 }
 
+/// One entry of `tools:`: a range and the versions of the tools it names.
+#[derive(Debug, Deserialize)]
+struct ToolEntry {
+    range: Range,
+    #[serde(flatten)]
+    versions: BTreeMap<String, String>,
+}
+
 #[derive(Debug, Deserialize)]
 struct FeatureGate {
     name: String,
@@ -127,6 +135,9 @@ pub struct VersionFacts {
     cni: BTreeMap<String, Cni>,
     feature_gates: Vec<FeatureGate>,
     features: BTreeMap<String, Range>,
+    /// Versions of the tools `fetch` puts into the cache (crictl, nerdctl, ...).
+    #[serde(default)]
+    tools: Vec<ToolEntry>,
 }
 
 /// Everything the version, CRI and CNI decide, resolved once at start.
@@ -146,6 +157,9 @@ pub struct Profile {
     /// `Name=value` of every feature gate the version accepts.
     pub feature_gates: Vec<String>,
     pub features: BTreeMap<String, bool>,
+    /// Tool name to version (`crictl` -> `1.26.0`): for each tool, the first entry of
+    /// `tools:` whose range holds the version.
+    pub tools: BTreeMap<String, String>,
 }
 
 impl Profile {
@@ -191,6 +205,18 @@ impl VersionFacts {
 
     pub fn cri_names(&self) -> Vec<&str> {
         self.cri.keys().map(String::as_str).collect()
+    }
+
+    /// The version ranges the data knows, for "unknown version" messages: the minimum
+    /// and the image-tag ranges (every supported version has one).
+    pub fn known_versions(&self) -> String {
+        let mut ranges: Vec<String> = self.images.iter().map(|e| e.range.0.to_string()).collect();
+        ranges.reverse();
+        format!(
+            "from {} (versions.yaml image ranges: {})",
+            self.minimum,
+            ranges.join("; ")
+        )
     }
 
     pub fn cni_names(&self) -> Vec<&str> {
@@ -246,7 +272,10 @@ impl VersionFacts {
             .cloned()
             .ok_or_else(|| {
                 let (oldest, newest) = self.supported_span();
-                format!("Kubernetes {version} is not supported: versions.yaml has no image tags for it (supported: {oldest} to {newest})")
+                format!(
+                    "Kubernetes {version} is not supported: versions.yaml has no image tags for it (supported: {oldest} to {newest}); known versions: {}",
+                    self.known_versions()
+                )
             })?;
         let image_order = self
             .kube_image_order
@@ -269,6 +298,12 @@ impl VersionFacts {
                     "versions.yaml: kube_image_order names {component:?}, expected one of {}",
                     known.join(", ")
                 ));
+            }
+        }
+        let mut tools = BTreeMap::new();
+        for entry in self.tools.iter().filter(|e| e.range.holds(version)) {
+            for (tool, v) in &entry.versions {
+                tools.entry(tool.clone()).or_insert_with(|| v.clone());
             }
         }
         let cni = if cni == "none" {
@@ -317,6 +352,7 @@ impl VersionFacts {
                 .iter()
                 .map(|(name, range)| (name.clone(), range.holds(version)))
                 .collect(),
+            tools,
         })
     }
 }
@@ -470,5 +506,24 @@ mod tests {
             names("v1.29.0")[4..],
             ["coredns".to_string(), "pause".into(), "etcd".into()]
         );
+    }
+
+    #[test]
+    fn every_supported_version_has_tool_versions() {
+        let f = facts();
+        for minor in 13..=31 {
+            let p = f
+                .profile(&v(&format!("v1.{minor}.3")), Some("containerd"), "none")
+                .unwrap();
+            for tool in ["crictl", "nerdctl", "conntrack", "seautil", "libseccomp"] {
+                assert!(p.tools.contains_key(tool), "v1.{minor}.3 lacks {tool}");
+            }
+            // crictl follows the minor.
+            assert!(
+                p.tools["crictl"].starts_with(&format!("1.{minor}.")),
+                "v1.{minor}: crictl {}",
+                p.tools["crictl"]
+            );
+        }
     }
 }

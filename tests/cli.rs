@@ -62,7 +62,6 @@ fn bad_input_is_refused_in_one_line() {
             vec!["--k8s", "v1.23.4", "--cni", "flannel"],
             "unknown CNI \"flannel\"",
         ),
-        (vec!["--k8s", "v1.25.3"], "kube/v1.25.3/amd64/kubeadm"),
         (
             vec!["--k8s", "v1.23.4", "--contexts", "/nonexistent/contexts"],
             "cannot read contexts folder",
@@ -76,6 +75,18 @@ fn bad_input_is_refused_in_one_line() {
         full.extend(["--cache", c]);
         refused(&mp, &full, needle);
     }
+    // Missing cache entries: one line naming them, then the command that fills them.
+    let out = run(&[mp.to_str().unwrap(), "--k8s", "v1.25.3", "--cache", c]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(lines[0].contains("kube/v1.25.3/amd64/kubeadm"), "{stderr}");
+    assert_eq!(
+        lines[1],
+        format!("rootfs-mount fetch --k8s v1.25.3 --cri containerd --arch amd64,arm64 --cache {c}")
+    );
+    assert!(!is_mounted(&mp));
     let ok_args = ["--k8s", "v1.23.4", "--cache", c];
     refused(&mp.join("missing"), &ok_args, "does not exist");
     let file = mp.join("file");

@@ -18,6 +18,7 @@ fn shell_scripts_pass_bash_n_and_shellcheck() {
     scripts.push(repo().join("scripts/demo-cache.sh"));
     scripts.push(repo().join("scripts/soak.sh"));
     scripts.push(repo().join("scripts/fuzz.sh"));
+    scripts.push(repo().join("scripts/bench-fetch.sh"));
     assert!(scripts.len() >= 10, "found only {} scripts", scripts.len());
     for script in &scripts {
         let out = Command::new("bash").arg("-n").arg(script).output().unwrap();

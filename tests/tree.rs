@@ -390,6 +390,22 @@ fn allow_missing_mounts_without_the_kube_binaries() {
         cache.to_str().unwrap(),
     ]);
     assert!(!refused.status.success());
+    // One line naming what is missing, then the command that fills it, on its own line.
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    let lines: Vec<&str> = stderr.trim_end().lines().collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("kube/v1.23.4/amd64/kubeadm")
+            && lines[0].contains("cri/docker/amd64/registry.tar.gz"),
+        "{stderr}"
+    );
+    assert_eq!(
+        lines[1],
+        format!(
+            "rootfs-mount fetch --k8s v1.23.4 --cri docker --arch amd64 --cache {}",
+            cache.display()
+        )
+    );
     let m = Mount::with_cache(
         &cache,
         &["--k8s", "v1.23.4", "--arch", "amd64", "--allow-missing"],

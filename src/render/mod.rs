@@ -29,6 +29,16 @@ pub fn template_vars(
     };
     set("cni", s(cni));
     set("cni_version", s(cni_version));
+    // The tag of each CNI image by its last path segment (`operator`, `node`, ...), so a
+    // template takes tags from the data instead of repeating them.
+    let tags = cni_images
+        .iter()
+        .filter_map(|image| {
+            let (repo, tag) = image.rsplit_once(':')?;
+            Some((repo.rsplit('/').next()?.to_string(), tag.to_string()))
+        })
+        .collect();
+    set("cni_image_tags", Value::Map(tags));
     set("cni_images", Value::List(cni_images));
     set("registry_domain", s(registry_domain));
     let (host, port) = split_registry_domain(registry_domain);
