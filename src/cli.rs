@@ -35,8 +35,14 @@ pub enum Command {
         #[arg(long)]
         lazy: bool,
     },
-    /// List the live mounts (or one): parameters, pid, uptime, read path and counters.
-    Status { mountpoint: Option<PathBuf> },
+    /// List the live mounts (or one): parameters, pid, uptime, read path, counters and
+    /// the last faults.
+    Status {
+        mountpoint: Option<PathBuf>,
+        /// Print JSON (fields in the README, "status --json").
+        #[arg(long)]
+        json: bool,
+    },
     /// Fill the cache with what a mount of the version needs: from mirrors, then
     /// upstream, every file checked against its published or pinned sha256.
     Fetch(FetchArgs),

@@ -17,10 +17,12 @@ use std::sync::{Arc, OnceLock};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::fault::FaultLog;
 use crate::fuse::passthrough::PassthroughPolicy;
 use crate::fuse::BuildFs;
+use crate::logging::{self, Destination};
 use crate::notify;
-use crate::state::{self, MountDescription, StateFile};
+use crate::state::{self, MountDescription, MountRecord, StateFile};
 use crate::sys;
 use crate::tree::MergedTree;
 
@@ -195,15 +197,28 @@ pub fn check_fuse_device() -> Result<(), String> {
         .map_err(|e| format!("cannot open /dev/fuse: {e} (load the fuse module; in a container pass --device /dev/fuse)"))
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+/// The faults of this daemon, for its state file (`crate::fault`).
+static FAULTS: FaultLog = FaultLog::new();
+
+/// Where a background daemon logs (`crate::logging`): `--log-file`, else journald,
+/// else the log file in the state folder. Decided before forking, so that a log that
+/// cannot be opened is refused on the command line.
+fn background_log(options: &DaemonOptions) -> Result<(Option<std::fs::File>, String), String> {
+    let open = |path: &Path| {
+        logging::open_log_file(path)
+            .map(|f| (Some(f), path.display().to_string()))
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
+    };
+    if let Some(path) = &options.log_file {
+        return open(path);
+    }
+    if logging::journal_socket().is_some() {
+        return Ok((None, "journald".into()));
+    }
+    match logging::default_log_file() {
+        Some(path) => open(&path).map_err(|e| format!("{e}; pass --log-file FILE")),
+        None => Err("no folder for the log (neither XDG_RUNTIME_DIR nor HOME is set); pass --log-file FILE or --foreground".into()),
+    }
 }
 
 /// Whether `name` is an executable file in a folder of `$PATH`.
@@ -257,29 +272,30 @@ fn session_config(allow_other: bool, writable: bool, version: &str) -> Config {
 /// Mounts `tree` on `mountpoint` and serves it until unmounted or signalled.
 /// Backgrounds itself unless `options.foreground`; returns once the mount answers.
 pub fn mount(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions) -> Result<(), String> {
+    let mut options = options.clone();
     if options.foreground {
-        init_logging(&options.log_filter);
-        return serve(tree, mountpoint, options, None);
+        options.description.log = "stderr".into();
+        logging::init(&options.log_filter, Destination::Stderr, false, &FAULTS);
+        return serve(tree, mountpoint, &options, None);
     }
-    let log = match &options.log_file {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
+    let (log, shown) = background_log(&options)?;
+    options.description.log = shown;
+    let options = &options;
     let (mut ready_rx, ready_tx) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         0 => {
             drop(ready_rx);
             sys::setsid();
-            // From here on the daemon logs to --log-file (or nowhere); start-up errors
-            // reach the user through the readiness pipe.
+            // From here on the daemon logs to its log (stderr is the log file, or
+            // /dev/null beside journald); start-up errors reach the user through the
+            // readiness pipe.
             let _ = sys::detach_stdio(log.as_ref());
-            init_logging(&options.log_filter);
+            let destination = match (&log, logging::journal_socket()) {
+                (None, Some(socket)) => Destination::Journal(socket),
+                _ => Destination::Stderr,
+            };
+            let shared = options.log_file.is_none();
+            logging::init(&options.log_filter, destination, shared, &FAULTS);
             let outcome = serve_detached(tree, mountpoint, options, ready_tx);
             std::process::exit(if outcome.is_ok() { 0 } else { 1 });
         }
@@ -511,7 +527,7 @@ fn publish_state(
         .name("state".into())
         .spawn(move || loop {
             std::thread::sleep(state::REFRESH);
-            if let Err(e) = refreshed.refresh(stats.snapshot()) {
+            if let Err(e) = refreshed.refresh(stats.snapshot(), FAULTS.snapshot()) {
                 tracing::debug!(error = %e, "refreshing the state file");
             }
         });
@@ -521,9 +537,9 @@ fn publish_state(
     Some(file)
 }
 
-/// `rootfs-mount status [MOUNT]`: the live mounts with their parameters and counters,
-/// and the rootfs-mount mounts of this mount namespace whose daemon is gone.
-pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
+/// `rootfs-mount status [MOUNT] [--json]`: the live mounts with their parameters and
+/// counters, and the rootfs-mount mounts of this mount namespace whose daemon is gone.
+pub fn status(mountpoint: Option<&Path>, json: bool) -> Result<String, String> {
     let live = state::live_mounts();
     let ours: Vec<PathBuf> = mounts()
         .into_iter()
@@ -531,41 +547,81 @@ pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
         .map(|m| m.point)
         .collect();
     let now = state::now_secs();
-    let other = |point: &Path| -> String {
+    // Why a mount of ours has no live record: (short reason, what to do).
+    let why = |point: &Path| -> (&'static str, String) {
         let shown = point.display();
         match std::fs::metadata(point) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                format!("{shown}\n  stale: its daemon is gone; run `rootfs-mount umount {shown}`\n")
-            }
-            _ => {
-                format!("{shown}\n  daemon: not known (another user's mount, or no state folder)\n")
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => (
+                "stale",
+                format!("its daemon is gone; run `rootfs-mount umount {shown}`"),
+            ),
+            _ => (
+                "unknown",
+                "not known (another user's mount, or no state folder)".into(),
+            ),
         }
     };
-    if let Some(path) = mountpoint {
-        let target = std::fs::canonicalize(path)
-            .or_else(|_| std::path::absolute(path))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(record) = live.iter().find(|r| r.mountpoint == target) {
-            return Ok(record.describe(now));
+    let (live, others): (Vec<&MountRecord>, Vec<PathBuf>) = match mountpoint {
+        Some(path) => {
+            let target = std::fs::canonicalize(path)
+                .or_else(|_| std::path::absolute(path))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            match live.iter().find(|r| r.mountpoint == target) {
+                Some(record) => (vec![record], Vec::new()),
+                // Not live: say why, on stderr with a non-zero exit.
+                None if ours.contains(&target) => {
+                    let (kind, text) = why(&target);
+                    let label = if kind == "stale" { "stale" } else { "daemon" };
+                    return Err(format!("{}: {label}: {text}", path.display()));
+                }
+                None => return Err(format!("{} is not a rootfs-mount mount", path.display())),
+            }
         }
-        if ours.contains(&target) {
-            // Not live: say why, on stderr with a non-zero exit.
-            let text = other(&target);
-            let why = text.lines().nth(1).unwrap_or_default().trim();
-            return Err(format!("{}: {why}", path.display()));
-        }
-        return Err(format!("{} is not a rootfs-mount mount", path.display()));
+        None => (
+            live.iter().collect(),
+            ours.into_iter()
+                .filter(|p| !live.iter().any(|r| &r.mountpoint == p))
+                .collect(),
+        ),
+    };
+    if json {
+        let mounts: Vec<serde_json::Value> = live
+            .iter()
+            .map(|record| {
+                let mut value = serde_json::to_value(record).unwrap_or_default();
+                value["uptime_seconds"] = now.saturating_sub(record.started).into();
+                value
+            })
+            .collect();
+        let others: Vec<serde_json::Value> = others
+            .iter()
+            .map(|point| {
+                let (kind, text) = why(point);
+                serde_json::json!({
+                    "mountpoint": point.to_string_lossy(),
+                    "state": kind,
+                    "message": text,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "format": state::FORMAT,
+            "mounts": mounts,
+            "other_mounts": others,
+        });
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&out).unwrap_or_default()
+        ));
     }
     let mut out = String::new();
     for record in &live {
         out.push_str(&record.describe(now));
     }
-    for point in ours
-        .iter()
-        .filter(|p| !live.iter().any(|r| &r.mountpoint == *p))
-    {
-        out.push_str(&other(point));
+    for point in &others {
+        let (kind, text) = why(point);
+        let label = if kind == "stale" { "stale" } else { "daemon" };
+        out.push_str(&format!("{}\n  {label}: {text}\n", point.display()));
     }
     if out.is_empty() {
         out.push_str("no rootfs-mount mounts\n");

@@ -121,8 +121,8 @@ fn cache_command(command: &CacheCommand) -> Result<(), String> {
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Some(Command::Umount { mountpoint, lazy }) => return daemon::umount(&mountpoint, lazy),
-        Some(Command::Status { mountpoint }) => {
-            print!("{}", daemon::status(mountpoint.as_deref())?);
+        Some(Command::Status { mountpoint, json }) => {
+            print!("{}", daemon::status(mountpoint.as_deref(), json)?);
             return Ok(());
         }
         Some(Command::Fetch(args)) => return fetch(&args),
@@ -157,6 +157,8 @@ fn run(cli: Cli) -> Result<(), String> {
             .as_ref()
             .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
         arches: params.arches.clone(),
+        registry_domain: params.registry_domain.clone(),
+        index_dir: params.index_dir(),
         cache: params.cache.clone(),
         contexts: params.contexts.clone(),
         registry_data: params.registry_dir(),
@@ -164,6 +166,7 @@ fn run(cli: Cli) -> Result<(), String> {
         scratch_upper: scratch.is_some(),
         allow_other: args.allow_other,
         auto_unmount: daemon::wants_auto_unmount(args.allow_other),
+        log: String::new(),
     };
     let namespace = match &upper_dir {
         Some(dir) => {

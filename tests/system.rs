@@ -305,3 +305,262 @@ fn sd_notify_abstract_socket_and_background_daemon() {
 fn wait_gone(point: &Path) {
     common::wait_for("the unmount", || !is_mounted(point));
 }
+
+/// The three fault kinds, each made to happen once on `m`: a corrupt release tarball
+/// (listed through `amd64/bin`), a template edited into an error (`--contexts`), and a
+/// backing file rewritten under the mount. Returns the file each one names.
+fn cause_faults(m: &Mount, cache: &Path, contexts: &Path) -> [String; 3] {
+    // Changed backing file: looked up first, then rewritten with another size.
+    let conntrack = cache.join("oss/arm64/bin/conntrack");
+    assert!(m.path("arm64/bin/conntrack").metadata().unwrap().len() > 0);
+    std::fs::write(&conntrack, b"rewritten under the mount\n").unwrap();
+    assert_eq!(
+        common::errno_of(std::fs::read(m.path("arm64/bin/conntrack"))),
+        libc::EIO
+    );
+    // Corrupt archive: its members are listed when amd64/bin is.
+    let _ = std::fs::read_dir(m.path("amd64/bin")).map(|d| d.count());
+    // Template error: kubeadm.yml read once, then its template broken.
+    let template = contexts.join("rootfs/etc/kubeadm.yml.in");
+    assert!(!m.read("rootfs/etc/kubeadm.yml").is_empty());
+    let mut text = std::fs::read_to_string(&template).unwrap();
+    text.push_str("\n@{no_such_variable}\n");
+    std::fs::write(&template, text).unwrap();
+    common::wait_for("the broken template to be noticed", || {
+        let _ = std::fs::read(m.path("rootfs/etc/kubeadm.yml"));
+        fault_files(&m.dir)
+            .iter()
+            .any(|f| f.contains("kubeadm.yml.in"))
+    });
+    [
+        conntrack.display().to_string(),
+        cache
+            .join("oss/amd64/bin/crictl.tar.gz")
+            .display()
+            .to_string(),
+        "kubeadm.yml.in".to_string(),
+    ]
+}
+
+/// A cache whose amd64 crictl tarball is corrupt, and a contexts copy to break.
+fn faulty_sources() -> (PathBuf, PathBuf) {
+    let cache = common::own_cache();
+    let tarball = cache.join("oss/amd64/bin/crictl.tar.gz");
+    let mut bytes = std::fs::read(&tarball).unwrap();
+    let mid = bytes.len() / 2;
+    bytes.truncate(mid);
+    bytes.extend_from_slice(&[0x55; 4096]);
+    std::fs::write(&tarball, bytes).unwrap();
+    let contexts = scratch("contexts");
+    common::sh(&format!(
+        "cp -a '{}/contexts/.' '{}/'",
+        common::repo().display(),
+        contexts.display()
+    ));
+    (cache, contexts)
+}
+
+fn status_json(point: &Path) -> serde_json::Value {
+    let out = common::run(&["status", "--json", point.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("status --json is JSON")
+}
+
+fn fault_files(point: &Path) -> Vec<String> {
+    let json = status_json(point);
+    json["mounts"][0]["faults"]
+        .as_array()
+        .map(|faults| {
+            faults
+                .iter()
+                .map(|f| f["file"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits until `status --json` lists a fault naming each of `files`.
+fn wait_for_faults(point: &Path, files: &[String]) {
+    let start = Instant::now();
+    loop {
+        let listed = fault_files(point);
+        if files
+            .iter()
+            .all(|want| listed.iter().any(|f| f.ends_with(want.as_str())))
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "status lacks faults for {files:?}: {}",
+            status_json(point)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A background daemon without --log-file and without journald logs to the log file in
+/// the state folder: each fault one WARN line naming its file, `status` keeps them.
+#[test]
+fn faults_are_logged_to_the_state_folder_file_and_shown_in_status() {
+    let (cache, contexts) = faulty_sources();
+    let contexts_arg = contexts.to_str().unwrap().to_string();
+    let no_journal = scratch("no-journal").join("socket");
+    let m = Mount::with_env(
+        &cache,
+        &["--k8s", "v1.23.4", "--contexts", &contexts_arg],
+        &[("ROOTFS_MOUNT_JOURNAL_SOCKET", &no_journal)],
+    );
+    let json = status_json(&m.dir);
+    let log_path = PathBuf::from(json["mounts"][0]["parameters"]["log"].as_str().unwrap());
+    assert_eq!(log_path, Path::new("/run/rootfs-mount/rootfs-mount.log"));
+    let pid = json["mounts"][0]["pid"].as_u64().unwrap();
+    let files = cause_faults(&m, &cache, &contexts);
+    wait_for_faults(&m.dir, &files);
+    // The log file is shared by daemons: our lines carry our pid.
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    let ours: Vec<&str> = log
+        .lines()
+        .filter(|l| l.starts_with(&format!("[pid {pid}] ")))
+        .collect();
+    assert!(ours.iter().any(|l| l.contains("mounted")), "{log}");
+    for file in &files {
+        let lines: Vec<&&str> = ours
+            .iter()
+            .filter(|l| l.contains(" WARN ") && l.contains(file.as_str()))
+            .collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "not one WARN line for {file}:\n{}",
+            ours.join("\n")
+        );
+    }
+    assert!(
+        !ours.iter().any(|l| l.contains(" ERROR ")),
+        "{}",
+        ours.join("\n")
+    );
+    // The text status shows them too.
+    let out = common::run(&["status", m.dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("last faults:"), "{text}");
+    assert!(text.contains("corrupt archive"), "{text}");
+}
+
+/// With journald there (a socket the test owns, speaking for it), a background daemon
+/// sends native journal entries: one WARN (PRIORITY=4) entry per fault naming the file.
+#[test]
+fn faults_are_logged_to_journald_when_it_runs() {
+    let (cache, contexts) = faulty_sources();
+    let contexts_arg = contexts.to_str().unwrap().to_string();
+    let socket_path = scratch("journal").join("socket");
+    let journal = UnixDatagram::bind(&socket_path).unwrap();
+    journal
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    // Read as journald does, all along.
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (received, done) = (received.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = journal.recv(&mut buf) {
+                    let entry = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    received.lock().unwrap().push(entry);
+                }
+            }
+        })
+    };
+    let m = Mount::with_env(
+        &cache,
+        &["--k8s", "v1.23.4", "--contexts", &contexts_arg],
+        &[("ROOTFS_MOUNT_JOURNAL_SOCKET", &socket_path)],
+    );
+    assert_eq!(
+        status_json(&m.dir)["mounts"][0]["parameters"]["log"],
+        "journald"
+    );
+    let files = cause_faults(&m, &cache, &contexts);
+    wait_for_faults(&m.dir, &files);
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let entries = received.lock().unwrap().clone();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.contains("MESSAGE=") && e.contains("mounted")),
+        "{entries:?}"
+    );
+    for file in &files {
+        let warns: Vec<&String> = entries
+            .iter()
+            .filter(|e| e.contains("PRIORITY=4\n") && e.contains(file.as_str()))
+            .collect();
+        assert_eq!(warns.len(), 1, "not one WARN entry for {file}: {entries:?}");
+        assert!(warns[0].contains("SYSLOG_IDENTIFIER=rootfs-mount\n"));
+    }
+}
+
+/// `status --json`: every documented field, with its type.
+#[test]
+fn status_json_has_the_documented_fields() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--registry-domain", "reg.example:5000"]);
+    let _ = std::fs::read(m.path("rootfs/Kubefile")).unwrap();
+    let all = common::run(&["status", "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&all.stdout).unwrap();
+    assert_eq!(all["format"], 2);
+    let mount = all["mounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["mountpoint"] == m.dir.to_str().unwrap())
+        .expect("our mount in status --json")
+        .clone();
+    assert_eq!(status_json(&m.dir)["mounts"][0]["pid"], mount["pid"]);
+    for key in [
+        "pid",
+        "started",
+        "updated",
+        "uptime_seconds",
+        "faults_total",
+    ] {
+        assert!(mount[key].is_u64(), "{key}: {mount}");
+    }
+    let p = &mount["parameters"];
+    assert_eq!(p["version"], "v1.23.4");
+    assert_eq!(p["cri"], "docker");
+    assert_eq!(p["cni"], "calico");
+    assert_eq!(p["arches"], serde_json::json!(["amd64", "arm64"]));
+    assert_eq!(p["registry_domain"], "reg.example:5000");
+    assert_eq!(p["cache"], demo_cache().to_str().unwrap());
+    assert_eq!(p["contexts"], serde_json::Value::Null);
+    assert_eq!(
+        p["registry_data"],
+        demo_cache().join("registry").to_str().unwrap()
+    );
+    assert_eq!(p["index_dir"], demo_cache().join("index").to_str().unwrap());
+    assert!(p["upper"].is_string());
+    for key in ["scratch_upper", "allow_other", "auto_unmount"] {
+        assert!(p[key].is_boolean(), "{key}: {p}");
+    }
+    assert!(p["log"].is_string());
+    let c = &mount["counters"];
+    assert_eq!(c["read_path"], "userspace");
+    for key in ["requests", "bytes_read", "errors"] {
+        assert!(c[key].is_u64(), "{key}: {c}");
+    }
+    common::wait_for("counters in the state file", || {
+        status_json(&m.dir)["mounts"][0]["counters"]["bytes_read"]
+            .as_u64()
+            .is_some_and(|n| n > 0)
+    });
+    assert!(mount["faults"].as_array().unwrap().is_empty());
+}

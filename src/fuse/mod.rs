@@ -53,6 +53,9 @@ pub struct BuildFs {
     /// The kernel does without open/release (a read-only mount without passthrough).
     no_open: bool,
     on_destroy: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// The (inode, errno) faults already logged: a file that keeps failing is one WARN
+    /// line, the later answers are debug lines (they are all counted).
+    logged_faults: std::sync::Mutex<std::collections::HashSet<(u64, i32)>>,
 }
 
 /// Folders are listed once per kernel cache fill: the listing is kept in the kernel
@@ -71,6 +74,7 @@ impl BuildFs {
             keep_opendir: false,
             no_open: false,
             on_destroy: None,
+            logged_faults: Default::default(),
         }
     }
 
@@ -112,10 +116,17 @@ impl BuildFs {
             tracing::debug!(op, ino, %err);
         } else {
             self.stats.error();
-            if err.logged {
+            let first = !err.logged
+                && self
+                    .logged_faults
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((ino, err.errno));
+            if !first {
                 tracing::debug!(op, ino, %err);
             } else {
-                tracing::warn!(op, ino, %err);
+                let file = self.tree.source(ino).unwrap_or_default();
+                tracing::warn!(target: crate::fault::TARGET, file, op, ino, "{err}");
             }
         }
         Errno::from_i32(err.errno)

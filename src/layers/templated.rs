@@ -28,6 +28,9 @@ pub struct TemplatedTree {
     inner: Box<dyn Layer>,
     vars: Arc<Vars>,
     cache: Mutex<HashMap<PathBuf, Rendering>>,
+    /// The template version (size, mtime) whose render error was logged last, so that
+    /// a broken template is one WARN line, not one per read.
+    warned: Mutex<HashMap<PathBuf, (u64, SystemTime)>>,
 }
 
 impl std::fmt::Debug for TemplatedTree {
@@ -64,6 +67,7 @@ impl TemplatedTree {
             inner,
             vars,
             cache: Mutex::new(HashMap::new()),
+            warned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -135,16 +139,24 @@ impl TemplatedTree {
                 );
                 Ok(bytes)
             }
-            Err(e) => match cache.get(rel) {
-                Some(last) => {
-                    tracing::error!(error = %e, "template no longer renders; serving its last good rendering");
-                    Ok(last.bytes.clone())
+            Err(e) => {
+                let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+                let first = warned.insert(rel.to_path_buf(), stamp) != Some(stamp);
+                match cache.get(rel) {
+                    Some(last) => {
+                        if first {
+                            tracing::warn!(target: crate::fault::TARGET, file = %e.file, error = %e, "template no longer renders; serving its last good rendering");
+                        }
+                        Ok(last.bytes.clone())
+                    }
+                    None => {
+                        if first {
+                            tracing::warn!(target: crate::fault::TARGET, file = %e.file, error = %e, "template does not render");
+                        }
+                        Err(io::Error::from_raw_os_error(libc::EIO))
+                    }
                 }
-                None => {
-                    tracing::error!(error = %e, "template does not render");
-                    Err(io::Error::from_raw_os_error(libc::EIO))
-                }
-            },
+            }
         }
     }
 }
