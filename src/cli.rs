@@ -49,6 +49,37 @@ pub enum Command {
     /// The cache as a whole: publish a mirror, verify, list, collect garbage.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Write the man page or shell completions (scripts/install.sh runs this).
+    #[command(hide = true, subcommand)]
+    Generate(Generate),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// The man page, rootfs-mount.1, into DIR (subcommands as rootfs-mount-NAME.1).
+    Man { dir: PathBuf },
+    /// Completions for SHELL on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes what `generate` asks for.
+pub fn generate(what: &Generate) -> Result<(), String> {
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let command = command();
+            clap_mangen::generate_to(command, dir)
+                .map_err(|e| format!("writing the man pages into {}: {e}", dir.display()))
+        }
+        Generate::Completions { shell } => {
+            let mut command = command();
+            clap_complete::generate(*shell, &mut command, "rootfs-mount", &mut std::io::stdout());
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -127,6 +127,7 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         Some(Command::Fetch(args)) => return fetch(&args),
         Some(Command::Cache(command)) => return cache_command(&command),
+        Some(Command::Generate(what)) => return cli::generate(&what),
         None => {}
     }
     let args = cli.mount;

@@ -564,3 +564,149 @@ fn status_json_has_the_documented_fields() {
     });
     assert!(mount["faults"].as_array().unwrap().is_empty());
 }
+
+/// scripts/install.sh into a DESTDIR: binary, the helper link mount.fuse3 finds, man
+/// pages that man(1) renders, completions bash loads, and the unit pointing at the
+/// installed binary.
+#[test]
+fn install_script_installs_binary_helper_man_completions_and_unit() {
+    let dest = scratch("destdir");
+    let out = Command::new("bash")
+        .arg(common::repo().join("scripts/install.sh"))
+        .env("BIN", BIN)
+        .env("PREFIX", "/opt/rootfs-mount")
+        .env("DESTDIR", &dest)
+        .output()
+        .expect("run install.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bin = dest.join("opt/rootfs-mount/bin/rootfs-mount");
+    assert!(Command::new(&bin)
+        .arg("--version")
+        .status()
+        .unwrap()
+        .success());
+    assert_eq!(
+        std::fs::read_link(dest.join("usr/local/sbin/rootfs-mount")).unwrap(),
+        Path::new("/opt/rootfs-mount/bin/rootfs-mount")
+    );
+    let man = dest.join("opt/rootfs-mount/share/man/man1");
+    let page = Command::new("man")
+        .arg("-l")
+        .arg(man.join("rootfs-mount.1"))
+        .env("MANPAGER", "cat")
+        .env("MANWIDTH", "200")
+        .output()
+        .expect("man");
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("--k8s"), "{page}");
+    assert!(
+        page.contains("possible values: containerd, docker"),
+        "{page}"
+    );
+    assert!(man.join("rootfs-mount-umount.1").exists());
+    assert!(!man.join("rootfs-mount-generate.1").exists());
+    let bash = dest.join("opt/rootfs-mount/share/bash-completion/completions/rootfs-mount");
+    let loaded = common::sh(&format!(
+        "source '{}'; complete -p rootfs-mount",
+        bash.display()
+    ));
+    assert!(loaded.contains("rootfs-mount"), "{loaded}");
+    for file in [
+        "opt/rootfs-mount/share/zsh/site-functions/_rootfs-mount",
+        "opt/rootfs-mount/share/fish/vendor_completions.d/rootfs-mount.fish",
+    ] {
+        let text = std::fs::read_to_string(dest.join(file)).unwrap();
+        assert!(text.contains("registry-domain"), "{file}");
+    }
+    let unit =
+        std::fs::read_to_string(dest.join("etc/systemd/system/rootfs-mount@.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/opt/rootfs-mount/bin/rootfs-mount /mnt/build/%i --k8s %i"),
+        "{unit}"
+    );
+}
+
+/// contrib/rootfs-mount@.service, run as systemd runs it: ExecStart with the instance
+/// (`%i` = v1.23.4) and NOTIFY_SOCKET; READY=1 once mounted, STOPPING=1 on SIGTERM.
+#[test]
+fn systemd_unit_runs_as_systemd_would() {
+    let unit =
+        std::fs::read_to_string(common::repo().join("contrib/rootfs-mount@.service")).unwrap();
+    let value = |key: &str| -> String {
+        unit.lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")))
+            .unwrap_or_else(|| panic!("no {key}= in the unit"))
+            .to_string()
+    };
+    assert_eq!(value("Type"), "notify");
+    let base = scratch("unit-mnt");
+    let point = base.join("v1.23.4");
+    let _daemons = Daemons(vec![point.clone()]);
+    let command_line = value("ExecStart")
+        .replace("/usr/local/bin/rootfs-mount", BIN)
+        .replace("/mnt/build", base.to_str().unwrap())
+        .replace("%i", "v1.23.4")
+        .replace(
+            "$ROOTFS_MOUNT_ARGS",
+            &format!("--cache {}", demo_cache().display()),
+        );
+    let pre = value("ExecStartPre")
+        .replace("/mnt/build", base.to_str().unwrap())
+        .replace("%i", "v1.23.4");
+    common::sh(&pre);
+    let socket_path = scratch("unit-notify").join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    let words: Vec<&str> = command_line.split_whitespace().collect();
+    let mut child = Command::new(words[0])
+        .args(&words[1..])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ExecStart");
+    let got = until_ready(&socket);
+    assert!(is_mounted(&point), "{got:?}");
+    assert!(point.join("rootfs/Kubefile").exists());
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    assert!(child.wait().unwrap().success());
+    assert!(!is_mounted(&point));
+}
+
+/// CLI polish: typos of subcommands, value lists and the version span in --help, only
+/// known log levels, the span in the out-of-range error.
+#[test]
+fn cli_names_subcommands_values_and_the_version_span() {
+    let point = scratch("cli-polish");
+    let p = point.to_str().unwrap();
+    let out = common::run(&["unmount", p]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("did you mean `rootfs-mount umount`"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+    let help = String::from_utf8_lossy(&common::run(&["--help"]).stdout).into_owned();
+    for needle in [
+        "possible values: containerd, docker",
+        "possible values: calico, none",
+        "possible values: amd64, arm64",
+        "possible values: error, warn, info, debug, trace",
+        "v1.13.0 to v1.31.x",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle:?}:\n{help}");
+    }
+    let out = common::run(&[p, "--k8s", "v1.23.4", "--log-level", "verbose"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("verbose"));
+    let out = common::run(&[p, "--k8s", "v1.40.0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("supported: v1.13.0 to v1.31.x"), "{stderr}");
+    assert!(!is_mounted(&point));
+}
