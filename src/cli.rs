@@ -52,6 +52,12 @@ pub enum Command {
     /// Write the man page or shell completions (scripts/install.sh runs this).
     #[command(hide = true, subcommand)]
     Generate(Generate),
+    /// Print the effective values of a mount (contexts/values.yaml with --values and
+    /// --set applied), as a YAML file that --values takes.
+    Values(ValuesArgs),
+    /// The contexts embedded in this binary.
+    #[command(subcommand)]
+    Contexts(ContextsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -82,6 +88,67 @@ pub fn generate(what: &Generate) -> Result<(), String> {
     }
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ContextsCommand {
+    /// Write the embedded contexts (templates, versions.yaml, sealer.yaml, values.yaml,
+    /// sources.yaml) into DIR, a new or empty folder, to start a --contexts tree from.
+    Export { dir: PathBuf },
+}
+
+#[derive(Debug, Args)]
+pub struct ValuesArgs {
+    /// Kubernetes version, e.g. v1.23.4.
+    #[arg(long = "k8s", value_name = "VERSION")]
+    pub k8s: String,
+    #[arg(long)]
+    pub cri: Option<String>,
+    #[arg(long, default_value = "calico")]
+    pub cni: String,
+    #[arg(long, value_name = "GEN")]
+    pub sealer: Option<String>,
+    #[arg(long, default_value = "sea.hub:5000")]
+    pub registry_domain: String,
+    #[arg(long, value_name = "DIR")]
+    pub contexts: Option<PathBuf>,
+    #[command(flatten)]
+    pub values: ValueArgs,
+}
+
+/// `--values FILE` and `--set KEY=VALUE`: the user's choices of contexts/values.yaml.
+#[derive(Debug, Args)]
+pub struct ValueArgs {
+    /// A YAML file of values (keys of `rootfs-mount values`), applied before --set.
+    #[arg(long = "values", value_name = "FILE", help_heading = "Build")]
+    pub values_file: Option<PathBuf>,
+
+    /// Set one value, e.g. podSubnet=10.244.0.0/16 or apiServerExtraArgs.v=2 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE", help_heading = "Build")]
+    pub set: Vec<String>,
+}
+
+impl ValueArgs {
+    /// The overrides in the order they apply: the file's, then each --set.
+    pub fn overrides(&self) -> Result<Vec<(String, String)>, String> {
+        let mut out = Vec::new();
+        if let Some(file) = &self.values_file {
+            let bytes = std::fs::read(file)
+                .map_err(|e| format!("cannot read --values {}: {e}", file.display()))?;
+            out = rootfs_mount::values::parse_values_file(&bytes)
+                .map_err(|e| format!("--values {}: {e}", file.display()))?;
+        }
+        for pair in &self.set {
+            let (key, value) = pair.split_once('=').ok_or_else(|| {
+                format!(
+                    "bad --set {}: expected KEY=VALUE",
+                    rootfs_mount::render::quote(pair)
+                )
+            })?;
+            out.push((key.trim().to_string(), value.to_string()));
+        }
+        Ok(out)
+    }
+}
+
 #[derive(Debug, Args)]
 pub struct FetchArgs {
     /// Kubernetes version, e.g. v1.23.4.
@@ -103,6 +170,10 @@ pub struct FetchArgs {
     /// sealer generation, which decides the lvscare image of the imageList (--images).
     #[arg(long, value_name = "GEN")]
     pub sealer: Option<String>,
+
+    /// Values that change the imageList (cniVersion) for --images.
+    #[command(flatten)]
+    pub values: ValueArgs,
 
     /// The cache to fill [default: as for the mount].
     #[arg(long, value_name = "DIR")]
@@ -299,6 +370,9 @@ pub struct MountArgs {
     #[arg(long, default_value = "sea.hub:5000", help_heading = "Build")]
     pub registry_domain: String,
 
+    #[command(flatten)]
+    pub values: ValueArgs,
+
     /// sealer generation the image is built for: v0.9 (sealer v0.9.2 to v0.11.0) or v0.8
     /// (sealer v0.8.6) [default: v0.9].
     #[arg(long, value_name = "GEN", help_heading = "Build")]
@@ -337,6 +411,11 @@ pub struct MountArgs {
     /// Refuse every write with EROFS.
     #[arg(long, help_heading = "Writes")]
     pub read_only: bool,
+
+    /// Refuse an --upper folder last used with other parameters (version, CRI, CNI,
+    /// sealer generation or values) instead of warning.
+    #[arg(long, help_heading = "Writes", requires = "upper")]
+    pub strict: bool,
 
     /// Serve every read from the daemon, even where the kernel could read plain backing
     /// files directly (FUSE passthrough, Linux >= 6.9, root).
@@ -462,6 +541,7 @@ impl MountArgs {
             contexts: self.contexts.as_deref().map(absolute).transpose()?,
             registry_domain: domain.to_string(),
             sealer: self.sealer.clone(),
+            values: self.values.overrides()?,
             registry_data: self.registry_data.as_deref().map(absolute).transpose()?,
             index_dir: self.index_dir.as_deref().map(absolute).transpose()?,
             allow_missing: self.allow_missing,

@@ -13,6 +13,7 @@ use crate::render::template_vars;
 use crate::sealer::SealerFacts;
 use crate::sources::{CacheEntry, Sources};
 use crate::tree::{Branch, Namespace};
+use crate::values::{template_value, variable_name, Effective, ValueSpecs, Values};
 use crate::versions::{KubeVersion, Profile, VersionFacts};
 
 /// Architectures a build directory can hold (sealer's platforms).
@@ -113,6 +114,9 @@ pub struct MountParams {
     pub registry_domain: String,
     /// A generation of contexts/sealer.yaml; `None`: its default.
     pub sealer: Option<String>,
+    /// `--values FILE` then `--set key=value`, in order (contexts/values.yaml); applied after
+    /// `registry_domain`.
+    pub values: Vec<(String, String)>,
     /// `None`: `CACHE/registry`.
     pub registry_data: Option<PathBuf>,
     /// `None`: `CACHE/index`.
@@ -133,6 +137,31 @@ pub enum Upper {
 }
 
 impl MountParams {
+    /// Parameters that only render the tree (`values`, `fetch --images`): nothing is read
+    /// from a cache and nothing is mounted; every other field at its default.
+    pub fn rendering(
+        version: KubeVersion,
+        cri: Option<String>,
+        cni: String,
+        contexts: Option<PathBuf>,
+    ) -> Self {
+        MountParams {
+            version,
+            cri,
+            cni,
+            arches: vec![KNOWN_ARCHES[0].to_string()],
+            cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
+            contexts,
+            registry_domain: "sea.hub:5000".into(),
+            sealer: None,
+            values: Vec::new(),
+            registry_data: None,
+            index_dir: None,
+            allow_missing: true,
+            upper: Upper::None,
+        }
+    }
+
     pub fn registry_dir(&self) -> PathBuf {
         self.registry_data
             .clone()
@@ -180,6 +209,10 @@ impl MountParams {
 pub struct BuildLayout {
     pub profile: Profile,
     pub namespace: Namespace,
+    /// Everything that decides what is rendered, one `key=value` a line (`k8s=v1.23.4`,
+    /// `cri=docker`, ..., `podSubnet=...`): an `--upper` folder records it
+    /// (`upper::params`).
+    pub parameters: String,
 }
 
 /// Where the contexts come from.
@@ -243,11 +276,16 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     }
     let facts = contexts.data("versions.yaml", VersionFacts::parse)?;
     let sources = contexts.data("sources.yaml", Sources::parse)?;
-    let profile = facts.profile(&params.version, params.cri.as_deref(), &params.cni)?;
+    let mut profile = facts.profile(&params.version, params.cri.as_deref(), &params.cni)?;
     let sealer = contexts
         .data("sealer.yaml", SealerFacts::parse)?
         .generation(params.sealer.as_deref())?;
-    let vars = Arc::new(template_vars(&profile, &sealer, &params.registry_domain));
+    let values = effective_values(&contexts, params, &facts, &mut profile)?;
+    let user_vars = values
+        .iter()
+        .map(|(key, value)| (variable_name(key), template_value(value)))
+        .collect();
+    let vars = Arc::new(template_vars(&profile, &sealer, user_vars));
 
     let mut context_layers: Vec<(String, Box<dyn Layer>)> = Vec::new();
     if let Some((cni, _)) = &profile.cni {
@@ -294,10 +332,109 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
             layer: Arc::new(templated),
         });
     }
-    Ok(BuildLayout {
+    let mut parameters = format!(
+        "k8s={}\ncri={}\ncni={}\nsealer={}",
+        profile.version,
+        profile.cri,
+        profile
+            .cni
+            .as_ref()
+            .map_or("none", |(name, _)| name.as_str()),
+        sealer.0
+    );
+    for (key, value) in &values {
+        match value {
+            Effective::Text(text) => parameters.push_str(&format!("\n{key}={text}")),
+            Effective::Args(args) => {
+                for (flag, v) in args {
+                    parameters.push_str(&format!("\n{key}.{flag}={v}"));
+                }
+            }
+        }
+    }
+    let layout = BuildLayout {
         profile,
         namespace: Namespace::new(branches),
-    })
+        parameters,
+    };
+    if !params.values.is_empty() {
+        check_rendered_yaml(&layout)?;
+    }
+    Ok(layout)
+}
+
+/// With values set by the user, the YAML files they reach must still parse: a flag that
+/// the image already sets, given again, would be a duplicate key.
+fn check_rendered_yaml(layout: &BuildLayout) -> Result<(), String> {
+    use serde::Deserialize;
+    for path in ["rootfs/etc/kubeadm.yml", "rootfs/etc/custom-resources.yaml"] {
+        let Some(node) = layout
+            .namespace
+            .resolve_path(Path::new(path))
+            .map_err(|e| format!("{path}: {e}"))?
+        else {
+            continue;
+        };
+        let crate::layers::Content::Bytes(bytes) = node.entry.content else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&bytes);
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            serde_yaml::Value::deserialize(doc).map_err(|e| {
+                format!(
+                    "the values make {path} invalid YAML ({e}); a flag the image already sets cannot be set again: change it through --contexts"
+                )
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// The values of a mount (contexts/values.yaml, `--registry-domain`, `--values`, `--set`),
+/// checked; a chosen `cniVersion` replaces the profile's CNI release.
+fn effective_values(
+    contexts: &Contexts,
+    params: &MountParams,
+    facts: &VersionFacts,
+    profile: &mut Profile,
+) -> Result<Values, String> {
+    let specs = contexts.data("values.yaml", ValueSpecs::parse)?;
+    let releases = match &profile.cni {
+        Some((cni, _)) => facts.cni_releases(cni, &profile.version),
+        None => Vec::new(),
+    };
+    let names: Vec<String> = releases.iter().map(|r| r.version.clone()).collect();
+    let mut overrides = vec![("registryDomain".to_string(), params.registry_domain.clone())];
+    overrides.extend(params.values.iter().cloned());
+    let values = specs.resolve(&overrides, &names)?;
+    if let (Some((_, current)), Some(Effective::Text(chosen))) =
+        (&mut profile.cni, values.get("cniVersion"))
+    {
+        if let Some(release) = releases.into_iter().find(|r| &r.version == chosen) {
+            *current = release;
+        }
+    }
+    Ok(values)
+}
+
+/// The effective values of a mount of `params`, for `rootfs-mount values`.
+pub fn values(params: &MountParams) -> Result<Values, String> {
+    let contexts = match &params.contexts {
+        None => Contexts::Embedded,
+        Some(dir) => Contexts::Disk(dir),
+    };
+    let facts = contexts.data("versions.yaml", VersionFacts::parse)?;
+    let mut profile = facts.profile(&params.version, params.cri.as_deref(), &params.cni)?;
+    effective_values(&contexts, params, &facts, &mut profile)
+}
+
+/// The value specifications (contexts/values.yaml) of the embedded contexts or `dir`.
+pub fn value_specs(dir: Option<&Path>) -> Result<ValueSpecs, String> {
+    match dir {
+        None => Contexts::Embedded,
+        Some(dir) => Contexts::Disk(dir),
+    }
+    .data("values.yaml", ValueSpecs::parse)
 }
 
 /// The `<arch>/` folders: kube binaries, the OSS cache and the CRI artifacts.
@@ -413,20 +550,13 @@ mod tests {
 
     fn params(version: &str, cri: Option<&str>) -> MountParams {
         let minor: u32 = version.split('.').nth(1).unwrap().parse().unwrap();
-        MountParams {
-            version: KubeVersion::parse(version).unwrap(),
-            cri: cri.map(str::to_string),
-            cni: if minor >= 16 { "calico" } else { "none" }.into(),
-            arches: vec!["amd64".into()],
-            cache: PathBuf::from("/nonexistent/rootfs-mount-cache"),
-            contexts: None,
-            registry_domain: "sea.hub:5000".into(),
-            sealer: None,
-            registry_data: None,
-            index_dir: None,
-            allow_missing: true,
-            upper: Upper::None,
-        }
+        // The bundled Calico needs v1.16+.
+        MountParams::rendering(
+            KubeVersion::parse(version).unwrap(),
+            cri.map(str::to_string),
+            if minor >= 16 { "calico" } else { "none" }.into(),
+            None,
+        )
     }
 
     fn rendered(layout: &BuildLayout, path: &str) -> String {

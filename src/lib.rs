@@ -23,6 +23,7 @@ pub mod state;
 pub mod sys;
 pub mod tree;
 pub mod upper;
+pub mod values;
 pub mod versions;
 
 /// `contexts/` compiled into the binary by `build.rs`.

@@ -16,17 +16,19 @@ use rootfs_mount::tree::MergedTree;
 use rootfs_mount::upper::UpperDir;
 use rootfs_mount::versions::KubeVersion;
 
+/// `--contexts DIR` made absolute (the daemon changes its working folder).
+fn absolute_contexts(dir: Option<&std::path::Path>) -> Result<Option<std::path::PathBuf>, String> {
+    dir.map(std::path::absolute)
+        .transpose()
+        .map_err(|e| format!("--contexts: {e}"))
+}
+
 /// `rootfs-mount fetch`: resolves the version like a mount does, then fills the cache.
 fn fetch(args: &FetchArgs) -> Result<(), String> {
     let version = KubeVersion::parse(&args.k8s)?;
     let arches = args.arches()?;
     let cache = args.cache()?;
-    let contexts = args
-        .contexts
-        .as_deref()
-        .map(std::path::absolute)
-        .transpose()
-        .map_err(|e| format!("--contexts: {e}"))?;
+    let contexts = absolute_contexts(args.contexts.as_deref())?;
     let (facts, sources) = layout::load_facts(contexts.as_deref())?;
     let profile = facts.profile(&version, args.cri.as_deref(), &args.cni)?;
     for url in &args.mirrors {
@@ -58,18 +60,14 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
     }
     if args.images && !args.print_urls {
         let params = layout::MountParams {
-            version: version.clone(),
-            cri: Some(profile.cri.clone()),
-            cni: args.cni.clone(),
-            arches: arches.clone(),
-            cache: cache.clone(),
-            contexts: contexts.clone(),
-            registry_domain: "sea.hub:5000".into(),
             sealer: args.sealer.clone(),
-            registry_data: None,
-            index_dir: None,
-            allow_missing: true,
-            upper: layout::Upper::None,
+            values: args.values.overrides()?,
+            ..layout::MountParams::rendering(
+                version.clone(),
+                Some(profile.cri.clone()),
+                args.cni.clone(),
+                contexts.clone(),
+            )
         };
         fetch::pull_image_list(
             &layout::image_list(&params)?,
@@ -79,6 +77,49 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+fn print_values(args: &cli::ValuesArgs) -> Result<(), String> {
+    let contexts = absolute_contexts(args.contexts.as_deref())?;
+    let params = layout::MountParams {
+        registry_domain: args.registry_domain.clone(),
+        sealer: args.sealer.clone(),
+        values: args.values.overrides()?,
+        ..layout::MountParams::rendering(
+            KubeVersion::parse(&args.k8s)?,
+            args.cri.clone(),
+            args.cni.clone(),
+            contexts.clone(),
+        )
+    };
+    let values = layout::values(&params)?;
+    let specs = layout::value_specs(contexts.as_deref())?;
+    let mut out = String::new();
+    for (key, spec) in specs.keys() {
+        out.push_str(&format!("# {}\n", spec.help));
+        match values.get(key) {
+            Some(rootfs_mount::values::Effective::Text(text)) => {
+                out.push_str(&format!("{key}: {}\n", yaml_scalar(text)))
+            }
+            Some(rootfs_mount::values::Effective::Args(args)) if args.is_empty() => {
+                out.push_str(&format!("{key}: {{}}\n"))
+            }
+            Some(rootfs_mount::values::Effective::Args(args)) => {
+                out.push_str(&format!("{key}:\n"));
+                for (flag, value) in args {
+                    out.push_str(&format!("  {flag}: {}\n", yaml_scalar(value)));
+                }
+            }
+            None => {}
+        }
+    }
+    print!("{out}");
+    Ok(())
+}
+
+/// A YAML double-quoted scalar.
+fn yaml_scalar(text: &str) -> String {
+    format!("{text:?}")
 }
 
 fn cache_command(command: &CacheCommand) -> Result<(), String> {
@@ -118,6 +159,56 @@ fn cache_command(command: &CacheCommand) -> Result<(), String> {
     Ok(())
 }
 
+/// An `--upper` folder last mounted with other parameters holds files written for them:
+/// say which rendered files it shadows (or refuse with `--strict`), then record the
+/// parameters of this mount on it.
+fn check_upper_parameters(
+    dir: &std::path::Path,
+    build: &layout::BuildLayout,
+    strict: bool,
+) -> Result<(), String> {
+    use rootfs_mount::layers::Source;
+    use rootfs_mount::upper::params;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot use {} as the upper layer: {e}", dir.display()))?;
+    if let Ok(Some(old)) = params::recorded(dir) {
+        let changes = params::differences(&old, &build.parameters);
+        if !changes.is_empty() {
+            let shadowed: Vec<String> = params::files(dir)
+                .into_iter()
+                .filter(|rel| {
+                    matches!(
+                        build.namespace.resolve_path(rel),
+                        Ok(Some(node)) if matches!(node.entry.source, Source::Rendered(_))
+                    )
+                })
+                .map(|rel| rel.display().to_string())
+                .collect();
+            let mut message = format!(
+                "--upper {} was last mounted with other parameters ({})",
+                dir.display(),
+                changes.join(", ")
+            );
+            if shadowed.is_empty() {
+                message.push_str("; it shadows no rendered file");
+            } else {
+                message.push_str(&format!(
+                    "; it shadows rendered files with bytes written then: {}",
+                    shadowed.join(", ")
+                ));
+            }
+            if strict {
+                return Err(format!(
+                    "{message}; mount without --strict to use it anyway, or use another --upper"
+                ));
+            }
+            eprintln!("rootfs-mount: warning: {message}");
+        }
+    }
+    params::record(dir, &build.parameters)
+        .map_err(|e| format!("cannot record the parameters on {}: {e}", dir.display()))
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Some(Command::Umount { mountpoint, lazy }) => return daemon::umount(&mountpoint, lazy),
@@ -128,6 +219,12 @@ fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Fetch(args)) => return fetch(&args),
         Some(Command::Cache(command)) => return cache_command(&command),
         Some(Command::Generate(what)) => return cli::generate(&what),
+        Some(Command::Values(args)) => return print_values(&args),
+        Some(Command::Contexts(cli::ContextsCommand::Export { dir })) => {
+            return rootfs_mount::layers::export_contexts(&dir).map(|n| {
+                println!("{n} files written to {}", dir.display());
+            })
+        }
         None => {}
     }
     let args = cli.mount;
@@ -169,6 +266,9 @@ fn run(cli: Cli) -> Result<(), String> {
         auto_unmount: daemon::wants_auto_unmount(args.allow_other),
         log: String::new(),
     };
+    if let Upper::Kept(dir) = &params.upper {
+        check_upper_parameters(dir, &build, args.strict)?;
+    }
     let namespace = match &upper_dir {
         Some(dir) => {
             let upper = UpperDir::open(dir)

@@ -1,6 +1,6 @@
 //! Per-mount state files and `rootfs-mount status`.
 //!
-//! A daemon writes `RUNTIME/<pid>.state` once its mount answers, where RUNTIME is
+//! A daemon writes `RUNTIME/<pid>.json` once its mount answers, where RUNTIME is
 //! `/run/rootfs-mount` for root and `$XDG_RUNTIME_DIR/rootfs-mount` for other users
 //! (without `XDG_RUNTIME_DIR` a non-root daemon keeps no state file). The file holds the
 //! mount's parameters and its counters; a small thread of the daemon rewrites it once a
@@ -16,7 +16,9 @@
 //! UTF-8 is an array of its bytes, so any path round-trips. Unknown fields are ignored
 //! and missing ones take their defaults. Files of format 1 (`key=value` lines with
 //! octal escapes, written by earlier versions whose daemons may still run across an
-//! upgrade) are still read.
+//! upgrade) are still read. The new files are named `.json`, not `.state`, because
+//! earlier versions take a `.state` file they cannot parse for stale and delete it: a
+//! daemon of this version must not vanish from `status` when an older binary runs.
 
 use std::fmt::Write as _;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -385,7 +387,7 @@ impl StateFile {
             ..MountRecord::default()
         };
         let file = StateFile {
-            path: dir.join(format!("{pid}.state")),
+            path: dir.join(format!("{pid}.json")),
             record: Mutex::new(None),
         };
         write_atomically(&file.path, &record.to_json())?;
@@ -467,7 +469,7 @@ fn scan(dir: &Path) -> (Vec<MountRecord>, Vec<Stale>) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "state") {
+        if path.extension().is_none_or(|e| e != "json" && e != "state") {
             continue;
         }
         let record = std::fs::read_to_string(&path)

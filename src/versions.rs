@@ -223,6 +223,21 @@ impl VersionFacts {
         self.cni.keys().map(String::as_str).collect()
     }
 
+    /// The releases of `cni` whose range holds `version`, in data order (the first is
+    /// the default).
+    pub fn cni_releases(&self, cni: &str, version: &KubeVersion) -> Vec<CniFacts> {
+        self.cni
+            .get(cni)
+            .map(|c| {
+                c.releases
+                    .iter()
+                    .filter(|r| r.range.holds(version))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// Resolves the facts for `version`, refusing what the version does not support.
     /// `cri: None` takes the version's default CRI; `cni` is a CNI name or `none`.
     pub fn profile(

@@ -310,7 +310,7 @@ fn status_lists_parameters_pid_and_counters_and_state_is_removed_at_unmount() {
     assert_eq!(status_of(&m.dir)["errors"], "0");
     let all = run(&["status"]);
     assert!(String::from_utf8_lossy(&all.stdout).contains(m.dir.to_str().unwrap()));
-    let state = Path::new("/run/rootfs-mount").join(format!("{pid}.state"));
+    let state = Path::new("/run/rootfs-mount").join(format!("{pid}.json"));
     assert!(state.exists(), "{} missing", state.display());
 
     let out = run(&["umount", m.dir.to_str().unwrap()]);
@@ -417,5 +417,5 @@ fn allow_other_mounts_unmount_cleanly_on_sigterm() {
             .map(|s| s.contains(") Z"))
             .unwrap_or(true)
     });
-    assert!(!Path::new(&format!("/run/rootfs-mount/{pid}.state")).exists());
+    assert!(!Path::new(&format!("/run/rootfs-mount/{pid}.json")).exists());
 }

@@ -1248,20 +1248,12 @@ fn images_are_pulled_into_the_registry_data() {
         &c,
         &format!("oci:{}:img", oci.display()),
     ]);
-    let params = rootfs_mount::layout::MountParams {
-        version: rootfs_mount::versions::KubeVersion::parse("v1.23.4").unwrap(),
-        cri: None,
-        cni: "calico".into(),
-        arches: vec!["amd64".into()],
-        cache: scratch("unused-cache"),
-        contexts: None,
-        registry_domain: "sea.hub:5000".into(),
-        sealer: None,
-        registry_data: None,
-        index_dir: None,
-        allow_missing: true,
-        upper: rootfs_mount::layout::Upper::None,
-    };
+    let params = rootfs_mount::layout::MountParams::rendering(
+        rootfs_mount::versions::KubeVersion::parse("v1.23.4").unwrap(),
+        None,
+        "calico".into(),
+        None,
+    );
     let images = rootfs_mount::layout::image_list(&params).unwrap();
     assert!(images.len() > 10, "{images:?}");
     let mut pushed = BTreeMap::new();

@@ -27,17 +27,19 @@ impl Buildah {
         }
     }
 
-    fn run(&self, args: &[&str]) -> String {
-        let out = Command::new("buildah")
-            .arg("--storage-driver")
-            .arg("vfs")
-            .arg("--root")
+    /// `buildah` on this storage folder.
+    fn command(&self) -> Command {
+        let mut command = Command::new("buildah");
+        command
+            .args(["--storage-driver", "vfs", "--root"])
             .arg(self.root.join("root"))
             .arg("--runroot")
-            .arg(self.root.join("run"))
-            .args(args)
-            .output()
-            .expect("run buildah");
+            .arg(self.root.join("run"));
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().expect("run buildah");
         assert!(
             out.status.success(),
             "buildah {args:?}: {}",
@@ -49,15 +51,7 @@ impl Buildah {
 
 impl Drop for Buildah {
     fn drop(&mut self) {
-        let _ = Command::new("buildah")
-            .arg("--storage-driver")
-            .arg("vfs")
-            .arg("--root")
-            .arg(self.root.join("root"))
-            .arg("--runroot")
-            .arg(self.root.join("run"))
-            .args(["rm", "--all"])
-            .output();
+        let _ = self.command().args(["rm", "--all"]).output();
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

@@ -113,6 +113,82 @@ pub fn embedded_file(path: &str) -> Option<&'static [u8]> {
         .map(|f| f.data)
 }
 
+/// Writes every embedded file of `contexts/` into `dir` (new, or an empty folder), with
+/// its mode and the build's mtime, folders 0755 with the same mtime, so that `--contexts
+/// DIR` over the export serves the same tree, byte for byte and time for time. The files
+/// are written into a sibling folder first and renamed into place: a failed export leaves
+/// nothing at `dir`. Returns the number of files.
+pub fn export_contexts(dir: &Path) -> Result<usize, String> {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+    let shown = dir.display();
+    if let Ok(mut entries) = std::fs::read_dir(dir) {
+        if entries.next().is_some() {
+            return Err(format!(
+                "{shown} is not empty: export into a new or empty folder"
+            ));
+        }
+    }
+    let name = dir
+        .file_name()
+        .ok_or_else(|| format!("{shown}: not a folder name"))?;
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut staging_name = OsString::from(".");
+    staging_name.push(name);
+    staging_name.push(format!(".export-{}", std::process::id()));
+    let staging = parent.join(staging_name);
+    let fail = |what: &str, path: &Path, e: io::Error| {
+        let _ = std::fs::remove_dir_all(&staging);
+        format!("cannot {what} {}: {e}", path.display())
+    };
+    std::fs::create_dir(&staging).map_err(|e| fail("create", &staging, e))?;
+    let times = std::fs::FileTimes::new()
+        .set_modified(super::build_epoch())
+        .set_accessed(super::build_epoch());
+    let mut folders = vec![staging.clone()];
+    for file in FILES {
+        let path = staging.join(file.path);
+        if let Some(parent) = path.parent() {
+            let mut missing = Vec::new();
+            let mut p = parent.to_path_buf();
+            while !p.exists() {
+                missing.push(p.clone());
+                if !p.pop() {
+                    break;
+                }
+            }
+            std::fs::create_dir_all(parent).map_err(|e| fail("create", parent, e))?;
+            folders.extend(missing);
+        }
+        match file.link {
+            Some(target) => symlink(target, &path).map_err(|e| fail("write", &path, e))?,
+            None => {
+                std::fs::write(&path, file.data).map_err(|e| fail("write", &path, e))?;
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(file.mode))
+                    .map_err(|e| fail("chmod", &path, e))?;
+                std::fs::File::options()
+                    .write(true)
+                    .open(&path)
+                    .and_then(|f| f.set_times(times))
+                    .map_err(|e| fail("set the time of", &path, e))?;
+            }
+        }
+    }
+    // Deepest first, so that setting a folder's time is not undone by a child's.
+    folders.sort_by_key(|f| std::cmp::Reverse(f.components().count()));
+    for folder in &folders {
+        std::fs::set_permissions(folder, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| fail("chmod", folder, e))?;
+        std::fs::File::open(folder)
+            .and_then(|f| f.set_times(times))
+            .map_err(|e| fail("set the time of", folder, e))?;
+    }
+    std::fs::rename(&staging, dir).map_err(|e| fail("rename into place", dir, e))?;
+    Ok(FILES.len())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,7 +9,7 @@ mod templated;
 
 pub use archive::{GunzippedFile, TarballMembers};
 pub use disk::DiskTree;
-pub use embedded::{embedded_file, EmbeddedTree};
+pub use embedded::{embedded_file, export_contexts, EmbeddedTree};
 pub use empty::EmptyDir;
 pub use templated::TemplatedTree;
 

@@ -8,12 +8,15 @@ use crate::sealer::Generation;
 use crate::versions::Profile;
 
 /// The variables of docs/TEMPLATES.md for one mount.
-pub fn template_vars(
-    profile: &Profile,
-    sealer: &(String, Generation),
-    registry_domain: &str,
-) -> Vars {
-    let mut vars = Vars::new();
+/// `values` are the user's choices (contexts/values.yaml), already as variables; they hold
+/// `registry_domain`, from which the registry's host and port are derived.
+pub fn template_vars(profile: &Profile, sealer: &(String, Generation), values: Vars) -> Vars {
+    let registry_domain = match values.get("registry_domain") {
+        Some(Value::Str(domain)) => domain.clone(),
+        _ => "sea.hub:5000".to_string(),
+    };
+    let registry_domain = registry_domain.as_str();
+    let mut vars = values;
     let mut set = |name: &str, value: Value| {
         vars.insert(name.to_string(), value);
     };
@@ -40,7 +43,6 @@ pub fn template_vars(
         .collect();
     set("cni_image_tags", Value::Map(tags));
     set("cni_images", Value::List(cni_images));
-    set("registry_domain", s(registry_domain));
     let (host, port) = split_registry_domain(registry_domain);
     set("registry_host", s(host));
     set("registry_port", s(port));

@@ -21,6 +21,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+pub mod params;
+
 use crate::layers::{Child, DiskTree, EntryKind, Layer, LayerEntry};
 use crate::sys::{self, at, at::SetTime};
 
