@@ -49,6 +49,9 @@ pub enum Command {
     /// The cache as a whole: publish a mirror, verify, list, collect garbage.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Build the gzip seek index of every archive a mount of these parameters reads,
+    /// ahead of time (so first reads do not wait; CI can warm a cache with it).
+    Index(IndexArgs),
     /// Write the man page or shell completions (scripts/install.sh runs this).
     #[command(hide = true, subcommand)]
     Generate(Generate),
@@ -58,6 +61,53 @@ pub enum Command {
     /// The contexts embedded in this binary.
     #[command(subcommand)]
     Contexts(ContextsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Kubernetes version, e.g. v1.23.4.
+    #[arg(long = "k8s", value_name = "VERSION")]
+    pub k8s: String,
+    /// Container runtime [default: the version's, as for the mount].
+    #[arg(long)]
+    pub cri: Option<String>,
+    /// Architectures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
+    pub arch: Vec<String>,
+    /// The cache [default: as for the mount].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Where the indexes go [default: CACHE/index].
+    #[arg(long, value_name = "DIR")]
+    pub index_dir: Option<PathBuf>,
+    /// Contexts folder, as for the mount.
+    #[arg(long, value_name = "DIR")]
+    pub contexts: Option<PathBuf>,
+}
+
+impl IndexArgs {
+    /// The parameters of a read-only mount of these archives (nothing needs to be
+    /// complete: what is missing is simply not indexed).
+    pub fn params(&self) -> Result<MountParams, String> {
+        let version = KubeVersion::parse(&self.k8s)?;
+        let mut params = MountParams::rendering(
+            version,
+            self.cri.clone(),
+            "none".into(),
+            self.contexts.as_deref().map(absolute).transpose()?,
+        );
+        params.arches = parse_arches(&self.arch)?;
+        params.cache = cache_dir(self.cache.as_deref())?;
+        if !params.cache.is_dir() {
+            return Err(format!(
+                "the cache {} does not exist; fill it with `rootfs-mount fetch --k8s {}`",
+                params.cache.display(),
+                self.k8s
+            ));
+        }
+        params.index_dir = self.index_dir.as_deref().map(absolute).transpose()?;
+        Ok(params)
+    }
 }
 
 #[derive(Debug, Subcommand)]

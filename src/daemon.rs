@@ -397,7 +397,7 @@ fn serve_until_unmounted(
             // once the daemon is dead, and knows nothing of a mount made with mount(2)
             // here: a live daemon unmounts those itself.
             let result = if auto_unmount || direct {
-                umount(&point, false)
+                unmount_on_signal(&point)
             } else {
                 unmounter.unmount().map_err(|e| e.to_string())
             };
@@ -419,6 +419,25 @@ fn serve_until_unmounted(
     notify::stopping(&format!("unmounted {}", mountpoint.display()));
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
+}
+
+/// Unmounts our own mount when told to stop. A busy mount (a reader has a file open or
+/// its working folder there, or the readiness probe is still listing the root) is tried
+/// again for two seconds, then detached (`umount -l`): a signalled daemon must go away,
+/// and files still open keep working until closed.
+fn unmount_on_signal(point: &Path) -> Result<(), String> {
+    for _ in 0..20 {
+        match sys::unmount(point, false) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(()) => return Ok(()),
+            // Not root (fusermount3), or not mounted any more: the general path says why.
+            Err(_) => return umount(point, false),
+        }
+    }
+    tracing::warn!(mountpoint = %point.display(), "still busy after 2 s: detaching it; open files keep working until closed");
+    umount(point, true)
 }
 
 /// Mounts with mount(2) (see `sys::mount_fuse`) and starts the session on that
@@ -527,7 +546,8 @@ fn publish_state(
         .name("state".into())
         .spawn(move || loop {
             std::thread::sleep(state::REFRESH);
-            if let Err(e) = refreshed.refresh(stats.snapshot(), FAULTS.snapshot()) {
+            let indexing = crate::archive::progress::snapshot();
+            if let Err(e) = refreshed.refresh(stats.snapshot(), FAULTS.snapshot(), indexing) {
                 tracing::debug!(error = %e, "refreshing the state file");
             }
         });

@@ -24,6 +24,74 @@ fn absolute_contexts(dir: Option<&std::path::Path>) -> Result<Option<std::path::
 }
 
 /// `rootfs-mount fetch`: resolves the version like a mount does, then fills the cache.
+/// `rootfs-mount index`: every archive a mount of these parameters reads is indexed by
+/// going through the tree as the first reads would (listing `<arch>/bin`, looking up
+/// `<arch>/images/registry.tar`), so the layers decide what is an archive. A progress bar
+/// on a terminal; the start and end of each build are logged (stderr) either way.
+fn index(args: &cli::IndexArgs) -> Result<(), String> {
+    use rootfs_mount::tree::ROOT_INO;
+    let params = args.params()?;
+    rootfs_mount::logging::init(
+        "info",
+        rootfs_mount::logging::Destination::Stderr,
+        false,
+        Box::leak(Box::default()),
+    );
+    let build = layout::plan(&params)?;
+    let tree = MergedTree::new(build.namespace, params.cache.clone()).map_err(|e| e.to_string())?;
+    let bar = indicatif::ProgressBar::new(100).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}%")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (bar, done) = (bar.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(now) = rootfs_mount::archive::progress::snapshot().first() {
+                    let eta = now
+                        .eta_seconds
+                        .map_or_else(String::new, |s| format!(", {s}s left"));
+                    bar.set_message(format!("indexing {}{eta}", now.file));
+                    bar.set_position(now.percent);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let mut faults = Vec::new();
+    for arch in &params.arches {
+        let Ok((arch_ino, _)) = tree.lookup(ROOT_INO, arch.as_ref()) else {
+            continue;
+        };
+        if let Ok((bin, _)) = tree.lookup(arch_ino, "bin".as_ref()) {
+            if let Err(e) = tree.listing(bin, 0) {
+                faults.push(format!("{arch}/bin: {e}"));
+            }
+            tree.listing_done(bin);
+        }
+        if let Ok((images, _)) = tree.lookup(arch_ino, "images".as_ref()) {
+            match tree.lookup(images, "registry.tar".as_ref()) {
+                Err(e) if e.errno != libc::ENOENT => {
+                    faults.push(format!("{arch}/images/registry.tar: {e}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.join();
+    bar.finish_and_clear();
+    if !faults.is_empty() {
+        return Err(format!(
+            "some archives could not be indexed: {}",
+            faults.join("; ")
+        ));
+    }
+    println!("seek indexes are in {}", params.index_dir().display());
+    Ok(())
+}
+
 fn fetch(args: &FetchArgs) -> Result<(), String> {
     let version = KubeVersion::parse(&args.k8s)?;
     let arches = args.arches()?;
@@ -219,6 +287,7 @@ fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Fetch(args)) => return fetch(&args),
         Some(Command::Cache(command)) => return cache_command(&command),
         Some(Command::Generate(what)) => return cli::generate(&what),
+        Some(Command::Index(args)) => return index(&args),
         Some(Command::Values(args)) => return print_values(&args),
         Some(Command::Contexts(cli::ContextsCommand::Export { dir })) => {
             return rootfs_mount::layers::export_contexts(&dir).map(|n| {

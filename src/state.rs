@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+use crate::archive::progress::IndexingStatus;
 use crate::fault::Fault;
 use crate::fuse::{Counters, ReadPath};
 
@@ -87,6 +88,8 @@ pub struct MountRecord {
     pub faults: Vec<Fault>,
     /// How many faults there were in all.
     pub faults_total: u64,
+    /// Archives being indexed now (a slow first read), with progress.
+    pub indexing: Vec<IndexingStatus>,
     /// When the counters were written, in seconds since the epoch.
     pub updated: u64,
 }
@@ -328,6 +331,14 @@ impl MountRecord {
         for (key, value) in rows {
             let _ = writeln!(out, "  {:<16}{value}", format!("{key}:"));
         }
+        for i in &self.indexing {
+            let eta = i.eta_seconds.map_or_else(|| "unknown".to_string(), uptime);
+            let _ = writeln!(
+                out,
+                "  indexing:       {} {}% ({} of {} bytes, {} left)",
+                i.file, i.percent, i.bytes_done, i.bytes_total, eta
+            );
+        }
         if !self.faults.is_empty() {
             let _ = writeln!(out, "  last faults:");
             for fault in &self.faults {
@@ -399,17 +410,27 @@ impl StateFile {
         &self.path
     }
 
-    /// Rewrites the file when the counters or the faults changed since the last write.
-    pub fn refresh(&self, counters: Counters, faults: (Vec<Fault>, u64)) -> std::io::Result<()> {
+    /// Rewrites the file when the counters, the faults or the indexing in progress
+    /// changed since the last write.
+    pub fn refresh(
+        &self,
+        counters: Counters,
+        faults: (Vec<Fault>, u64),
+        indexing: Vec<IndexingStatus>,
+    ) -> std::io::Result<()> {
         let mut guard = self.record.lock().unwrap_or_else(|p| p.into_inner());
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
-        if record.counters == counters && record.faults_total == faults.1 {
+        if record.counters == counters
+            && record.faults_total == faults.1
+            && record.indexing == indexing
+        {
             return Ok(());
         }
         record.counters = counters;
         (record.faults, record.faults_total) = faults;
+        record.indexing = indexing;
         record.updated = now();
         write_atomically(&self.path, &record.to_json())
     }
@@ -551,6 +572,14 @@ mod tests {
                 message: "corrupt archive".into(),
             }],
             faults_total: 3,
+            indexing: vec![IndexingStatus {
+                file: "/c/registry.tar.gz".into(),
+                bytes_done: 50,
+                bytes_total: 100,
+                percent: 50,
+                elapsed_seconds: 2,
+                eta_seconds: Some(2),
+            }],
             format: FORMAT,
             updated: 101,
         };
@@ -571,6 +600,10 @@ mod tests {
         assert!(shown.contains("read path:      passthrough"), "{shown}");
         assert!(shown.contains("faults:         3"), "{shown}");
         assert!(shown.contains("ago: corrupt archive"), "{shown}");
+        assert!(
+            shown.contains("indexing:       /c/registry.tar.gz 50% (50 of 100 bytes, 2s left)"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -445,6 +445,23 @@ fn faults_are_logged_to_the_state_folder_file_and_shown_in_status() {
         "{}",
         ours.join("\n")
     );
+    // The first listing of amd64/bin indexed its tarballs: a line when each started and
+    // one when it ended.
+    let nerdctl = cache
+        .join("oss/amd64/bin/nerdctl.tar.gz")
+        .display()
+        .to_string();
+    for needle in [
+        "indexing the archive (first use)",
+        "indexing the archive ended",
+    ] {
+        assert!(
+            ours.iter()
+                .any(|l| l.contains(needle) && l.contains(&format!("file={nerdctl}"))),
+            "no {needle:?} line for {nerdctl}:\n{}",
+            ours.join("\n")
+        );
+    }
     // The text status shows them too.
     let out = common::run(&["status", m.dir.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
@@ -584,11 +601,8 @@ fn install_script_installs_binary_helper_man_completions_and_unit() {
         String::from_utf8_lossy(&out.stderr)
     );
     let bin = dest.join("opt/rootfs-mount/bin/rootfs-mount");
-    assert!(Command::new(&bin)
-        .arg("--version")
-        .status()
-        .unwrap()
-        .success());
+    let version = Command::new(&bin).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("rootfs-mount "));
     assert_eq!(
         std::fs::read_link(dest.join("usr/local/sbin/rootfs-mount")).unwrap(),
         Path::new("/opt/rootfs-mount/bin/rootfs-mount")
@@ -709,4 +723,70 @@ fn cli_names_subcommands_values_and_the_version_span() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("supported: v1.13.0 to v1.31.x"), "{stderr}");
     assert!(!is_mounted(&point));
+}
+
+/// `rootfs-mount index` builds every seek index a mount reads (the release tarballs of
+/// both arches and registry.tar.gz), logging each build; a second run reuses them, and a
+/// mount with that index folder indexes nothing on its first listing.
+#[test]
+fn index_builds_every_seek_index_ahead_of_time() {
+    let cache = demo_cache().to_str().unwrap().to_string();
+    let dir = scratch("index-ahead");
+    let d = dir.to_str().unwrap();
+    let out = common::run(&[
+        "index",
+        "--k8s",
+        "v1.24.0",
+        "--cache",
+        &cache,
+        "--index-dir",
+        d,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for archive in [
+        "oss/amd64/bin/crictl.tar.gz",
+        "oss/arm64/bin/nerdctl.tar.gz",
+        "cri/containerd/amd64/registry.tar.gz",
+        "cri/containerd/arm64/registry.tar.gz",
+    ] {
+        let line = format!("file={cache}/{archive}");
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains("indexing the archive (first use)") && l.contains(&line)),
+            "no indexing line for {archive}:\n{stderr}"
+        );
+    }
+    let built = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".gzidx")
+        })
+        .count();
+    let archives = common::sh(&format!(
+        "ls {cache}/oss/*/bin/*.tar.gz {cache}/cri/containerd/*/registry.tar.gz | wc -l"
+    ));
+    assert_eq!(built.to_string(), archives.trim(), "one index per archive");
+    let again = common::run(&[
+        "index",
+        "--k8s",
+        "v1.24.0",
+        "--cache",
+        &cache,
+        "--index-dir",
+        d,
+    ]);
+    assert!(again.status.success());
+    assert!(
+        !String::from_utf8_lossy(&again.stderr).contains("indexing the archive"),
+        "rebuilt: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let out = common::run(&["index", "--k8s", "v1.24.0", "--cache", "/nonexistent/cache"]);
+    assert!(!out.status.success());
 }

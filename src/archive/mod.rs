@@ -22,6 +22,7 @@
 
 pub mod gzip_index;
 pub mod index_file;
+pub mod progress;
 pub mod tar_listing;
 
 use std::fmt;
