@@ -43,6 +43,48 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print files of the tree (e.g. rootfs/etc/kubeadm.yml) to stdout, without mounting.
+    Render {
+        /// Paths in the tree, e.g. rootfs/etc/kubeadm.yml.
+        #[arg(required = true)]
+        paths: Vec<String>,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// List the merged tree, sorted, without mounting.
+    Tree {
+        /// Mode, size, mtime and provenance (user.rootfs.source) of each entry.
+        #[arg(long)]
+        long: bool,
+        /// One JSON array of entries (path, type, mode, size, mtime, target, source).
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Write the tree as a deterministic tar (the bytes of `tar --sort=name --owner=0
+    /// --group=0 --numeric-owner -cf - -C MOUNT .`) or as an OCI image layout per arch.
+    Pack {
+        /// Output: a tar file (`-` for stdout), or a new folder with --format oci.
+        #[arg(short = 'o', long, value_name = "FILE|DIR")]
+        output: PathBuf,
+        /// tar, or oci: one image per arch (oci:DIR:amd64, oci:DIR:arm64) with the image
+        /// root the Kubefile's COPY lines give.
+        #[arg(long, default_value = "tar", value_parser = ["tar", "oci"])]
+        format: String,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
+    /// Check the registry data and the cache before packing: every image of imageList for
+    /// every arch with all its blobs, the Kubefile labels against the CRI, missing cache
+    /// entries. Exit status 0 only when everything holds.
+    Check {
+        /// The report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        build: BuildArgs,
+    },
     /// Fill the cache with what a mount of the version needs: from mirrors, then
     /// upstream, every file checked against its published or pinned sha256.
     Fetch(FetchArgs),
@@ -384,18 +426,11 @@ fn parse_arches(list: &[String]) -> Result<Vec<String>, String> {
     Ok(arches)
 }
 
+/// What the tree is built from: the options a mount and `render`, `tree`, `pack` and
+/// `check` share.
 #[derive(Debug, Args)]
-pub struct MountArgs {
-    /// Empty folder to mount the build directory on. mount(8) form: SOURCE MOUNTPOINT,
-    /// where SOURCE is `rootfs-mount` or `rootfs-mount:VERSION`.
-    #[arg(required = true, value_name = "MOUNTPOINT")]
-    pub mountpoint: Option<PathBuf>,
-
-    /// The MOUNTPOINT of the mount(8) form `SOURCE MOUNTPOINT -o OPTIONS`.
-    #[arg(hide = true)]
-    pub helper_mountpoint: Option<PathBuf>,
-
-    /// Kubernetes version, e.g. v1.23.4 (or the source `rootfs-mount:VERSION`).
+pub struct BuildArgs {
+    /// Kubernetes version, e.g. v1.23.4 (a mount also takes the source `rootfs-mount:VERSION`).
     #[arg(long = "k8s", value_name = "VERSION", help_heading = "Build")]
     pub k8s: Option<String>,
 
@@ -447,6 +482,21 @@ pub struct MountArgs {
     /// Mount even when cache entries the tree needs are missing.
     #[arg(long, help_heading = "Sources")]
     pub allow_missing: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// Empty folder to mount the build directory on. mount(8) form: SOURCE MOUNTPOINT,
+    /// where SOURCE is `rootfs-mount` or `rootfs-mount:VERSION`.
+    #[arg(required = true, value_name = "MOUNTPOINT")]
+    pub mountpoint: Option<PathBuf>,
+
+    /// The MOUNTPOINT of the mount(8) form `SOURCE MOUNTPOINT -o OPTIONS`.
+    #[arg(hide = true)]
+    pub helper_mountpoint: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub build: BuildArgs,
 
     /// Keep changes made through the mount in DIR (created if missing); they show again on
     /// the next mount with the same DIR [default: a scratch folder removed at unmount].
@@ -553,7 +603,7 @@ impl MountArgs {
                 }
             }
         };
-        match (&self.k8s, from_source) {
+        match (&self.build.k8s, from_source) {
             (Some(k8s), Some(source)) if *k8s != source => Err(format!(
                 "the source says {source} and k8s says {k8s}: give the version once"
             )),
@@ -569,7 +619,31 @@ impl MountArgs {
     /// Validates the arguments into mount parameters (the mountpoint is checked by the
     /// daemon, which knows about mounts).
     pub fn params(&self) -> Result<MountParams, String> {
-        let version = KubeVersion::parse(&self.version_text()?)?;
+        let upper = if self.read_only {
+            Upper::None
+        } else {
+            match &self.upper {
+                Some(dir) => Upper::Kept(absolute(dir)?),
+                None => Upper::Scratch,
+            }
+        };
+        self.build.params_for(&self.version_text()?, upper)
+    }
+}
+
+impl BuildArgs {
+    /// Validates the build options into parameters, with `upper` as the upper layer.
+    pub fn params(&self, upper: Upper) -> Result<MountParams, String> {
+        let version = self
+            .k8s
+            .as_deref()
+            .ok_or("no Kubernetes version: pass --k8s VERSION")?;
+        self.params_for(version, upper)
+    }
+
+    /// Like [`BuildArgs::params`], for the Kubernetes version `version`.
+    pub fn params_for(&self, version: &str, upper: Upper) -> Result<MountParams, String> {
+        let version = KubeVersion::parse(version)?;
         let arches = parse_arches(&self.arch)?;
         // The domain is written into YAML and TOML configs: host names, IPv4, [IPv6]
         // and a port only, so it can never break out of the value it is written into.
@@ -595,14 +669,7 @@ impl MountArgs {
             registry_data: self.registry_data.as_deref().map(absolute).transpose()?,
             index_dir: self.index_dir.as_deref().map(absolute).transpose()?,
             allow_missing: self.allow_missing,
-            upper: if self.read_only {
-                Upper::None
-            } else {
-                match &self.upper {
-                    Some(dir) => Upper::Kept(absolute(dir)?),
-                    None => Upper::Scratch,
-                }
-            },
+            upper,
         })
     }
 }

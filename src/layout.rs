@@ -209,6 +209,9 @@ impl MountParams {
 pub struct BuildLayout {
     pub profile: Profile,
     pub namespace: Namespace,
+    /// Required cache entries that are not there (paths relative to the cache); empty
+    /// unless `allow_missing` let the plan go ahead without them.
+    pub missing: Vec<String>,
     /// Everything that decides what is rendered, one `key=value` a line (`k8s=v1.23.4`,
     /// `cri=docker`, ..., `podSubnet=...`): an `--upper` folder records it
     /// (`upper::params`).
@@ -307,7 +310,8 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     context_layers.push(("rootfs".into(), base));
 
     let mut branches = arch_branches(params, &profile)?;
-    check_missing(params, &profile, &sources)?;
+    let missing = missing_entries(params, &profile, &sources)?;
+    check_missing(params, &profile, &missing)?;
     // --registry-data is a folder the user named; CACHE/registry is inside the cache.
     let registry = match &params.registry_data {
         Some(dir) => DiskTree::open(dir),
@@ -355,6 +359,7 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     let layout = BuildLayout {
         profile,
         namespace: Namespace::new(branches),
+        missing,
         parameters,
     };
     if !params.values.is_empty() {
@@ -510,12 +515,12 @@ fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>,
     Ok(branches)
 }
 
-/// Refuses the mount when a required cache entry is missing (unless --allow-missing),
-/// naming each one and, on its own line, the `fetch` command that fills them.
-fn check_missing(params: &MountParams, profile: &Profile, sources: &Sources) -> Result<(), String> {
-    if params.allow_missing {
-        return Ok(());
-    }
+/// The required cache entries (of `cache_entries`) that are not in the cache.
+fn missing_entries(
+    params: &MountParams,
+    profile: &Profile,
+    sources: &Sources,
+) -> Result<Vec<String>, String> {
     let cache = &params.cache;
     let mut missing: Vec<String> = Vec::new();
     for entry in cache_entries(sources, profile, &params.arches)? {
@@ -529,9 +534,20 @@ fn check_missing(params: &MountParams, profile: &Profile, sources: &Sources) -> 
             missing.push(entry.path);
         }
     }
-    if missing.is_empty() {
+    Ok(missing)
+}
+
+/// Refuses the mount when a required cache entry is missing (unless --allow-missing),
+/// naming each one and, on its own line, the `fetch` command that fills them.
+fn check_missing(
+    params: &MountParams,
+    profile: &Profile,
+    missing: &[String],
+) -> Result<(), String> {
+    if params.allow_missing || missing.is_empty() {
         return Ok(());
     }
+    let cache = &params.cache;
     Err(format!(
         "the cache {} lacks what {} with {} needs: {}; fill it with the command below (see README, \"fetch\"), make a demo cache with scripts/demo-cache.sh, or pass --allow-missing\n{}",
         cache.display(),

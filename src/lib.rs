@@ -2,11 +2,12 @@
 //! FUSE as a union of layers, with templated files rendered on read.
 //!
 //! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`sealer`], [`render`],
-//! [`layout`]. Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files,
-//! `status`). Registry images (pulled over the OCI distribution API): [`oci`]. All
-//! `unsafe` code is in `sys`.
+//! [`layout`]; the tree without a mount: [`pack`] (`render`, `tree`, `pack`) and [`check`].
+//! Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files, `status`). Registry
+//! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`.
 
 pub mod archive;
+pub mod check;
 pub mod daemon;
 pub mod fault;
 pub mod fetch;
@@ -16,6 +17,7 @@ pub mod layout;
 pub mod logging;
 pub mod notify;
 pub mod oci;
+pub mod pack;
 pub mod render;
 pub mod sealer;
 pub mod sources;

@@ -1,10 +1,12 @@
-//! `rootfs-mount`: parse, then mount, unmount or show status.
+//! `rootfs-mount`: parse, then mount, unmount or show status, or serve the tree without
+//! a mount (`render`, `tree`, `pack`, `check`: the logic is in the library's `pack` and
+//! `check`; this only wires arguments to it and output to stdout or files).
 
 mod cli;
 
 use std::process::ExitCode;
 
-use cli::{cache_dir, CacheCommand, Cli, Command, FetchArgs};
+use cli::{cache_dir, BuildArgs, CacheCommand, Cli, Command, FetchArgs};
 use rootfs_mount::daemon::{self, DaemonOptions};
 use std::sync::Arc;
 
@@ -284,6 +286,14 @@ fn run(cli: Cli) -> Result<(), String> {
             print!("{}", daemon::status(mountpoint.as_deref(), json)?);
             return Ok(());
         }
+        Some(Command::Render { paths, build }) => return render(&build, &paths),
+        Some(Command::Tree { long, json, build }) => return tree(&build, long, json),
+        Some(Command::Pack {
+            output,
+            format,
+            build,
+        }) => return pack(&build, &output, &format),
+        Some(Command::Check { json, build }) => return check(&build, json),
         Some(Command::Fetch(args)) => return fetch(&args),
         Some(Command::Cache(command)) => return cache_command(&command),
         Some(Command::Generate(what)) => return cli::generate(&what),
@@ -368,6 +378,140 @@ fn run(cli: Cli) -> Result<(), String> {
         },
     };
     daemon::mount(tree, &mountpoint, &options)
+}
+
+/// The tree of `build`'s parameters, planned as a read-only mount would be.
+fn plan_tree(build: &BuildArgs) -> Result<(layout::MountParams, layout::BuildLayout), String> {
+    let params = build.params(Upper::None)?;
+    let layout = layout::plan(&params)?;
+    Ok((params, layout))
+}
+
+/// `render PATH...`: every path is resolved before anything is printed.
+fn render(build: &BuildArgs, paths: &[String]) -> Result<(), String> {
+    use rootfs_mount::layers::EntryKind;
+    use rootfs_mount::pack::{content::ContentReader, walk};
+    let (_, layout) = plan_tree(build)?;
+    let mut files = Vec::new();
+    for typed in paths {
+        let (path, node) = walk::resolve(&layout.namespace, typed)?;
+        match node.entry.kind {
+            EntryKind::File => files.push((path, node)),
+            EntryKind::Dir => return Err(format!("{typed} is a folder, not a file")),
+            EntryKind::Symlink => return Err(format!("{typed} is a symlink, not a file")),
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    for (path, node) in files {
+        let mut reader = ContentReader::open(&path, &node.entry)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        match std::io::copy(&mut reader, &mut out) {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => return Ok(()),
+            other => other.map_err(|e| format!("{}: {e}", path.display()))?,
+        };
+    }
+    until_reader_left(std::io::Write::flush(&mut out))
+}
+
+/// `tree [--long] [--json]`.
+fn tree(build: &BuildArgs, long: bool, json: bool) -> Result<(), String> {
+    use rootfs_mount::pack::listing;
+    let (_, layout) = plan_tree(build)?;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut faults = Vec::new();
+    let written = if json {
+        let (entries, f) = listing::entries(&layout.namespace).map_err(|e| e.to_string())?;
+        faults = f;
+        serde_json::to_writer_pretty(&mut out, &entries)
+            .map_err(std::io::Error::from)
+            .and_then(|()| std::io::Write::write_all(&mut out, b"\n"))
+    } else {
+        listing::write_text(&layout.namespace, long, &mut out).map(|f| faults = f)
+    };
+    until_reader_left(written.and_then(|()| std::io::Write::flush(&mut out)))?;
+    // Faults hit only their entries: each is said, the rest was listed, the exit fails.
+    for (path, e) in &faults {
+        eprintln!("rootfs-mount: {}: {e}", path.display());
+    }
+    match faults.len() {
+        0 => Ok(()),
+        n => Err(format!("{n} entries could not be read; the rest is listed")),
+    }
+}
+
+/// A reader that went away (`tree | head`) ends the output quietly, as SIGPIPE ends
+/// other tools; any other error is one line.
+fn until_reader_left(written: std::io::Result<()>) -> Result<(), String> {
+    match written {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| e.to_string()),
+    }
+}
+
+/// `pack -o OUT [--format tar|oci]`.
+fn pack(build: &BuildArgs, output: &std::path::Path, format: &str) -> Result<(), String> {
+    use rootfs_mount::pack::{self, oci_layout, AtomicFile};
+    let (params, layout) = plan_tree(build)?;
+    if output.as_os_str() != "-" {
+        pack::check_output(&params, output)?;
+    }
+    if format == "oci" {
+        if output.as_os_str() == "-" {
+            return Err("--format oci writes a folder: name it with -o DIR".into());
+        }
+        let kubefile = {
+            let (path, node) = pack::walk::resolve(&layout.namespace, "rootfs/Kubefile")?;
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut pack::content::ContentReader::open(&path, &node.entry)
+                    .map_err(|e| format!("rootfs/Kubefile: {e}"))?,
+                &mut text,
+            )
+            .map_err(|e| format!("rootfs/Kubefile: {e}"))?;
+            oci_layout::Kubefile::parse(&text)
+        };
+        let ns = Arc::new(layout.namespace);
+        return oci_layout::write_layout(&ns, &kubefile, &params.arches, output);
+    }
+    if output.as_os_str() == "-" {
+        return pack::pack_tar(&layout.namespace, std::io::stdout().lock())
+            .map(|_| ())
+            .map_err(|e| format!("packing to stdout: {e}"));
+    }
+    let mut file = AtomicFile::create(output)
+        .map_err(|e| format!("cannot write {}: {e}", output.display()))?;
+    pack::pack_tar(&layout.namespace, file.file())
+        .and_then(|_| file.commit())
+        .map_err(|e| format!("packing {}: {e}", output.display()))
+}
+
+/// `check [--json]`: the report on stdout; a failed check exits non-zero.
+fn check(build: &BuildArgs, json: bool) -> Result<(), String> {
+    let mut params = build.params(Upper::None)?;
+    params.allow_missing = true;
+    let layout = layout::plan(&params)?;
+    let report = rootfs_mount::check::check(&params, &layout)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", report.text());
+    }
+    if report.ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "check failed: {} problem(s){}",
+            report.problems.len(),
+            report
+                .fix
+                .as_ref()
+                .map(|f| format!("; fill the cache with: {f}"))
+                .unwrap_or_default()
+        ))
+    }
 }
 
 fn main() -> ExitCode {

@@ -71,6 +71,9 @@ struct DefaultCri {
 pub struct CriFacts {
     pub socket: String,
     pub version: String,
+    /// The runtime's daemon binary, which the CRI tarball of the cache must hold.
+    #[serde(default)]
+    pub daemon: String,
     supported: Range,
     #[serde(default)]
     refusal: String,
@@ -148,6 +151,8 @@ pub struct Profile {
     pub cri: String,
     pub cri_socket: String,
     pub cri_version: String,
+    /// The daemon binary `<cri>.tar.gz` holds (`dockerd`, `containerd`); empty: unknown.
+    pub cri_daemon: String,
     /// `None` for `--cni none`.
     pub cni: Option<(String, CniFacts)>,
     pub images: ImageFacts,
@@ -351,6 +356,7 @@ impl VersionFacts {
             kubeadm_api,
             cri_socket: cri_facts.socket.clone(),
             cri_version: cri_facts.version.clone(),
+            cri_daemon: cri_facts.daemon.clone(),
             cri,
             cni,
             images,

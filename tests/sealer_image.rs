@@ -8,53 +8,9 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::buildah::Buildah;
 use common::registry::{skopeo, Registry};
 use common::{demo_cache, scratch, Mount};
-
-/// buildah with its own storage folder (vfs: no kernel mounts), removed on drop.
-struct Buildah {
-    root: PathBuf,
-}
-
-impl Buildah {
-    fn new() -> Buildah {
-        assert!(
-            Command::new("buildah").arg("--version").output().is_ok(),
-            "buildah is missing: apt-get install buildah"
-        );
-        Buildah {
-            root: scratch("buildah"),
-        }
-    }
-
-    /// `buildah` on this storage folder.
-    fn command(&self) -> Command {
-        let mut command = Command::new("buildah");
-        command
-            .args(["--storage-driver", "vfs", "--root"])
-            .arg(self.root.join("root"))
-            .arg("--runroot")
-            .arg(self.root.join("run"));
-        command
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().expect("run buildah");
-        assert!(
-            out.status.success(),
-            "buildah {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    }
-}
-
-impl Drop for Buildah {
-    fn drop(&mut self) {
-        let _ = self.command().args(["rm", "--all"]).output();
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
-}
 
 /// The image built by buildah from a mount, for one arch, and its root on disk.
 struct BuiltImage {

@@ -57,6 +57,13 @@ fn check_path_part(what: &str, text: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Where blob `digest` is stored below `v2` (the `docker/registry/v2` folder); also for
+/// readers that must not create anything (`rootfs-mount check`).
+pub fn blob_path_in(v2: &Path, digest: &Digest) -> PathBuf {
+    let hex = digest.hex();
+    v2.join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+}
+
 impl RegistryStorage {
     /// The storage below `root` (the folder holding `docker/registry/v2/`), created if needed.
     pub fn open(root: &Path) -> Result<RegistryStorage, String> {
@@ -69,9 +76,7 @@ impl RegistryStorage {
     }
 
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.hex();
-        self.v2
-            .join(format!("blobs/sha256/{}/{hex}/data", &hex[..2]))
+        blob_path_in(&self.v2, digest)
     }
 
     /// Whether the blob is stored and its content has its digest (a blob that does not

@@ -262,7 +262,7 @@ impl MergedTree {
 
     /// Provenance of an entry (`user.rootfs.source`).
     pub fn source(&self, ino: u64) -> Result<String, FsError> {
-        Ok(self.inode(ino)?.1.entry.source.to_string())
+        Ok(self.inode(ino)?.1.provenance())
     }
 
     /// The content of the file `ino`, opened for reading: a layer's file checked against

@@ -60,6 +60,12 @@ impl Node {
             generation: 0,
         }
     }
+
+    /// Provenance of the entry: what `getfattr -n user.rootfs.source` prints on a mount
+    /// and what `rootfs-mount tree` lists.
+    pub fn provenance(&self) -> String {
+        self.entry.source.to_string()
+    }
 }
 
 /// How a branch's mount path relates to a tree path.

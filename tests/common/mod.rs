@@ -230,4 +230,5 @@ pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+pub mod buildah;
 pub mod registry;
