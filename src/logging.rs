@@ -331,6 +331,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_reply_to_an_interrupted_request_is_not_logged() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(Arc<AtomicUsize>);
+        impl<S: Subscriber> Layer<S> for Count {
+            fn on_event(&self, _: &Event<'_>, _: Context<'_, S>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let seen = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(DropInterruptedReplies)
+            .with(Count(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: Broken pipe (os error 32)");
+            tracing::warn!(target: "rootfs_mount::fault", "x: No such file or directory");
+        });
+        assert_eq!(seen.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
     fn journal_entries_carry_newlines_in_binary_form() {
         let entry = journal_entry(&[("PRIORITY", b"4"), ("MESSAGE", b"a\nb")]);
         let mut want = b"PRIORITY=4\nMESSAGE\n".to_vec();
