@@ -98,7 +98,7 @@ fn mount_helper_and_fstab_and_findmnt() {
     std::fs::write(
         &fstab,
         format!(
-            "# the README's line, with the test's cache\nrootfs-mount:v1.24.0 {} fuse.rootfs-mount cache={},read_only,arch=arm64,nofail,_netdev,x-systemd.requires=network-online.target,noauto 0 0\n",
+            "# the README's line, with the test's cache\nrootfs-mount:v1.24.0 {} fuse.rootfs-mount cache={},read_only,arch=arm64,allow_other,nofail,_netdev,x-systemd.requires=network-online.target,noauto 0 0\n",
             by_fstab.display(),
             cache.display()
         ),
@@ -162,6 +162,14 @@ findmnt -rn -t fuse.rootfs-mount -o TARGET || true
         assert!(fields[3].starts_with(ro), "{line}");
         assert!(fields[3].contains("nosuid,nodev"), "{line}");
     }
+    // The fstab mount has allow_other, so auto_unmount: fusermount3 mounted it, and the
+    // type is fuse.rootfs-mount on that path too.
+    assert!(
+        found
+            .lines()
+            .any(|l| l.starts_with(&*by_fstab.to_string_lossy()) && l.contains("allow_other")),
+        "{found}"
+    );
     assert_eq!(
         section("type").lines().take(3).collect::<Vec<_>>(),
         ["amd64", "arm64", "rootfs"]
