@@ -24,11 +24,17 @@ fi
 
 mkdir -p "$state/stubs"
 touch "$state/calls.log"
+# STATE and IMAGE_ROOT may themselves lie below an overlaid folder (a checkout in /tmp or
+# /var): they are opened first and bound back onto their paths once the overlays are up,
+# so that they stay the real folders (mount(8) must not canonicalize the /proc path).
+exec {state_fd}<"$state" {image_fd}<"$image_root"
 for folder in etc usr var opt run tmp; do
   mkdir -p "$state/upper/$folder" "$state/work/$folder"
   mount -t overlay overlay \
     -o "lowerdir=/$folder,upperdir=$state/upper/$folder,workdir=$state/work/$folder" "/$folder"
 done
+mount --no-canonicalize --bind "/proc/self/fd/$state_fd" "$state"
+mount --no-canonicalize --bind "/proc/self/fd/$image_fd" "$image_root"
 
 # A node without a container runtime: runtimes of the machine running the test are hidden
 # (the removals are whiteouts in the upper layer), once, before the first script.
