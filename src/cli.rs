@@ -1,9 +1,13 @@
-//! Command-line interface: clap types and their validation into mount parameters.
+//! Command-line interface: clap types and their validation into mount parameters, and
+//! the mount(8) helper form (`rootfs-mount SOURCE MOUNTPOINT -o k8s=v1.23.4,...`), which
+//! is turned into ordinary options before clap sees it.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
+use rootfs_mount::daemon::FS_NAME;
 use rootfs_mount::layout::{MountParams, Upper, KNOWN_ARCHES};
 use rootfs_mount::versions::KubeVersion;
 
@@ -31,8 +35,14 @@ pub enum Command {
         #[arg(long)]
         lazy: bool,
     },
-    /// List the live mounts (or one): parameters, pid, uptime, read path and counters.
-    Status { mountpoint: Option<PathBuf> },
+    /// List the live mounts (or one): parameters, pid, uptime, read path, counters and
+    /// the last faults.
+    Status {
+        mountpoint: Option<PathBuf>,
+        /// Print JSON (fields in the README, "status --json").
+        #[arg(long)]
+        json: bool,
+    },
     /// Print files of the tree (e.g. rootfs/etc/kubeadm.yml) to stdout, without mounting.
     Render {
         /// Paths in the tree, e.g. rootfs/etc/kubeadm.yml.
@@ -81,12 +91,93 @@ pub enum Command {
     /// The cache as a whole: publish a mirror, verify, list, collect garbage.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Build the gzip seek index of every archive a mount of these parameters reads,
+    /// ahead of time (so first reads do not wait; CI can warm a cache with it).
+    Index(IndexArgs),
+    /// Write the man page or shell completions (scripts/install.sh runs this).
+    #[command(hide = true, subcommand)]
+    Generate(Generate),
     /// Print the effective values of a mount (contexts/values.yaml with --values and
     /// --set applied), as a YAML file that --values takes.
     Values(ValuesArgs),
     /// The contexts embedded in this binary.
     #[command(subcommand)]
     Contexts(ContextsCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct IndexArgs {
+    /// Kubernetes version, e.g. v1.23.4.
+    #[arg(long = "k8s", value_name = "VERSION")]
+    pub k8s: String,
+    /// Container runtime [default: the version's, as for the mount].
+    #[arg(long)]
+    pub cri: Option<String>,
+    /// Architectures, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "amd64,arm64")]
+    pub arch: Vec<String>,
+    /// The cache [default: as for the mount].
+    #[arg(long, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+    /// Where the indexes go [default: CACHE/index].
+    #[arg(long, value_name = "DIR")]
+    pub index_dir: Option<PathBuf>,
+    /// Contexts folder, as for the mount.
+    #[arg(long, value_name = "DIR")]
+    pub contexts: Option<PathBuf>,
+}
+
+impl IndexArgs {
+    /// The parameters of a read-only mount of these archives (nothing needs to be
+    /// complete: what is missing is simply not indexed).
+    pub fn params(&self) -> Result<MountParams, String> {
+        let version = KubeVersion::parse(&self.k8s)?;
+        let mut params = MountParams::rendering(
+            version,
+            self.cri.clone(),
+            "none".into(),
+            self.contexts.as_deref().map(absolute).transpose()?,
+        );
+        params.arches = parse_arches(&self.arch)?;
+        params.cache = cache_dir(self.cache.as_deref())?;
+        if !params.cache.is_dir() {
+            return Err(format!(
+                "the cache {} does not exist; fill it with `rootfs-mount fetch --k8s {}`",
+                params.cache.display(),
+                self.k8s
+            ));
+        }
+        params.index_dir = self.index_dir.as_deref().map(absolute).transpose()?;
+        Ok(params)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Generate {
+    /// The man page, rootfs-mount.1, into DIR (subcommands as rootfs-mount-NAME.1).
+    Man { dir: PathBuf },
+    /// Completions for SHELL on stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+}
+
+/// Writes what `generate` asks for.
+pub fn generate(what: &Generate) -> Result<(), String> {
+    match what {
+        Generate::Man { dir } => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let command = command();
+            clap_mangen::generate_to(command, dir)
+                .map_err(|e| format!("writing the man pages into {}: {e}", dir.display()))
+        }
+        Generate::Completions { shell } => {
+            let mut command = command();
+            clap_complete::generate(*shell, &mut command, "rootfs-mount", &mut std::io::stdout());
+            Ok(())
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -339,13 +430,8 @@ fn parse_arches(list: &[String]) -> Result<Vec<String>, String> {
 /// `check` share.
 #[derive(Debug, Args)]
 pub struct BuildArgs {
-    /// Kubernetes version, e.g. v1.23.4.
-    #[arg(
-        long = "k8s",
-        value_name = "VERSION",
-        required = true,
-        help_heading = "Build"
-    )]
+    /// Kubernetes version, e.g. v1.23.4 (a mount also takes the source `rootfs-mount:VERSION`).
+    #[arg(long = "k8s", value_name = "VERSION", help_heading = "Build")]
     pub k8s: Option<String>,
 
     /// Container runtime: docker or containerd [default: docker below v1.24.0, containerd from v1.24.0].
@@ -400,9 +486,14 @@ pub struct BuildArgs {
 
 #[derive(Debug, Args)]
 pub struct MountArgs {
-    /// Empty folder to mount the build directory on.
-    #[arg(required = true)]
+    /// Empty folder to mount the build directory on. mount(8) form: SOURCE MOUNTPOINT,
+    /// where SOURCE is `rootfs-mount` or `rootfs-mount:VERSION`.
+    #[arg(required = true, value_name = "MOUNTPOINT")]
     pub mountpoint: Option<PathBuf>,
+
+    /// The MOUNTPOINT of the mount(8) form `SOURCE MOUNTPOINT -o OPTIONS`.
+    #[arg(hide = true)]
+    pub helper_mountpoint: Option<PathBuf>,
 
     #[command(flatten)]
     pub build: BuildArgs,
@@ -444,11 +535,12 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Daemon")]
     pub allow_other: bool,
 
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
-    #[arg(long, default_value = "info", help_heading = "Daemon")]
-    pub log_level: String,
+    /// Log level; RUST_LOG overrides.
+    #[arg(long, value_enum, default_value_t = LogLevel::Info, help_heading = "Daemon")]
+    pub log_level: LogLevel,
 
-    /// Where a backgrounded daemon logs [default: nowhere].
+    /// Where a backgrounded daemon logs [default: journald when it runs, else
+    /// STATE/rootfs-mount.log].
     #[arg(long, value_name = "FILE", help_heading = "Daemon")]
     pub log_file: Option<PathBuf>,
 }
@@ -480,6 +572,50 @@ fn absolute(path: &Path) -> Result<PathBuf, String> {
 }
 
 impl MountArgs {
+    /// The mountpoint, and the source of the mount(8) form (`SOURCE MOUNTPOINT`).
+    pub fn mountpoint_and_source(&self) -> (PathBuf, Option<&Path>) {
+        match (&self.mountpoint, &self.helper_mountpoint) {
+            (Some(source), Some(point)) => (point.clone(), Some(source.as_path())),
+            (point, _) => (point.clone().unwrap_or_default(), None),
+        }
+    }
+
+    /// The Kubernetes version: `--k8s`, or the version in the source
+    /// (`rootfs-mount:v1.23.4`); both must agree when both are given.
+    fn version_text(&self) -> Result<String, String> {
+        let from_source = match self.mountpoint_and_source().1 {
+            None => None,
+            Some(source) => {
+                let text = source.to_string_lossy();
+                match text.split_once(':') {
+                    Some((FS_NAME, version)) => Some(version.to_string()),
+                    None if text == FS_NAME => None,
+                    _ => {
+                        return Err(match subcommand_like(&text) {
+                            Some(command) => format!(
+                                "unknown command {text:?}: did you mean `rootfs-mount {command}`?"
+                            ),
+                            None => format!(
+                                "unknown source {text:?}: expected {FS_NAME} or {FS_NAME}:VERSION (rootfs-mount SOURCE MOUNTPOINT -o OPTIONS)"
+                            ),
+                        })
+                    }
+                }
+            }
+        };
+        match (&self.build.k8s, from_source) {
+            (Some(k8s), Some(source)) if *k8s != source => Err(format!(
+                "the source says {source} and k8s says {k8s}: give the version once"
+            )),
+            (Some(k8s), _) => Ok(k8s.clone()),
+            (None, Some(source)) => Ok(source),
+            (None, None) => Err(
+                "no Kubernetes version: pass --k8s VERSION (mount -o k8s=VERSION, or the source rootfs-mount:VERSION)"
+                    .into(),
+            ),
+        }
+    }
+
     /// Validates the arguments into mount parameters (the mountpoint is checked by the
     /// daemon, which knows about mounts).
     pub fn params(&self) -> Result<MountParams, String> {
@@ -491,14 +627,23 @@ impl MountArgs {
                 None => Upper::Scratch,
             }
         };
-        self.build.params(upper)
+        self.build.params_for(&self.version_text()?, upper)
     }
 }
 
 impl BuildArgs {
     /// Validates the build options into parameters, with `upper` as the upper layer.
     pub fn params(&self, upper: Upper) -> Result<MountParams, String> {
-        let version = KubeVersion::parse(self.k8s.as_deref().unwrap_or_default())?;
+        let version = self
+            .k8s
+            .as_deref()
+            .ok_or("no Kubernetes version: pass --k8s VERSION")?;
+        self.params_for(version, upper)
+    }
+
+    /// Like [`BuildArgs::params`], for the Kubernetes version `version`.
+    pub fn params_for(&self, version: &str, upper: Upper) -> Result<MountParams, String> {
+        let version = KubeVersion::parse(version)?;
         let arches = parse_arches(&self.arch)?;
         // The domain is written into YAML and TOML configs: host names, IPv4, [IPv6]
         // and a port only, so it can never break out of the value it is written into.
@@ -529,10 +674,361 @@ impl BuildArgs {
     }
 }
 
+/// `--log-level`: only the levels there are, so a typo is refused rather than turning
+/// logging off.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The `tracing` filter directive of the level.
+    pub fn directive(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// The names the subcommands answer to.
+fn subcommands() -> Vec<String> {
+    Cli::command()
+        .get_subcommands()
+        .map(|c| c.get_name().to_string())
+        .chain(["help".to_string()])
+        .collect()
+}
+
+/// The subcommand `word` is most likely a typo of (`unmount` -> `umount`).
+pub fn subcommand_like(word: &str) -> Option<String> {
+    let lower = word.to_ascii_lowercase();
+    let aliases = [
+        ("unmount", "umount"),
+        ("stop", "umount"),
+        ("stat", "status"),
+    ];
+    if let Some((_, command)) = aliases.iter().find(|(alias, _)| *alias == lower) {
+        return Some(command.to_string());
+    }
+    let names = subcommands();
+    if names.contains(&lower) {
+        return None;
+    }
+    names
+        .into_iter()
+        .filter(|c| c.len() > 3)
+        .find(|c| edit_distance(&lower, c) <= 2)
+}
+
+/// Levenshtein distance, for a handful of short words.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
+/// What a mount option of `-o` means to us.
+enum MountOpt {
+    /// A generic mount(8)/FUSE option with nothing to do here (`nofail`, `_netdev`,
+    /// `x-systemd.*`, `defaults`, `dev`, `suid`, ...): mount(8), systemd or
+    /// mount.fuse3 act on it, or our mount is always `nosuid,nodev`.
+    Ignored,
+    /// Becomes these arguments.
+    Args(Vec<OsString>),
+}
+
+/// Options mount(8), mount.fuse3 and systemd pass on or leave in the list, which this
+/// program has no use for.
+fn ignored_option(key: &str) -> bool {
+    const IGNORED: &[&str] = &[
+        "rw",
+        "defaults",
+        "auto",
+        "noauto",
+        "user",
+        "nouser",
+        "users",
+        "owner",
+        "group",
+        "nofail",
+        "_netdev",
+        "dev",
+        "nodev",
+        "suid",
+        "nosuid",
+        "exec",
+        "noexec",
+        "async",
+        "sync",
+        "atime",
+        "noatime",
+        "relatime",
+        "norelatime",
+        "strictatime",
+        "diratime",
+        "nodiratime",
+        "loud",
+        "silent",
+        "default_permissions",
+    ];
+    IGNORED.contains(&key)
+        || key.starts_with("x-")
+        || key.starts_with("comment=")
+        || key.starts_with("fsname=")
+        || key.starts_with("subtype=")
+}
+
+/// Turns the `-o key=val,flag,...` of the mount(8) helper form into long options, by
+/// the names the options have on the command line (`_` may stand for `-`):
+/// `k8s=v1.23.4,cri=containerd,read_only` is `--k8s=v1.23.4 --cri=containerd
+/// --read-only`. `ro` is `--read-only`, `allow_other` is `--allow-other`, and a list
+/// option may continue past commas (`arch=amd64,arm64`) or use `:` (`arch=amd64:arm64`).
+pub fn expand_mount_options(args: Vec<OsString>) -> Result<Vec<OsString>, String> {
+    let command = Cli::command();
+    let mut out = Vec::with_capacity(args.len());
+    let mut iter = args.into_iter();
+    out.extend(iter.next());
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy();
+        let options = if text == "-o" {
+            iter.next()
+                .ok_or("-o needs a list of options (-o k8s=v1.23.4,...)")?
+        } else if let Some(rest) = text.strip_prefix("-o").filter(|r| !r.is_empty()) {
+            rest.into()
+        } else {
+            out.push(arg);
+            continue;
+        };
+        let options = options
+            .into_string()
+            .map_err(|o| format!("mount options {o:?} are not UTF-8"))?;
+        // The last list option given, which a bare word may continue (`arch=amd64,arm64`).
+        let mut list: Option<(String, String)> = None;
+        let flush = |list: &mut Option<(String, String)>, out: &mut Vec<OsString>| {
+            if let Some((long, values)) = list.take() {
+                out.push(format!("--{long}={values}").into());
+            }
+        };
+        for option in options.split(',').filter(|o| !o.is_empty()) {
+            match mount_option(&command, option)? {
+                Some(MountOpt::Ignored) => {}
+                Some(MountOpt::Args(args)) => {
+                    flush(&mut list, &mut out);
+                    let first = args.first().map(|a| a.to_string_lossy().into_owned());
+                    let list_long = first.as_deref().and_then(|a| {
+                        let (long, value) = a.strip_prefix("--")?.split_once('=')?;
+                        is_list(&command, long).then(|| (long.to_string(), value.replace(':', ",")))
+                    });
+                    match list_long {
+                        Some(l) => list = Some(l),
+                        None => out.extend(args),
+                    }
+                }
+                None => match &mut list {
+                    Some((_, values)) if !option.contains('=') => {
+                        values.push(',');
+                        values.push_str(option);
+                    }
+                    _ => {
+                        return Err(format!(
+                            "unknown mount option {option:?}: -o takes the long options of `rootfs-mount --help`, e.g. -o k8s=v1.23.4,cache=/var/cache/rootfs-mount,read_only"
+                        ))
+                    }
+                },
+            }
+        }
+        flush(&mut list, &mut out);
+    }
+    Ok(out)
+}
+
+/// Whether the option `long` takes a comma-separated list.
+fn is_list(command: &clap::Command, long: &str) -> bool {
+    command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .is_some_and(|a| a.get_value_delimiter() == Some(','))
+}
+
+/// One option of `-o`; `None` when it names nothing we know.
+fn mount_option(command: &clap::Command, option: &str) -> Result<Option<MountOpt>, String> {
+    let (key, value) = match option.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (option, None),
+    };
+    if ignored_option(option) || (value.is_some() && ignored_option(key)) {
+        return Ok(Some(MountOpt::Ignored));
+    }
+    let long = match key {
+        "ro" => "read-only".to_string(),
+        other => other.replace('_', "-"),
+    };
+    let Some(arg) = command.get_arguments().find(|a| {
+        a.get_long() == Some(long.as_str()) && !matches!(long.as_str(), "help" | "version")
+    }) else {
+        return Ok(None);
+    };
+    let takes_value = arg.get_action().takes_values();
+    match (takes_value, value) {
+        (true, Some(value)) => Ok(Some(MountOpt::Args(vec![
+            format!("--{long}={value}").into()
+        ]))),
+        (true, None) => Err(format!("mount option {key} needs a value: {key}=...")),
+        (false, None) => Ok(Some(MountOpt::Args(vec![format!("--{long}").into()]))),
+        (false, Some(_)) => Err(format!("mount option {key} takes no value")),
+    }
+}
+
+/// The command with the facts of the embedded contexts in its help: the values of
+/// `--cri`, `--cni` and `--arch`, and the supported Kubernetes versions.
+pub fn command() -> clap::Command {
+    let facts = rootfs_mount::layers::embedded_file("versions.yaml")
+        .and_then(|yaml| rootfs_mount::versions::VersionFacts::parse(yaml).ok());
+    let mut command = Cli::command();
+    if let Some(facts) = facts {
+        let (oldest, newest) = facts.supported_span();
+        let cris = facts.cri_names().join(", ");
+        let mut cnis = facts.cni_names();
+        cnis.push("none");
+        let cnis = cnis.join(", ");
+        command = command
+            .mut_arg("k8s", |a| {
+                a.help(format!(
+                    "Kubernetes version, e.g. v1.23.4 (or the source rootfs-mount:VERSION) [supported: {oldest} to {newest}]"
+                ))
+            })
+            .mut_arg("cri", |a| {
+                a.help(format!(
+                    "Container runtime [default: docker below v1.24.0, containerd from v1.24.0] [possible values: {cris}]"
+                ))
+            })
+            .mut_arg("cni", |a| a.help(format!("CNI context [possible values: {cnis}]")))
+            .after_help(format!(
+                "Kubernetes versions supported: {oldest} to {newest}.\nmount(8) form: rootfs-mount rootfs-mount:VERSION MOUNTPOINT -o k8s=VERSION,cache=DIR,... (any long option)."
+            ));
+    }
+    command.mut_arg("arch", |a| {
+        a.help(format!(
+            "Architectures to present, comma-separated [possible values: {}]",
+            KNOWN_ARCHES.join(", ")
+        ))
+    })
+}
+
+/// Parses the process arguments: the mount(8) helper form first, then clap; a first
+/// word that looks like a mistyped subcommand gets "did you mean".
+pub fn parse() -> Result<Cli, String> {
+    let mut args: Vec<OsString> = std::env::args_os().collect();
+    let first = args.get(1).map(|a| a.to_string_lossy().into_owned());
+    let is_command = first.as_ref().is_some_and(|f| subcommands().contains(f));
+    if let Some(first) = first.filter(|f| !is_command && !f.starts_with('-')) {
+        if !Path::new(&first).exists() {
+            if let Some(command) = subcommand_like(&first) {
+                return Err(format!(
+                    "unknown command {first:?}: did you mean `rootfs-mount {command}`?"
+                ));
+            }
+        }
+    }
+    if !is_command {
+        args = expand_mount_options(args)?;
+    }
+    let matches = command()
+        .try_get_matches_from(args)
+        .unwrap_or_else(|e| e.exit());
+    Cli::from_arg_matches(&matches).map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    fn expand(args: &[&str]) -> Result<Vec<String>, String> {
+        expand_mount_options(args.iter().map(OsString::from).collect()).map(|v| {
+            v.into_iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        })
+    }
+
+    #[test]
+    fn mount_options_become_long_options() {
+        assert_eq!(
+            expand(&[
+                "rootfs-mount",
+                "rootfs-mount:v1.23.4",
+                "/mnt/build",
+                "-o",
+                "rw,k8s=v1.23.4,nofail,_netdev,x-systemd.automount,arch=amd64,arm64,registry_domain=sea.hub:5000,dev,suid,allow_other,ro",
+            ])
+            .unwrap(),
+            [
+                "rootfs-mount",
+                "rootfs-mount:v1.23.4",
+                "/mnt/build",
+                "--k8s=v1.23.4",
+                "--arch=amd64,arm64",
+                "--registry-domain=sea.hub:5000",
+                "--allow-other",
+                "--read-only",
+            ]
+        );
+        assert_eq!(
+            expand(&["x", "-oarch=arm64:amd64,cache=/c"]).unwrap(),
+            ["x", "--arch=arm64,amd64", "--cache=/c"]
+        );
+        assert!(expand(&["x", "-o", "bogus=1"])
+            .unwrap_err()
+            .contains("unknown mount option \"bogus=1\""));
+        assert!(expand(&["x", "-o", "k8s"])
+            .unwrap_err()
+            .contains("needs a value"));
+        assert!(expand(&["x", "-o", "read_only=yes"])
+            .unwrap_err()
+            .contains("takes no value"));
+        assert!(expand(&["x", "-o"]).is_err());
+    }
+
+    #[test]
+    fn typos_of_subcommands_are_named() {
+        assert_eq!(subcommand_like("unmount").as_deref(), Some("umount"));
+        assert_eq!(subcommand_like("umonut").as_deref(), Some("umount"));
+        assert_eq!(subcommand_like("stauts").as_deref(), Some("status"));
+        assert_eq!(subcommand_like("fecth").as_deref(), Some("fetch"));
+        assert_eq!(subcommand_like("/mnt/build"), None);
+        assert_eq!(subcommand_like("umount"), None);
+    }
+
+    #[test]
+    fn help_lists_values_and_the_version_span() {
+        let help = command().render_help().to_string();
+        assert!(
+            help.contains("possible values: containerd, docker"),
+            "{help}"
+        );
+        assert!(help.contains("possible values: calico, none"), "{help}");
+        assert!(help.contains("possible values: amd64, arm64"), "{help}");
+        assert!(help.contains("v1.13.0 to v1.31.x"), "{help}");
+        command().debug_assert();
+    }
 
     #[test]
     fn durations() {

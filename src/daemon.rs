@@ -17,16 +17,37 @@ use std::sync::{Arc, OnceLock};
 
 use fuser::{Config, MountOption, Session, SessionACL};
 
+use crate::fault::FaultLog;
 use crate::fuse::passthrough::PassthroughPolicy;
 use crate::fuse::BuildFs;
-use crate::state::{self, MountDescription, StateFile};
+use crate::logging::{self, Destination};
+use crate::notify;
+use crate::state::{self, MountDescription, MountRecord, StateFile};
 use crate::sys;
 use crate::tree::MergedTree;
 
-/// The `source` field of our mounts in /proc/self/mountinfo.
+/// The name our mounts go by: the subtype of their file system type, and the source
+/// column of the mount table (`rootfs-mount:v1.23.4`).
 pub const FS_NAME: &str = "rootfs-mount";
 
-#[derive(Debug)]
+/// The file system type of every mount, whichever way it was made (`findmnt -t`).
+pub const FS_TYPE: &str = "fuse.rootfs-mount";
+
+/// The source column of a mount of `version`: `rootfs-mount:v1.23.4`.
+pub fn fs_source(version: &str) -> String {
+    format!("{FS_NAME}:{version}")
+}
+
+/// Whether a mount table source is one of ours (`rootfs-mount` was the source of mounts
+/// made by older versions).
+pub fn is_our_source(source: &str) -> bool {
+    source == FS_NAME
+        || source
+            .strip_prefix(FS_NAME)
+            .is_some_and(|rest| rest.starts_with(':'))
+}
+
+#[derive(Clone, Debug)]
 pub struct DaemonOptions {
     pub foreground: bool,
     pub allow_other: bool,
@@ -42,7 +63,7 @@ pub struct DaemonOptions {
     pub passthrough: PassthroughPolicy,
     /// The mount lock ([`lock_mountpoint`]), let go once the mount is up: a mount made
     /// right after this one is unmounted must not find it taken.
-    pub mount_lock: Option<std::fs::File>,
+    pub mount_lock: Option<Arc<std::fs::File>>,
 }
 
 /// How scratch upper layers are named (and recognised when a killed daemon left one).
@@ -222,15 +243,28 @@ pub fn check_fuse_device() -> Result<(), String> {
         })
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    use std::io::IsTerminal;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+/// The faults of this daemon, for its state file (`crate::fault`).
+static FAULTS: FaultLog = FaultLog::new();
+
+/// Where a background daemon logs (`crate::logging`): `--log-file`, else journald,
+/// else the log file in the state folder. Decided before forking, so that a log that
+/// cannot be opened is refused on the command line.
+fn background_log(options: &DaemonOptions) -> Result<(Option<std::fs::File>, String), String> {
+    let open = |path: &Path| {
+        logging::open_log_file(path)
+            .map(|f| (Some(f), path.display().to_string()))
+            .map_err(|e| format!("cannot open log file {}: {e}", path.display()))
+    };
+    if let Some(path) = &options.log_file {
+        return open(path);
+    }
+    if logging::journal_socket().is_some() {
+        return Ok((None, "journald".into()));
+    }
+    match logging::default_log_file() {
+        Some(path) => open(&path).map_err(|e| format!("{e}; pass --log-file FILE")),
+        None => Err("no folder for the log (neither XDG_RUNTIME_DIR nor HOME is set); pass --log-file FILE or --foreground".into()),
+    }
 }
 
 /// Whether `name` is an executable file in a folder of `$PATH`.
@@ -249,10 +283,10 @@ pub fn wants_auto_unmount(allow_other: bool) -> bool {
     allow_other && in_path("fusermount3")
 }
 
-fn session_config(allow_other: bool, writable: bool) -> Config {
+fn session_config(allow_other: bool, writable: bool, version: &str) -> Config {
     let mut config = Config::default();
     config.mount_options = vec![
-        MountOption::FSName(FS_NAME.into()),
+        MountOption::FSName(fs_source(version)),
         MountOption::Subtype(FS_NAME.into()),
         if writable {
             MountOption::RW
@@ -284,29 +318,30 @@ fn session_config(allow_other: bool, writable: bool) -> Config {
 /// Mounts `tree` on `mountpoint` and serves it until unmounted or signalled.
 /// Backgrounds itself unless `options.foreground`; returns once the mount answers.
 pub fn mount(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions) -> Result<(), String> {
+    let mut options = options.clone();
     if options.foreground {
-        init_logging(&options.log_filter);
-        return serve(tree, mountpoint, options, None);
+        options.description.log = "stderr".into();
+        logging::init(&options.log_filter, Destination::Stderr, false, &FAULTS);
+        return serve(tree, mountpoint, &options, None);
     }
-    let log = match &options.log_file {
-        Some(path) => Some(
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| format!("cannot open log file {}: {e}", path.display()))?,
-        ),
-        None => None,
-    };
+    let (log, shown) = background_log(&options)?;
+    options.description.log = shown;
+    let options = &options;
     let (mut ready_rx, ready_tx) = std::io::pipe().map_err(|e| format!("pipe: {e}"))?;
     match sys::fork().map_err(|e| format!("fork: {e}"))? {
         0 => {
             drop(ready_rx);
             sys::setsid();
-            // From here on the daemon logs to --log-file (or nowhere); start-up errors
-            // reach the user through the readiness pipe.
+            // From here on the daemon logs to its log (stderr is the log file, or
+            // /dev/null beside journald); start-up errors reach the user through the
+            // readiness pipe.
             let _ = sys::detach_stdio(log.as_ref());
-            init_logging(&options.log_filter);
+            let destination = match (&log, logging::journal_socket()) {
+                (None, Some(socket)) => Destination::Journal(socket),
+                _ => Destination::Stderr,
+            };
+            let shared = options.log_file.is_none();
+            logging::init(&options.log_filter, destination, shared, &FAULTS);
             let outcome = serve_detached(tree, mountpoint, options, ready_tx);
             std::process::exit(if outcome.is_ok() { 0 } else { 1 });
         }
@@ -359,22 +394,34 @@ fn serve_until_unmounted(
 ) -> Result<(), String> {
     // Signals are blocked before any thread exists, so only the waiter below takes them.
     let signals = sys::block_termination_signals();
-    let config = session_config(options.allow_other, options.writable);
+    let version = options.description.version.clone();
+    let config = session_config(options.allow_other, options.writable, &version);
     match sys::raise_open_files_limit() {
         Ok(limit) => tracing::debug!(limit, "open files limit"),
         Err(e) => tracing::debug!(error = %e, "cannot raise the open files limit"),
     }
     let connection: Arc<OnceLock<OwnedFd>> = Arc::default();
     let state_file: Arc<OnceLock<Arc<StateFile>>> = Arc::default();
-    let fs = BuildFs::new(tree, options.passthrough).on_destroy({
-        let point = mountpoint.to_path_buf();
-        let (connection, state_file) = (connection.clone(), state_file.clone());
-        let scratch = options.scratch_upper.clone();
-        move || leave_if_unmounted(&point, connection.get(), state_file.get(), scratch)
-    });
+    let auto_unmount = config.mount_options.contains(&MountOption::AutoUnmount);
+    let fs = BuildFs::new(tree, options.passthrough)
+        .keep_opendir(auto_unmount)
+        .on_destroy({
+            let point = mountpoint.to_path_buf();
+            let (connection, state_file) = (connection.clone(), state_file.clone());
+            let scratch = options.scratch_upper.clone();
+            move || leave_if_unmounted(&point, connection.get(), state_file.get(), scratch)
+        });
     let stats = fs.stats();
-    let mut session = Session::new(fs, mountpoint, &config)
-        .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+    // Root mounts with mount(2) itself, so that the type is `fuse.rootfs-mount` (fuser's
+    // mount(2) says `fuse`); fusermount3 (auto_unmount, other users) sets the subtype.
+    let direct = sys::euid() == 0 && !auto_unmount;
+    let session = if direct {
+        mount_direct(fs, mountpoint, &config, &version, options)
+    } else {
+        Session::new(fs, mountpoint, &config)
+            .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))
+    };
+    let mut session = session.inspect_err(|e| notify::failed(e, libc::EIO))?;
     if let Ok(fd) = session.as_fd().try_clone_to_owned() {
         let _ = connection.set(fd);
     }
@@ -386,16 +433,17 @@ fn serve_until_unmounted(
     }
     let shown = mountpoint.display().to_string();
     let point = mountpoint.to_path_buf();
-    let auto_unmount = config.mount_options.contains(&MountOption::AutoUnmount);
     std::thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let signal = sys::wait_for_signal(&signals);
             tracing::info!(signal, mountpoint = %shown, "unmounting on signal");
+            notify::stopping(&format!("unmounting {shown}"));
             // fuser leaves an auto_unmount mount to fusermount3, which unmounts only
-            // once the daemon is dead: a live daemon unmounts it itself.
-            let result = if auto_unmount {
-                umount(&point, false)
+            // once the daemon is dead, and knows nothing of a mount made with mount(2)
+            // here: a live daemon unmounts those itself.
+            let result = if auto_unmount || direct {
+                unmount_on_signal(&point)
             } else {
                 unmounter.unmount().map_err(|e| e.to_string())
             };
@@ -404,21 +452,103 @@ fn serve_until_unmounted(
             }
         })
         .map_err(|e| format!("starting the signal thread: {e}"))?;
-    tracing::info!(mountpoint = %mountpoint.display(), "mounted");
     if let Some(lock) = &options.mount_lock {
         // A flock belongs to the open file: this lets it go for the parent too.
         let _ = lock.unlock();
     }
-    if let Some(mut pipe) = ready.and_then(Option::take) {
-        let _ = pipe.write_all(b"ready\n");
-    }
+    announce_when_answering(mountpoint, &version, ready.and_then(Option::take))?;
     let served = session.run();
     if let Some(state) = state {
         state.remove();
     }
+    if served.is_err() && direct && !connection.get().is_some_and(sys::fuse_connection_closed) {
+        // Our own mount(2): nothing in fuser unmounts it when the session fails.
+        let _ = sys::unmount(mountpoint, true);
+    }
     served.map_err(|e| format!("serving {}: {e}", mountpoint.display()))?;
+    notify::stopping(&format!("unmounted {}", mountpoint.display()));
     tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
     Ok(())
+}
+
+/// Unmounts our own mount when told to stop. A busy mount (a reader has a file open or
+/// its working folder there, or the readiness probe is still listing the root) is tried
+/// again for two seconds, then detached (`umount -l`): a signalled daemon must go away,
+/// and files still open keep working until closed.
+fn unmount_on_signal(point: &Path) -> Result<(), String> {
+    for _ in 0..20 {
+        match sys::unmount(point, false) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Ok(()) => return Ok(()),
+            // Not root (fusermount3), or not mounted any more: the general path says why.
+            Err(_) => return umount(point, false),
+        }
+    }
+    tracing::warn!(mountpoint = %point.display(), "still busy after 2 s: detaching it; open files keep working until closed");
+    umount(point, true)
+}
+
+/// Mounts with mount(2) (see `sys::mount_fuse`) and starts the session on that
+/// connection; unmounts again when the session cannot start.
+fn mount_direct(
+    fs: BuildFs,
+    mountpoint: &Path,
+    config: &Config,
+    version: &str,
+    options: &DaemonOptions,
+) -> Result<Session<BuildFs>, String> {
+    let fd = sys::mount_fuse(&sys::FuseMount {
+        mountpoint,
+        source: &fs_source(version),
+        fstype: FS_TYPE,
+        read_only: !options.writable,
+        allow_other: options.allow_other,
+    })
+    .map_err(|e| format!("mounting on {}: {e}", mountpoint.display()))?;
+    Session::from_fd(fs, fd, config.acl, config.clone()).map_err(|e| {
+        let _ = sys::unmount(mountpoint, true);
+        format!("starting the FUSE session on {}: {e}", mountpoint.display())
+    })
+}
+
+/// Tells the waiting parent (the readiness pipe) and systemd (`READY=1`) that the mount
+/// is there, once a listing of its root has been answered by the session, which starts
+/// right after this returns. A root that does not answer is unmounted and the error
+/// reported instead.
+fn announce_when_answering(
+    mountpoint: &Path,
+    version: &str,
+    pipe: Option<std::io::PipeWriter>,
+) -> Result<(), String> {
+    let point = mountpoint.to_path_buf();
+    let status = format!("serving Kubernetes {version} on {}", point.display());
+    std::thread::Builder::new()
+        .name("ready".into())
+        .spawn(move || {
+            let answered = std::fs::read_dir(&point).and_then(|mut d| d.next().transpose());
+            match answered {
+                Ok(_) => {
+                    tracing::info!(mountpoint = %point.display(), "mounted");
+                    if let Some(mut pipe) = pipe {
+                        let _ = pipe.write_all(b"ready\n");
+                    }
+                    notify::ready(&status);
+                }
+                Err(e) => {
+                    let message = format!("the mount on {} does not answer: {e}", point.display());
+                    tracing::error!("{message}");
+                    notify::failed(&message, e.raw_os_error().unwrap_or(libc::EIO));
+                    if let Some(mut pipe) = pipe {
+                        let _ = pipe.write_all(message.as_bytes());
+                    }
+                    let _ = sys::unmount(&point, true);
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| format!("starting the readiness thread: {e}"))
 }
 
 /// Ends the daemon when the session ended because the mount is gone (`umount`,
@@ -466,7 +596,8 @@ fn publish_state(
         .name("state".into())
         .spawn(move || loop {
             std::thread::sleep(state::REFRESH);
-            if let Err(e) = refreshed.refresh(stats.snapshot()) {
+            let indexing = crate::archive::progress::snapshot();
+            if let Err(e) = refreshed.refresh(stats.snapshot(), FAULTS.snapshot(), indexing) {
                 tracing::debug!(error = %e, "refreshing the state file");
             }
         });
@@ -476,59 +607,96 @@ fn publish_state(
     Some(file)
 }
 
-/// `rootfs-mount status [MOUNT]`: the live mounts with their parameters and counters,
-/// and the rootfs-mount mounts of this mount namespace whose daemon is gone.
-pub fn status(mountpoint: Option<&Path>) -> Result<String, String> {
+/// `rootfs-mount status [MOUNT] [--json]`: the live mounts with their parameters and
+/// counters, and the rootfs-mount mounts of this mount namespace whose daemon is gone.
+pub fn status(mountpoint: Option<&Path>, json: bool) -> Result<String, String> {
     let live = state::live_mounts();
     let ours: Vec<PathBuf> = mounts()
         .into_iter()
-        .filter(|m| {
-            m.source == FS_NAME && (m.fstype == "fuse" || m.fstype == format!("fuse.{FS_NAME}"))
-        })
+        .filter(|m| is_our_source(&m.source))
         .map(|m| m.point)
         .collect();
     let now = state::now_secs();
-    let other = |point: &Path| -> String {
+    // Why a mount of ours has no live record: (short reason, what to do).
+    let why = |point: &Path| -> (&'static str, String) {
         let shown = point.display();
         match std::fs::metadata(point) {
-            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => {
-                format!("{shown}\n  stale: its daemon is gone; run `rootfs-mount umount {shown}`\n")
-            }
-            _ => {
-                format!("{shown}\n  daemon: not known (another user's mount, or no state folder)\n")
-            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => (
+                "stale",
+                format!("its daemon is gone; run `rootfs-mount umount {shown}`"),
+            ),
+            _ => (
+                "unknown",
+                "not known (another user's mount, or no state folder)".into(),
+            ),
         }
     };
-    if let Some(path) = mountpoint {
-        let target = std::fs::canonicalize(path)
-            .or_else(|_| std::path::absolute(path))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        if let Some(record) = live.iter().find(|r| r.mountpoint == target) {
-            return Ok(record.describe(now));
-        }
-        if ours.contains(&target) {
-            let stale = matches!(std::fs::metadata(&target), Err(e) if e.raw_os_error() == Some(libc::ENOTCONN));
-            if !stale {
-                // Live, but its daemon is not known here (another user's mount, or no
-                // state folder without XDG_RUNTIME_DIR): say so, and exit 0.
-                return Ok(other(&target));
+    let (live, others): (Vec<&MountRecord>, Vec<PathBuf>) = match mountpoint {
+        Some(path) => {
+            let target = std::fs::canonicalize(path)
+                .or_else(|_| std::path::absolute(path))
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            match live.iter().find(|r| r.mountpoint == target) {
+                Some(record) => (vec![record], Vec::new()),
+                // Not live: say why, on stderr with a non-zero exit.
+                None if ours.contains(&target) => {
+                    let (kind, text) = why(&target);
+                    if kind == "stale" {
+                        // Not live: say why, on stderr with a non-zero exit.
+                        return Err(format!("{}: stale: {text}", path.display()));
+                    }
+                    // Live, but its daemon is not known here (another user's mount, or
+                    // no state folder without XDG_RUNTIME_DIR): shown, and exit 0.
+                    (Vec::new(), vec![target])
+                }
+                None => return Err(format!("{} is not a rootfs-mount mount", path.display())),
             }
-            // Stale: say why, on stderr with a non-zero exit.
-            let text = other(&target);
-            let why = text.lines().nth(1).unwrap_or_default().trim();
-            return Err(format!("{}: {why}", path.display()));
         }
-        return Err(format!("{} is not a rootfs-mount mount", path.display()));
+        None => (
+            live.iter().collect(),
+            ours.into_iter()
+                .filter(|p| !live.iter().any(|r| &r.mountpoint == p))
+                .collect(),
+        ),
+    };
+    if json {
+        let mounts: Vec<serde_json::Value> = live
+            .iter()
+            .map(|record| {
+                let mut value = serde_json::to_value(record).unwrap_or_default();
+                value["uptime_seconds"] = now.saturating_sub(record.started).into();
+                value
+            })
+            .collect();
+        let others: Vec<serde_json::Value> = others
+            .iter()
+            .map(|point| {
+                let (kind, text) = why(point);
+                serde_json::json!({
+                    "mountpoint": point.to_string_lossy(),
+                    "state": kind,
+                    "message": text,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "format": state::FORMAT,
+            "mounts": mounts,
+            "other_mounts": others,
+        });
+        return Ok(format!(
+            "{}\n",
+            serde_json::to_string_pretty(&out).unwrap_or_default()
+        ));
     }
     let mut out = String::new();
     for record in &live {
         out.push_str(&record.describe(now));
     }
-    for point in ours
-        .iter()
-        .filter(|p| !live.iter().any(|r| &r.mountpoint == *p))
-    {
-        out.push_str(&other(point));
+    for point in &others {
+        let (kind, text) = why(point);
+        let label = if kind == "stale" { "stale" } else { "daemon" };
+        out.push_str(&format!("{}\n  {label}: {text}\n", point.display()));
     }
     if out.is_empty() {
         out.push_str("no rootfs-mount mounts\n");
@@ -573,9 +741,9 @@ struct Ownership<'a> {
 
 impl Ownership<'_> {
     fn check(&self) -> Result<(), String> {
-        // fuser mounts as plain `fuse` (mount(2)); through fusermount3 the subtype shows.
-        let fuse = self.fstype == "fuse" || self.fstype == format!("fuse.{FS_NAME}");
-        if !fuse || self.source != FS_NAME {
+        // Plain `fuse` for mounts of older versions (mount(2) without the subtype).
+        let fuse = self.fstype == "fuse" || self.fstype == FS_TYPE;
+        if !fuse || !is_our_source(self.source) {
             return Err(format!("type {:?}, source {:?}", self.fstype, self.source));
         }
         if self.stale || self.served_by_us || !self.state_known {

@@ -9,10 +9,13 @@
 pub mod archive;
 pub mod check;
 pub mod daemon;
+pub mod fault;
 pub mod fetch;
 pub mod fuse;
 pub mod layers;
 pub mod layout;
+pub mod logging;
+pub mod notify;
 pub mod oci;
 pub mod pack;
 pub mod render;

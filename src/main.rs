@@ -6,8 +6,6 @@ mod cli;
 
 use std::process::ExitCode;
 
-use clap::Parser;
-
 use cli::{cache_dir, BuildArgs, CacheCommand, Cli, Command, FetchArgs};
 use rootfs_mount::daemon::{self, DaemonOptions};
 use std::sync::Arc;
@@ -28,6 +26,74 @@ fn absolute_contexts(dir: Option<&std::path::Path>) -> Result<Option<std::path::
 }
 
 /// `rootfs-mount fetch`: resolves the version like a mount does, then fills the cache.
+/// `rootfs-mount index`: every archive a mount of these parameters reads is indexed by
+/// going through the tree as the first reads would (listing `<arch>/bin`, looking up
+/// `<arch>/images/registry.tar`), so the layers decide what is an archive. A progress bar
+/// on a terminal; the start and end of each build are logged (stderr) either way.
+fn index(args: &cli::IndexArgs) -> Result<(), String> {
+    use rootfs_mount::tree::ROOT_INO;
+    let params = args.params()?;
+    rootfs_mount::logging::init(
+        "info",
+        rootfs_mount::logging::Destination::Stderr,
+        false,
+        Box::leak(Box::default()),
+    );
+    let build = layout::plan(&params)?;
+    let tree = MergedTree::new(build.namespace, params.cache.clone()).map_err(|e| e.to_string())?;
+    let bar = indicatif::ProgressBar::new(100).with_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}%")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let ticker = {
+        let (bar, done) = (bar.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(now) = rootfs_mount::archive::progress::snapshot().first() {
+                    let eta = now
+                        .eta_seconds
+                        .map_or_else(String::new, |s| format!(", {s}s left"));
+                    bar.set_message(format!("indexing {}{eta}", now.file));
+                    bar.set_position(now.percent);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+        })
+    };
+    let mut faults = Vec::new();
+    for arch in &params.arches {
+        let Ok((arch_ino, _)) = tree.lookup(ROOT_INO, arch.as_ref()) else {
+            continue;
+        };
+        if let Ok((bin, _)) = tree.lookup(arch_ino, "bin".as_ref()) {
+            if let Err(e) = tree.listing(bin, 0) {
+                faults.push(format!("{arch}/bin: {e}"));
+            }
+            tree.listing_done(bin);
+        }
+        if let Ok((images, _)) = tree.lookup(arch_ino, "images".as_ref()) {
+            match tree.lookup(images, "registry.tar".as_ref()) {
+                Err(e) if e.errno != libc::ENOENT => {
+                    faults.push(format!("{arch}/images/registry.tar: {e}"))
+                }
+                _ => {}
+            }
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = ticker.join();
+    bar.finish_and_clear();
+    if !faults.is_empty() {
+        return Err(format!(
+            "some archives could not be indexed: {}",
+            faults.join("; ")
+        ));
+    }
+    println!("seek indexes are in {}", params.index_dir().display());
+    Ok(())
+}
+
 fn fetch(args: &FetchArgs) -> Result<(), String> {
     let version = KubeVersion::parse(&args.k8s)?;
     let arches = args.arches()?;
@@ -216,8 +282,8 @@ fn check_upper_parameters(
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
         Some(Command::Umount { mountpoint, lazy }) => return daemon::umount(&mountpoint, lazy),
-        Some(Command::Status { mountpoint }) => {
-            print!("{}", daemon::status(mountpoint.as_deref())?);
+        Some(Command::Status { mountpoint, json }) => {
+            print!("{}", daemon::status(mountpoint.as_deref(), json)?);
             return Ok(());
         }
         Some(Command::Render { paths, build }) => return render(&build, &paths),
@@ -230,6 +296,8 @@ fn run(cli: Cli) -> Result<(), String> {
         Some(Command::Check { json, build }) => return check(&build, json),
         Some(Command::Fetch(args)) => return fetch(&args),
         Some(Command::Cache(command)) => return cache_command(&command),
+        Some(Command::Generate(what)) => return cli::generate(&what),
+        Some(Command::Index(args)) => return index(&args),
         Some(Command::Values(args)) => return print_values(&args),
         Some(Command::Contexts(cli::ContextsCommand::Export { dir })) => {
             return rootfs_mount::layers::export_contexts(&dir).map(|n| {
@@ -242,7 +310,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let params = args.params()?;
     params.check_upper()?;
     let warnings = check_not_ignored(&args, &params)?;
-    let mountpoint = args.mountpoint.clone().unwrap_or_default();
+    let mountpoint = args.mountpoint_and_source().0;
     let mut roots = params.source_roots();
     if let Upper::Kept(dir) = &params.upper {
         roots.push(dir.clone());
@@ -275,6 +343,8 @@ fn run(cli: Cli) -> Result<(), String> {
             .as_ref()
             .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
         arches: params.arches.clone(),
+        registry_domain: params.registry_domain.clone(),
+        index_dir: params.index_dir(),
         cache: params.cache.clone(),
         contexts: params.contexts.clone(),
         registry_data: params.registry_dir(),
@@ -282,6 +352,7 @@ fn run(cli: Cli) -> Result<(), String> {
         scratch_upper: scratch.is_some(),
         allow_other: args.allow_other,
         auto_unmount: daemon::wants_auto_unmount(args.allow_other),
+        log: String::new(),
     };
     if let Upper::Kept(dir) = &params.upper {
         check_upper_parameters(dir, &build, args.strict)?;
@@ -304,7 +375,7 @@ fn run(cli: Cli) -> Result<(), String> {
     let options = DaemonOptions {
         foreground: args.foreground,
         allow_other: args.allow_other,
-        log_filter: args.log_level.clone(),
+        log_filter: args.log_level.directive().to_string(),
         log_file: args.log_file.clone(),
         writable: upper_dir.is_some(),
         scratch_upper: scratch,
@@ -314,7 +385,7 @@ fn run(cli: Cli) -> Result<(), String> {
         } else {
             PassthroughPolicy::for_roots(&params.source_roots())
         },
-        mount_lock: lock,
+        mount_lock: lock.map(Arc::new),
     };
     // Said once every check passed, so that a refusal stays one line.
     for warning in warnings {
@@ -497,8 +568,7 @@ fn check(build: &BuildArgs, json: bool) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match run(cli) {
+    match cli::parse().and_then(run) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("rootfs-mount: {message}");

@@ -1,6 +1,6 @@
 //! Per-mount state files and `rootfs-mount status`.
 //!
-//! A daemon writes `RUNTIME/<pid>.state` once its mount answers, where RUNTIME is
+//! A daemon writes `RUNTIME/<pid>.json` once its mount answers, where RUNTIME is
 //! `/run/rootfs-mount` for root and `$XDG_RUNTIME_DIR/rootfs-mount` for other users
 //! (without `XDG_RUNTIME_DIR` a non-root daemon keeps no state file). The file holds the
 //! mount's parameters and its counters; a small thread of the daemon rewrites it once a
@@ -11,9 +11,14 @@
 //! process start time is recorded and compared), is stale: `status` and every new daemon
 //! ignore it and remove it.
 //!
-//! The format is one `key=value` per line, with bytes outside printable ASCII, `\` and
-//! `=` written as octal escapes (`\012`), so any path round-trips and the file stays
-//! greppable. Unknown keys are ignored.
+//! The format is JSON (serde), the same object `status --json` prints for a mount
+//! (README, "status --json"): `format` 2. Paths are JSON strings; a path that is not
+//! UTF-8 is an array of its bytes, so any path round-trips. Unknown fields are ignored
+//! and missing ones take their defaults. Files of format 1 (`key=value` lines with
+//! octal escapes, written by earlier versions whose daemons may still run across an
+//! upgrade) are still read. The new files are named `.json`, not `.state`, because
+//! earlier versions take a `.state` file they cannot parse for stale and delete it: a
+//! daemon of this version must not vanish from `status` when an older binary runs.
 
 use std::fmt::Write as _;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -21,42 +26,127 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use serde::{Deserialize, Serialize};
+
+use crate::archive::progress::IndexingStatus;
+use crate::fault::Fault;
 use crate::fuse::{Counters, ReadPath};
 
-/// What a mount was made from, as `status` shows it.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The `format` of the state files this version writes.
+pub const FORMAT: u32 = 2;
+
+/// What a mount was made from, as `status` shows it (`parameters` in JSON).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MountDescription {
     pub version: String,
     pub cri: String,
     pub cni: String,
     pub arches: Vec<String>,
+    /// The registry the image's configs point at (`--registry-domain`).
+    pub registry_domain: String,
+    #[serde(with = "json_path")]
     pub cache: PathBuf,
     /// `None`: the contexts embedded in the binary.
+    #[serde(with = "json_path::option")]
     pub contexts: Option<PathBuf>,
+    #[serde(with = "json_path")]
     pub registry_data: PathBuf,
+    /// Where the gzip seek indexes are kept (`--index-dir`).
+    #[serde(with = "json_path")]
+    pub index_dir: PathBuf,
     /// The upper layer writes go to; `None`: a read-only mount.
+    #[serde(with = "json_path::option")]
     pub upper: Option<PathBuf>,
     /// The upper layer is a scratch folder, removed with the mount (or, when the daemon
     /// was killed, when its stale state file is cleaned up).
     pub scratch_upper: bool,
     pub allow_other: bool,
     pub auto_unmount: bool,
+    /// Where the daemon logs: `stderr`, `journald`, or a file.
+    pub log: String,
 }
 
 /// The content of one state file.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MountRecord {
+    /// [`FORMAT`]; 1 for a file read in the old `key=value` form.
+    pub format: u32,
     pub pid: u32,
     /// Start time of the process in clock ticks since boot (`/proc/PID/stat` field 22):
     /// tells a live daemon from a reused pid.
     pub start_ticks: u64,
     /// When the mount started answering, in seconds since the epoch.
     pub started: u64,
+    #[serde(with = "json_path")]
     pub mountpoint: PathBuf,
+    #[serde(rename = "parameters")]
     pub description: MountDescription,
     pub counters: Counters,
+    /// The last few faults, oldest first (`crate::fault`).
+    pub faults: Vec<Fault>,
+    /// How many faults there were in all.
+    pub faults_total: u64,
+    /// Archives being indexed now (a slow first read), with progress.
+    pub indexing: Vec<IndexingStatus>,
     /// When the counters were written, in seconds since the epoch.
     pub updated: u64,
+}
+
+/// Paths as JSON: a string when UTF-8, else an array of the path's bytes.
+mod json_path {
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    use std::path::{Path, PathBuf};
+
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Repr {
+        Text(String),
+        Bytes(Vec<u8>),
+    }
+
+    impl From<Repr> for PathBuf {
+        fn from(repr: Repr) -> PathBuf {
+            match repr {
+                Repr::Text(text) => PathBuf::from(text),
+                Repr::Bytes(bytes) => PathBuf::from(OsString::from_vec(bytes)),
+            }
+        }
+    }
+
+    fn put<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        match path.to_str() {
+            Some(text) => s.serialize_str(text),
+            None => path.as_os_str().as_bytes().serialize(s),
+        }
+    }
+
+    pub fn serialize<S: Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+        put(path, s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+        Repr::deserialize(d).map(PathBuf::from)
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+            match path {
+                Some(path) => put(path, s),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
+            Option::<Repr>::deserialize(d).map(|r| r.map(PathBuf::from))
+        }
+    }
 }
 
 /// The folder of the state files of the calling user, if it has one.
@@ -91,18 +181,6 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-fn escape(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if (0x20..0x7f).contains(&b) && b != b'\\' && b != b'=' {
-            out.push(b as char);
-        } else {
-            let _ = write!(out, "\\{b:03o}");
-        }
-    }
-    out
-}
-
 fn unescape(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -128,52 +206,34 @@ fn unescape(text: &str) -> Vec<u8> {
     out
 }
 
-fn path_field(path: &Path) -> String {
-    escape(path.as_os_str().as_bytes())
-}
-
 fn path_value(text: &str) -> PathBuf {
     PathBuf::from(std::ffi::OsString::from_vec(unescape(text)))
 }
 
 impl MountRecord {
-    pub fn to_text(&self) -> String {
-        let d = &self.description;
-        let c = &self.counters;
-        let contexts = d.contexts.as_deref().map(path_field).unwrap_or_default();
-        let upper = d.upper.as_deref().map(path_field).unwrap_or_default();
-        let fields: [(&str, String); 20] = [
-            ("pid", self.pid.to_string()),
-            ("start_ticks", self.start_ticks.to_string()),
-            ("started", self.started.to_string()),
-            ("mountpoint", path_field(&self.mountpoint)),
-            ("version", escape(d.version.as_bytes())),
-            ("cri", escape(d.cri.as_bytes())),
-            ("cni", escape(d.cni.as_bytes())),
-            ("arches", escape(d.arches.join(",").as_bytes())),
-            ("cache", path_field(&d.cache)),
-            ("contexts", contexts),
-            ("registry_data", path_field(&d.registry_data)),
-            ("upper", upper),
-            ("scratch_upper", d.scratch_upper.to_string()),
-            ("allow_other", d.allow_other.to_string()),
-            ("auto_unmount", d.auto_unmount.to_string()),
-            ("read_path", c.read_path.as_str().to_string()),
-            ("requests", c.requests.to_string()),
-            ("bytes_read", c.bytes_read.to_string()),
-            ("errors", c.errors.to_string()),
-            ("updated", self.updated.to_string()),
-        ];
-        let mut out = String::new();
-        for (key, value) in fields {
-            let _ = writeln!(out, "{key}={value}");
-        }
-        out
+    /// The state file's text, and a mount's object in `status --json`.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_default()
     }
 
-    /// Parses a state file; `None` when it lacks the pid or the mountpoint.
+    /// Parses a state file (JSON, or the `key=value` lines of format 1); `None` when
+    /// it is not one or lacks the pid or the mountpoint.
     pub fn parse(text: &str) -> Option<Self> {
-        let mut r = MountRecord::default();
+        let record = if text.trim_start().starts_with('{') {
+            serde_json::from_str::<MountRecord>(text).ok()?
+        } else {
+            Self::parse_format_1(text)?
+        };
+        (record.pid != 0 && !record.mountpoint.as_os_str().is_empty()).then_some(record)
+    }
+
+    /// Format 1: one `key=value` per line, with bytes outside printable ASCII, `\` and
+    /// `=` as octal escapes (`\012`).
+    fn parse_format_1(text: &str) -> Option<Self> {
+        let mut r = MountRecord {
+            format: 1,
+            ..MountRecord::default()
+        };
         let (mut has_pid, mut has_mountpoint) = (false, false);
         for line in text.lines() {
             let Some((key, value)) = line.split_once('=') else {
@@ -259,13 +319,32 @@ impl MountRecord {
             ),
             ("allow other", yes_no(d.allow_other)),
             ("auto unmount", yes_no(d.auto_unmount)),
+            ("registry domain", d.registry_domain.clone()),
+            ("index dir", d.index_dir.display().to_string()),
+            ("log", d.log.clone()),
             ("read path", c.read_path.as_str().to_string()),
             ("requests", c.requests.to_string()),
             ("bytes read", c.bytes_read.to_string()),
             ("errors", c.errors.to_string()),
+            ("faults", self.faults_total.to_string()),
         ];
         for (key, value) in rows {
             let _ = writeln!(out, "  {:<16}{value}", format!("{key}:"));
+        }
+        for i in &self.indexing {
+            let eta = i.eta_seconds.map_or_else(|| "unknown".to_string(), uptime);
+            let _ = writeln!(
+                out,
+                "  indexing:       {} {}% ({} of {} bytes, {} left)",
+                i.file, i.percent, i.bytes_done, i.bytes_total, eta
+            );
+        }
+        if !self.faults.is_empty() {
+            let _ = writeln!(out, "  last faults:");
+            for fault in &self.faults {
+                let ago = uptime(now.saturating_sub(fault.time));
+                let _ = writeln!(out, "    {ago} ago: {}", fault.message);
+            }
         }
         out
     }
@@ -309,19 +388,20 @@ impl StateFile {
         let pid = std::process::id();
         let started = now();
         let record = MountRecord {
+            format: FORMAT,
             pid,
             start_ticks: process_start_ticks(pid).unwrap_or(0),
             started,
             mountpoint: mountpoint.to_path_buf(),
             description,
-            counters: Counters::default(),
             updated: started,
+            ..MountRecord::default()
         };
         let file = StateFile {
-            path: dir.join(format!("{pid}.state")),
+            path: dir.join(format!("{pid}.json")),
             record: Mutex::new(None),
         };
-        write_atomically(&file.path, &record.to_text())?;
+        write_atomically(&file.path, &record.to_json())?;
         *file.record.lock().unwrap_or_else(|p| p.into_inner()) = Some(record);
         Ok(file)
     }
@@ -330,18 +410,29 @@ impl StateFile {
         &self.path
     }
 
-    /// Rewrites the file when the counters changed since the last write.
-    pub fn refresh(&self, counters: Counters) -> std::io::Result<()> {
+    /// Rewrites the file when the counters, the faults or the indexing in progress
+    /// changed since the last write.
+    pub fn refresh(
+        &self,
+        counters: Counters,
+        faults: (Vec<Fault>, u64),
+        indexing: Vec<IndexingStatus>,
+    ) -> std::io::Result<()> {
         let mut guard = self.record.lock().unwrap_or_else(|p| p.into_inner());
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
-        if record.counters == counters {
+        if record.counters == counters
+            && record.faults_total == faults.1
+            && record.indexing == indexing
+        {
             return Ok(());
         }
         record.counters = counters;
+        (record.faults, record.faults_total) = faults;
+        record.indexing = indexing;
         record.updated = now();
-        write_atomically(&self.path, &record.to_text())
+        write_atomically(&self.path, &record.to_json())
     }
 
     pub fn remove(&self) {
@@ -399,7 +490,7 @@ fn scan(dir: &Path) -> (Vec<MountRecord>, Vec<Stale>) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        if path.extension().is_none_or(|e| e != "state") {
+        if path.extension().is_none_or(|e| e != "json" && e != "state") {
             continue;
         }
         let record = crate::sys::read_regular(&path)
@@ -466,6 +557,9 @@ mod tests {
                 scratch_upper: true,
                 allow_other: true,
                 auto_unmount: false,
+                registry_domain: "sea.hub:5000".into(),
+                index_dir: "/var/cache/rootfs-mount/index".into(),
+                log: "journald".into(),
             },
             counters: Counters {
                 requests: 9,
@@ -473,19 +567,59 @@ mod tests {
                 errors: 1,
                 read_path: ReadPath::Passthrough,
             },
+            faults: vec![Fault {
+                time: 100,
+                file: "/c/x.tar.gz".into(),
+                message: "corrupt archive".into(),
+            }],
+            faults_total: 3,
+            indexing: vec![IndexingStatus {
+                file: "/c/registry.tar.gz".into(),
+                bytes_done: 50,
+                bytes_total: 100,
+                percent: 50,
+                elapsed_seconds: 2,
+                eta_seconds: Some(2),
+            }],
+            format: FORMAT,
             updated: 101,
         };
-        let text = record.to_text();
-        assert!(
-            text.contains("mountpoint=/mnt/a b\\012c\\075\\377\n"),
-            "{text}"
-        );
+        let text = record.to_json();
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        // Not UTF-8: the path's bytes.
+        assert_eq!(json["mountpoint"][11], 255, "{text}");
+        assert_eq!(json["parameters"]["cache"], "/var/cache/rootfs-mount");
+        assert_eq!(json["parameters"]["contexts"], "/src/contexts");
+        assert_eq!(json["counters"]["read_path"], "passthrough");
+        assert_eq!(json["faults"][0]["file"], "/c/x.tar.gz");
         assert_eq!(MountRecord::parse(&text), Some(record.clone()));
         assert!(MountRecord::parse("pid=1\n").is_none());
+        assert!(MountRecord::parse("{\"pid\": 1}").is_none());
         assert!(MountRecord::parse("garbage\n\0\n").is_none());
         let shown = record.describe(100 + 3725);
         assert!(shown.contains("uptime:         1h 02m 05s"), "{shown}");
         assert!(shown.contains("read path:      passthrough"), "{shown}");
+        assert!(shown.contains("faults:         3"), "{shown}");
+        assert!(shown.contains("ago: corrupt archive"), "{shown}");
+        assert!(
+            shown.contains("indexing:       /c/registry.tar.gz 50% (50 of 100 bytes, 2s left)"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn format_1_files_are_still_read() {
+        let text = "pid=42\nstart_ticks=7\nstarted=100\nmountpoint=/mnt/a b\\012c\\075\nversion=v1.23.4\narches=amd64,arm64\ncache=/c\ncontexts=\nupper=/u\nscratch_upper=true\nread_path=passthrough\nrequests=9\nerrors=1\nupdated=101\n";
+        let r = MountRecord::parse(text).expect("format 1");
+        assert_eq!(r.format, 1);
+        assert_eq!(r.pid, 42);
+        assert_eq!(r.mountpoint, PathBuf::from("/mnt/a b\nc="));
+        assert_eq!(r.description.arches, ["amd64", "arm64"]);
+        assert_eq!(r.description.contexts, None);
+        assert_eq!(r.description.upper, Some(PathBuf::from("/u")));
+        assert!(r.description.scratch_upper);
+        assert_eq!(r.counters.read_path, ReadPath::Passthrough);
+        assert_eq!(r.counters.requests, 9);
     }
 
     #[test]

@@ -193,6 +193,21 @@ impl VersionFacts {
         Ok(facts)
     }
 
+    /// The supported span, `("v1.13.0", "v1.31.x")`: the minimum, and the newest minor
+    /// that has image tags (the data decides, so a new release moves it).
+    pub fn supported_span(&self) -> (String, String) {
+        let newest = (0..100u64)
+            .rev()
+            .find(|minor| {
+                (0..60u64).any(|patch| {
+                    let v = KubeVersion(semver::Version::new(1, *minor, patch));
+                    self.images.iter().any(|e| e.range.holds(&v))
+                })
+            })
+            .map_or_else(|| "?".to_string(), |minor| format!("v1.{minor}.x"));
+        (self.minimum.clone(), newest)
+    }
+
     pub fn cri_names(&self) -> Vec<&str> {
         self.cri.keys().map(String::as_str).collect()
     }
@@ -238,8 +253,9 @@ impl VersionFacts {
     ) -> Result<Profile, String> {
         let minimum = KubeVersion::parse(&self.minimum)?;
         if *version < minimum {
+            let (_, newest) = self.supported_span();
             return Err(format!(
-                "Kubernetes {version} is not supported: the oldest supported version is {minimum}"
+                "Kubernetes {version} is not supported: the oldest supported version is {minimum} (supported: {minimum} to {newest})"
             ));
         }
         let kubeadm_api = self
@@ -275,8 +291,9 @@ impl VersionFacts {
             .find(|e| e.range.holds(version))
             .cloned()
             .ok_or_else(|| {
+                let (oldest, newest) = self.supported_span();
                 format!(
-                    "versions.yaml has no image tags for {version}; known versions: {}",
+                    "Kubernetes {version} is not supported: versions.yaml has no image tags for it (supported: {oldest} to {newest}); known versions: {}",
                     self.known_versions()
                 )
             })?;

@@ -355,7 +355,7 @@ fn status_lists_parameters_pid_and_counters_and_state_is_removed_at_unmount() {
     assert_eq!(status_of(&m.dir)["errors"], "0");
     let all = run(&["status"]);
     assert!(String::from_utf8_lossy(&all.stdout).contains(m.dir.to_str().unwrap()));
-    let state = Path::new("/run/rootfs-mount").join(format!("{pid}.state"));
+    let state = Path::new("/run/rootfs-mount").join(format!("{pid}.json"));
     assert!(state.exists(), "{} missing", state.display());
 
     let out = run(&["umount", m.dir.to_str().unwrap()]);
@@ -441,6 +441,9 @@ fn allow_other_mounts_unmount_themselves_when_the_daemon_is_killed() {
             "{option} missing: {line}"
         );
     }
+    // A listing of the root first: the kernel must still ask the daemon to open it, or
+    // fusermount3 finds the root of the dead mount openable and leaves it stale.
+    assert!(std::fs::read_dir(&m.dir).unwrap().count() > 0);
     let pid = daemon_pid(&m.dir);
     // SAFETY: killing the daemon this test started.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -459,7 +462,7 @@ fn allow_other_mounts_unmount_cleanly_on_sigterm() {
             .map(|s| s.contains(") Z"))
             .unwrap_or(true)
     });
-    assert!(!Path::new(&format!("/run/rootfs-mount/{pid}.state")).exists());
+    assert!(!Path::new(&format!("/run/rootfs-mount/{pid}.json")).exists());
 }
 
 /// Unmounts `0` on drop, should a mount that must be refused have been made.

@@ -487,6 +487,9 @@ impl IndexStore {
         if let Some(found) = Self::reuse(&path, &identity, with_listing) {
             return Ok((found, IndexOrigin::Reused));
         }
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let registration = super::progress::start(archive, size);
+        let file = &registration.reader(file);
         if !self.memory_only.load(Ordering::Relaxed) {
             match self.build_file(&path, file, &identity, with_listing) {
                 Ok(index) => return Ok((index, IndexOrigin::Written)),
@@ -525,7 +528,7 @@ impl IndexStore {
     fn build_file(
         &self,
         path: &Path,
-        archive: &File,
+        archive: &dyn ReadAt,
         identity: &ArchiveIdentity,
         with_listing: bool,
     ) -> Result<LoadedIndex, BuildError> {

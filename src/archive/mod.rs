@@ -22,6 +22,7 @@
 
 pub mod gzip_index;
 pub mod index_file;
+pub mod progress;
 pub mod tar_listing;
 
 use std::fmt;
@@ -104,7 +105,7 @@ impl IndexedArchive {
     /// The first read fault is logged; later ones are answered quietly.
     fn read_fault(&self, message: String) -> io::Error {
         if !self.read_fault_logged.swap(true, Ordering::Relaxed) {
-            tracing::warn!(archive = %self.path.display(), error = %message, "cannot read the archive; its entries give EIO");
+            tracing::warn!(target: crate::fault::TARGET, file = %self.path.display(), error = %message, "cannot read the archive; its entries give EIO");
         }
         reported(format!("{}: {message}", self.path.display()))
     }
@@ -229,7 +230,8 @@ impl LazyArchive {
                         .map(|r| format!("{:?} ({})", r.name, r.reason))
                         .collect();
                     tracing::warn!(
-                        archive = %self.path.display(),
+                        target: crate::fault::TARGET,
+                        file = %self.path.display(),
                         refused = l.refused,
                         examples = %examples.join(", "),
                         "members refused: absolute or `..` names, or hard links to nothing"
@@ -237,7 +239,8 @@ impl LazyArchive {
                 }
             }
             Err(f) => tracing::warn!(
-                archive = %self.path.display(),
+                target: crate::fault::TARGET,
+                file = %self.path.display(),
                 error = %f.message,
                 "corrupt archive: its entries give EIO"
             ),

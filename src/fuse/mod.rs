@@ -48,9 +48,14 @@ pub struct BuildFs {
     passthrough: Passthrough,
     /// The kernel does without opendir/releasedir (we answered the first with ENOSYS).
     no_opendir: bool,
+    /// Keep opendir round trips (see [`BuildFs::keep_opendir`]).
+    keep_opendir: bool,
     /// The kernel does without open/release (a read-only mount without passthrough).
     no_open: bool,
     on_destroy: Option<Box<dyn FnOnce() + Send + Sync>>,
+    /// The (inode, errno) faults already logged: a file that keeps failing is one WARN
+    /// line, the later answers are debug lines (they are all counted).
+    logged_faults: std::sync::Mutex<std::collections::HashSet<(u64, i32)>>,
 }
 
 /// Folders are listed once per kernel cache fill: the listing is kept in the kernel
@@ -66,9 +71,20 @@ impl BuildFs {
             passthrough: Passthrough::new(passthrough, stats.clone()),
             stats,
             no_opendir: false,
+            keep_opendir: false,
             no_open: false,
             on_destroy: None,
+            logged_faults: Default::default(),
         }
+    }
+
+    /// Answers opendir even where the kernel could do without it. fusermount3's
+    /// `auto_unmount` decides that the mount is dead when opening its root fails with
+    /// ENOTCONN; with no opendir round trips the kernel opens the root of a dead mount
+    /// by itself, and the mount would stay, stale.
+    pub fn keep_opendir(mut self, keep: bool) -> Self {
+        self.keep_opendir = keep;
+        self
     }
 
     /// Runs `hook` when the session ends (all serving threads have stopped).
@@ -100,10 +116,17 @@ impl BuildFs {
             tracing::debug!(op, ino, %err);
         } else {
             self.stats.error();
-            if err.logged {
+            let first = !err.logged
+                && self
+                    .logged_faults
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert((ino, err.errno));
+            if !first {
                 tracing::debug!(op, ino, %err);
             } else {
-                tracing::warn!(op, ino, %err);
+                let file = self.tree.source(ino).unwrap_or_default();
+                tracing::warn!(target: crate::fault::TARGET, file, op, ino, "{err}");
             }
         }
         Errno::from_i32(err.errno)
@@ -151,7 +174,8 @@ impl Filesystem for BuildFs {
             }
         }
         let offered = config.capabilities();
-        self.no_opendir = offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
+        self.no_opendir =
+            !self.keep_opendir && offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         let writable = self.tree.is_writable();
         match self.passthrough.init(config, writable) {
             Ok(()) => tracing::info!("read path: kernel passthrough to the backing files"),

@@ -4,7 +4,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// How file contents reach the reader.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ReadPath {
     /// Every read is a FUSE request answered by the daemon.
     #[default]
@@ -32,7 +33,8 @@ pub struct Stats {
 }
 
 /// A consistent-enough copy of the counters (each one is read atomically).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Counters {
     pub requests: u64,
     pub bytes_read: u64,

@@ -345,7 +345,8 @@ impl TarballMembers {
                 let at = self.dir.join(&name);
                 match at.find()? {
                     Found::Escapes => tracing::warn!(
-                        archive = %at.path().display(),
+                        target: crate::fault::TARGET,
+                        file = %at.path().display(),
                         "{ESCAPES}: its members are not shown"
                     ),
                     _ if at.regular_file()?.is_some() => names.push(name),
@@ -458,7 +459,7 @@ impl GunzippedFile {
     fn exists(&self) -> io::Result<bool> {
         if let Found::Escapes = self.gz.find()? {
             if !self.escape_logged.swap(true, Ordering::Relaxed) {
-                tracing::warn!(archive = %self.gz.path().display(), "{ESCAPES}: not shown");
+                tracing::warn!(target: crate::fault::TARGET, file = %self.gz.path().display(), "{ESCAPES}: not shown");
             }
             return Ok(false);
         }

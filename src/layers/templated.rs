@@ -79,6 +79,9 @@ pub struct TemplatedTree {
     vars: Arc<Vars>,
     cache: Mutex<HashMap<PathBuf, Rendering>>,
     budget: Arc<RenderBudget>,
+    /// The template version (size, mtime) whose render error was logged last, so that
+    /// a broken template is one WARN line, not one per read.
+    warned: Mutex<HashMap<PathBuf, (u64, SystemTime)>>,
 }
 
 impl std::fmt::Debug for TemplatedTree {
@@ -117,6 +120,7 @@ impl TemplatedTree {
             vars,
             cache: Mutex::new(HashMap::new()),
             budget,
+            warned: Mutex::new(HashMap::new()),
         }
     }
 
@@ -204,23 +208,32 @@ impl TemplatedTree {
     /// The rendering of `template` (at `rel`), from the cache while the template is
     /// unchanged. A template edited into an error keeps its last good rendering.
     fn rendered(&self, rel: &Path, template: &LayerEntry) -> io::Result<Arc<[u8]>> {
+        let stamp = (template.size, template.mtime);
         match self.render_and_keep(rel, template) {
             Ok(bytes) => Ok(bytes),
-            Err(e) => match self
-                .cache
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(rel)
-            {
-                Some(last) => {
-                    tracing::error!(error = %e, "template no longer renders; serving its last good rendering");
-                    Ok(last.bytes.clone())
+            Err(e) => {
+                let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+                let first = warned.insert(rel.to_path_buf(), stamp) != Some(stamp);
+                match self
+                    .cache
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(rel)
+                {
+                    Some(last) => {
+                        if first {
+                            tracing::warn!(target: crate::fault::TARGET, file = %e.file, error = %e, "template no longer renders; serving its last good rendering");
+                        }
+                        Ok(last.bytes.clone())
+                    }
+                    None => {
+                        if first {
+                            tracing::warn!(target: crate::fault::TARGET, file = %e.file, error = %e, "template does not render");
+                        }
+                        Err(io::Error::from_raw_os_error(libc::EIO))
+                    }
                 }
-                None => {
-                    tracing::error!(error = %e, "template does not render");
-                    Err(io::Error::from_raw_os_error(libc::EIO))
-                }
-            },
+            }
         }
     }
 }

@@ -357,3 +357,62 @@ pub fn euid() -> u32 {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() }
 }
+
+/// What [`mount_fuse`] mounts.
+#[derive(Debug)]
+pub struct FuseMount<'a> {
+    pub mountpoint: &'a Path,
+    /// The `source` column of the mount table (`rootfs-mount:v1.23.4`).
+    pub source: &'a str,
+    /// The file system type, `fuse.SUBTYPE`.
+    pub fstype: &'a str,
+    pub read_only: bool,
+    /// Let other users in (the kernel's `allow_other`).
+    pub allow_other: bool,
+}
+
+/// Opens `/dev/fuse` and mounts it with mount(2) as root does, with the full type
+/// `fuse.SUBTYPE` (fuser's own mount(2) path always says `fuse`). The mount is
+/// `nosuid,nodev,default_permissions`. Returns the FUSE connection.
+pub fn mount_fuse(m: &FuseMount<'_>) -> io::Result<OwnedFd> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    let root_mode = std::fs::metadata(m.mountpoint)?.mode() & libc::S_IFMT;
+    let fuse = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open("/dev/fuse")?;
+    let mut data = format!(
+        "fd={},rootmode={root_mode:o},user_id={},group_id={},default_permissions",
+        fuse.as_raw_fd(),
+        euid(),
+        // SAFETY: getegid has no preconditions and cannot fail.
+        unsafe { libc::getegid() }
+    );
+    if m.allow_other {
+        data.push_str(",allow_other");
+    }
+    let mut flags = libc::MS_NOSUID | libc::MS_NODEV;
+    if m.read_only {
+        flags |= libc::MS_RDONLY;
+    }
+    let target = c_path(m.mountpoint)?;
+    let source = CString::new(m.source).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let fstype = CString::new(m.fstype).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let data = CString::new(data).map_err(|_| io::ErrorKind::InvalidInput)?;
+    // SAFETY: all four strings are valid and NUL-terminated for the duration of the call;
+    // `data` is the text option string FUSE expects.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(OwnedFd::from(fuse))
+}

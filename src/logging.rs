@@ -1,0 +1,362 @@
+//! Where the daemon's log goes, and what is kept of it.
+//!
+//! - In the foreground: stderr (under systemd that is the journal too).
+//! - A background daemon: `--log-file` when given; else journald, when its socket
+//!   (`/run/systemd/journal/socket`) is there; else `STATE/rootfs-mount.log` (STATE is
+//!   the state folder of `crate::state`, `/run/rootfs-mount` for root), appended to by
+//!   every daemon, each line with its pid. A backgrounded daemon never logs nowhere.
+//!
+//! Journal entries are written by hand in journald's native protocol (one datagram of
+//! `KEY=value` lines per entry: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, SYSLOG_PID), a
+//! dozen lines that need no crate.
+//!
+//! Every fault line (target `crate::fault::TARGET`) is also kept in a [`FaultLog`] for
+//! `status`, whatever the log level. fuser's "Failed to send FUSE reply: No such file
+//! or directory" is dropped: the kernel answers ENOENT to a reply whose request was
+//! interrupted (the caller gave up, e.g. Ctrl-C on `ls`), which is not an error.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Metadata, Subscriber};
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::EnvFilter;
+
+use crate::fault::{self, Fault, FaultLog};
+
+/// journald's socket for native entries.
+pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+
+/// Where a log goes.
+#[derive(Debug)]
+pub enum Destination {
+    /// stderr (the foreground, or a file stderr was pointed at).
+    Stderr,
+    /// Native journal entries to this socket.
+    Journal(PathBuf),
+}
+
+/// The journal socket, when journald runs. `ROOTFS_MOUNT_JOURNAL_SOCKET` points
+/// elsewhere (the tests own a socket that speaks for journald).
+pub fn journal_socket() -> Option<PathBuf> {
+    let path = std::env::var_os("ROOTFS_MOUNT_JOURNAL_SOCKET")
+        .filter(|v| !v.is_empty())
+        .map_or_else(|| PathBuf::from(JOURNAL_SOCKET), PathBuf::from);
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::metadata(&path)
+        .is_ok_and(|m| m.file_type().is_socket())
+        .then_some(path)
+}
+
+/// The log file of a background daemon without journald and without `--log-file`:
+/// `STATE/rootfs-mount.log`, or `$XDG_STATE_HOME/rootfs-mount/rootfs-mount.log`
+/// (`~/.local/state/...`) for a user without a runtime folder.
+pub fn default_log_file() -> Option<PathBuf> {
+    if let Some(dir) = crate::state::runtime_dir() {
+        return Some(dir.join("rootfs-mount.log"));
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(state.join("rootfs-mount/rootfs-mount.log"))
+}
+
+/// Opens a log file for appending, making its folder.
+pub fn open_log_file(path: &Path) -> std::io::Result<File> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+/// Installs the global subscriber: `level` (or `RUST_LOG`) to `destination`, faults
+/// into `faults`. `pid_prefix` starts every line with `[pid N]` (a log file shared by
+/// daemons).
+pub fn init(level: &str, destination: Destination, pid_prefix: bool, faults: &'static FaultLog) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let keep_faults =
+        FaultLayer(faults).with_filter(Targets::new().with_target(fault::TARGET, Level::WARN));
+    let registry = tracing_subscriber::registry()
+        .with(DropInterruptedReplies)
+        .with(keep_faults);
+    let _ = match destination {
+        Destination::Stderr => {
+            use std::io::IsTerminal;
+            let ansi = std::io::stderr().is_terminal();
+            let writer = PrefixedStderr { pid_prefix };
+            registry
+                .with(
+                    tracing_subscriber::fmt::layer()
+                        .with_ansi(ansi)
+                        .with_writer(writer)
+                        .with_filter(filter),
+                )
+                .try_init()
+        }
+        Destination::Journal(socket) => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .without_time()
+                    .with_writer(Journal::new(socket))
+                    .with_filter(filter),
+            )
+            .try_init(),
+    };
+}
+
+/// Drops fuser's error for a reply the kernel no longer wanted (see the module doc).
+struct DropInterruptedReplies;
+
+impl<S: Subscriber> Layer<S> for DropInterruptedReplies {
+    fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
+        if !event.metadata().target().starts_with("fuser::reply") {
+            return true;
+        }
+        let mut text = Text::default();
+        event.record(&mut text);
+        !text.message.contains("No such file or directory")
+    }
+}
+
+/// Keeps fault lines in the [`FaultLog`].
+struct FaultLayer(&'static FaultLog);
+
+impl<S: Subscriber> Layer<S> for FaultLayer {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut text = Text::default();
+        event.record(&mut text);
+        self.0.push(Fault {
+            time: crate::state::now_secs(),
+            file: text.file,
+            message: text.fields.trim_start().to_string(),
+        });
+    }
+}
+
+/// The message, the `file` field, and the whole line of an event.
+#[derive(Default)]
+struct Text {
+    message: String,
+    file: String,
+    fields: String,
+}
+
+impl Visit for Text {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        use std::fmt::Write as _;
+        match field.name() {
+            "message" => {
+                self.message = format!("{value:?}");
+                self.fields = format!("{}{}", self.message, self.fields);
+            }
+            "file" => self.file = format!("{value:?}"),
+            name => {
+                let _ = write!(self.fields, " {name}={value:?}");
+            }
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record_debug(field, &format_args!("{value}"));
+    }
+}
+
+/// stderr, with `[pid N] ` before each line when asked.
+#[derive(Clone, Copy)]
+struct PrefixedStderr {
+    pid_prefix: bool,
+}
+
+impl<'a> MakeWriter<'a> for PrefixedStderr {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        Line {
+            buf: Vec::new(),
+            sink: if self.pid_prefix {
+                Sink::StderrPid
+            } else {
+                Sink::Stderr
+            },
+        }
+    }
+}
+
+/// Native journal entries to a socket.
+struct Journal {
+    socket: Option<Arc<UnixDatagram>>,
+    path: PathBuf,
+}
+
+impl Journal {
+    fn new(path: PathBuf) -> Self {
+        // Non-blocking: a journal that does not keep up loses lines; it never stalls a
+        // thread that answers the kernel.
+        let socket = UnixDatagram::unbound()
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .ok();
+        Journal {
+            socket: socket.map(Arc::new),
+            path,
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for Journal {
+    type Writer = Line;
+
+    fn make_writer(&'a self) -> Line {
+        self.line(6)
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> Line {
+        self.line(match *meta.level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        })
+    }
+}
+
+impl Journal {
+    /// A line at syslog `priority`.
+    fn line(&self, priority: u8) -> Line {
+        Line {
+            buf: Vec::new(),
+            sink: match &self.socket {
+                Some(socket) => Sink::Journal {
+                    socket: socket.clone(),
+                    path: self.path.clone(),
+                    priority,
+                },
+                None => Sink::Stderr,
+            },
+        }
+    }
+}
+
+enum Sink {
+    Stderr,
+    StderrPid,
+    Journal {
+        socket: Arc<UnixDatagram>,
+        path: PathBuf,
+        priority: u8,
+    },
+}
+
+/// One formatted log line, sent whole when dropped: one write(2) per line, so lines of
+/// daemons sharing a file never interleave, and one datagram per journal entry.
+struct Line {
+    buf: Vec<u8>,
+    sink: Sink,
+}
+
+impl Write for Line {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Line {
+    fn drop(&mut self) {
+        if self.buf.is_empty() {
+            return;
+        }
+        match &self.sink {
+            Sink::Stderr => {
+                let _ = std::io::stderr().write_all(&self.buf);
+            }
+            Sink::StderrPid => {
+                let mut line = format!("[pid {}] ", std::process::id()).into_bytes();
+                line.extend_from_slice(&self.buf);
+                let _ = std::io::stderr().write_all(&line);
+            }
+            Sink::Journal {
+                socket,
+                path,
+                priority,
+            } => {
+                let message = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
+                let entry = journal_entry(&[
+                    ("PRIORITY", priority.to_string().as_bytes()),
+                    ("SYSLOG_IDENTIFIER", b"rootfs-mount"),
+                    ("SYSLOG_PID", std::process::id().to_string().as_bytes()),
+                    ("MESSAGE", message),
+                ]);
+                let _ = socket.send_to(&entry, path);
+            }
+        }
+    }
+}
+
+/// One entry of journald's native protocol: `KEY=value\n`, or for a value with a
+/// newline `KEY\n`, its length as 64-bit little endian, the value and `\n`.
+pub fn journal_entry(fields: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (key, value) in fields {
+        out.extend_from_slice(key.as_bytes());
+        if value.contains(&b'\n') {
+            out.push(b'\n');
+            out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+        } else {
+            out.push(b'=');
+        }
+        out.extend_from_slice(value);
+        out.push(b'\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_to_an_interrupted_request_is_not_logged() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(Arc<AtomicUsize>);
+        impl<S: Subscriber> Layer<S> for Count {
+            fn on_event(&self, _: &Event<'_>, _: Context<'_, S>) {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let seen = Arc::new(AtomicUsize::new(0));
+        let subscriber = tracing_subscriber::registry()
+            .with(DropInterruptedReplies)
+            .with(Count(seen.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: Broken pipe (os error 32)");
+            tracing::warn!(target: "rootfs_mount::fault", "x: No such file or directory");
+        });
+        assert_eq!(seen.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn journal_entries_carry_newlines_in_binary_form() {
+        let entry = journal_entry(&[("PRIORITY", b"4"), ("MESSAGE", b"a\nb")]);
+        let mut want = b"PRIORITY=4\nMESSAGE\n".to_vec();
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(b"a\nb\n");
+        assert_eq!(entry, want);
+    }
+}
