@@ -139,12 +139,19 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
                 contexts.clone(),
             )
         };
-        fetch::pull_image_list(
-            &layout::image_list(&params)?,
-            &arches,
-            &options.image,
-            &cache.join("registry"),
-        )?;
+        let images = layout::image_list(&params)?;
+        if args.no_upstream {
+            // Air-gapped: every image's registry must have an --image-mirror.
+            for image in &images {
+                let host = image.split('/').next().unwrap_or_default();
+                if !options.image.image_mirrors.iter().any(|(h, _)| h == host) {
+                    return Err(format!(
+                        "--no-upstream: no --image-mirror for {host} (needed by {image}); add --image-mirror {host}=URL"
+                    ));
+                }
+            }
+        }
+        fetch::pull_image_list(&images, &arches, &options.image, &cache.join("registry"))?;
     }
     Ok(())
 }

@@ -1285,6 +1285,25 @@ fn images_are_pulled_into_the_registry_data() {
     let server = TestServer::start(mirror_files(), HashMap::new());
     let cache = scratch("images-cache");
     let url = format!("http://{}", source.host());
+    // Air-gapped (--no-upstream): a registry without an --image-mirror is refused, never
+    // reached.
+    let out = fetch_from(
+        &server.url(),
+        &cache,
+        &[
+            "--images",
+            "--image-mirror",
+            &format!("registry.k8s.io={url}"),
+            "--image-mirror",
+            &format!("docker.io={url}"),
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--no-upstream: no --image-mirror for quay.io"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = fetch_from(
         &server.url(),
         &cache,

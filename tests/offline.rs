@@ -96,7 +96,12 @@ fn the_sandbox_is_non_root_without_dev_fuse() {
         "--cache",
         cache_str(),
     ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(
+        stderr.contains("/dev/fuse"),
+        "refused for another reason: {stderr}"
+    );
 }
 
 #[test]

@@ -851,7 +851,9 @@ fn a_pull_killed_midway_resumes() {
         .join("docker/registry/v2/repositories/calico/big/_manifests/tags")
         .exists());
 
-    // The re-run asks only for the rest (HTTP Range) and completes the image.
+    // The re-run asks only for the rest (HTTP Range) and completes the image. The relay
+    // thread of the killed connection may still count a chunk: let it notice first.
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let before = relay.sent();
     let opts = PullOptions {
         mirrors: vec![(
@@ -870,7 +872,8 @@ fn a_pull_killed_midway_resumes() {
     .expect("resumed pull");
     let resent = relay.sent() - before;
     assert!(
-        resent < big.gz.len() as u64 - kept + (64 << 10),
+        // A whole re-download would be at least `kept` (>= 512 KiB) more than the rest.
+        resent < big.gz.len() as u64 - kept + (256 << 10),
         "the re-run sent {resent} bytes; {kept} of {} were kept",
         big.gz.len()
     );

@@ -93,7 +93,10 @@ enum Node {
 /// A block being parsed: its directive and the nodes collected so far.
 enum Open {
     If {
-        arms: Vec<(usize, String, Vec<Node>)>,
+        /// The arms before the one being collected.
+        done: Vec<(usize, String, Vec<Node>)>,
+        /// The `#@if` or `#@elif` arm being collected.
+        arm: (usize, String, Vec<Node>),
         otherwise: Option<Vec<Node>>,
     },
     For {
@@ -111,17 +114,24 @@ impl Open {
                 otherwise: Some(body),
                 ..
             } => body,
-            Open::If { arms, .. } => &mut arms.last_mut().expect("an #@if has an arm").2,
+            Open::If { arm, .. } => &mut arm.2,
             Open::For { body, .. } => body,
         }
     }
 
     fn close(self) -> Node {
         match self {
-            Open::If { arms, otherwise } => Node::If {
-                arms,
-                otherwise: otherwise.unwrap_or_default(),
-            },
+            Open::If {
+                mut done,
+                arm,
+                otherwise,
+            } => {
+                done.push(arm);
+                Node::If {
+                    arms: done,
+                    otherwise: otherwise.unwrap_or_default(),
+                }
+            }
             Open::For {
                 line,
                 names,
@@ -184,19 +194,22 @@ fn parse(src: &[u8]) -> Located<(Vec<Node>, usize)> {
                     return Err(e("#@if needs a condition".into()));
                 }
                 stack.push(Open::If {
-                    arms: vec![(line_no, rest.to_string(), Vec::new())],
+                    done: Vec::new(),
+                    arm: (line_no, rest.to_string(), Vec::new()),
                     otherwise: None,
                 });
             }
             "elif" => match stack.last_mut() {
                 Some(Open::If {
-                    arms,
+                    done,
+                    arm,
                     otherwise: None,
                 }) => {
                     if rest.is_empty() {
                         return Err(e("#@elif needs a condition".into()));
                     }
-                    arms.push((line_no, rest.to_string(), Vec::new()));
+                    let next = (line_no, rest.to_string(), Vec::new());
+                    done.push(std::mem::replace(arm, next));
                 }
                 Some(Open::If { .. }) => return Err(e("#@elif after #@else".into())),
                 _ => return Err(e("#@elif without #@if".into())),
