@@ -22,16 +22,22 @@ if grep -q ' / / .*shared:' /proc/self/mountinfo; then
   exit 1
 fi
 
+folders=(etc usr var opt run tmp)
 mkdir -p "$state/stubs"
 touch "$state/calls.log"
-# STATE and IMAGE_ROOT may themselves lie below an overlaid folder (a checkout in /tmp or
-# /var): they are opened first and bound back onto their paths once the overlays are up,
-# so that they stay the real folders (mount(8) must not canonicalize the /proc path).
-exec {state_fd}<"$state" {image_fd}<"$image_root"
-for folder in etc usr var opt run tmp; do
+for folder in "${folders[@]}"; do
   mkdir -p "$state/upper/$folder" "$state/work/$folder"
-  mount -t overlay overlay \
-    -o "lowerdir=/$folder,upperdir=$state/upper/$folder,workdir=$state/work/$folder" "/$folder"
+done
+# STATE and IMAGE_ROOT may themselves lie below an overlaid folder (a checkout in /tmp or
+# /var): they are opened before the first overlay and reached through those descriptors
+# from then on (an upper layer below an overlay would be refused), and bound back onto
+# their paths once the overlays are up, so that they stay the real folders. mount(8) must
+# not canonicalize the /proc paths.
+exec {state_fd}<"$state" {image_fd}<"$image_root"
+real_state=/proc/self/fd/$state_fd
+for folder in "${folders[@]}"; do
+  mount --no-canonicalize -t overlay overlay \
+    -o "lowerdir=/$folder,upperdir=$real_state/upper/$folder,workdir=$real_state/work/$folder" "/$folder"
 done
 mount --no-canonicalize --bind "/proc/self/fd/$state_fd" "$state"
 mount --no-canonicalize --bind "/proc/self/fd/$image_fd" "$image_root"
