@@ -389,6 +389,6 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
             [[ -n $theirs ]] || continue
             line+=$(awk -v a="$ours" -v b="$theirs" -v k="$kind" -v o="$other" 'BEGIN { better = (k == "t") ? (a <= b) : (a >= b); printf "  %s %s", (better ? "beats" : "LOSES TO"), o }')
         done
-        [[ -n $line ]] && printf '  %-14s%s\n' "$key" "$line"
+        if [[ -n $line ]]; then printf '  %-14s%s\n' "$key" "$line"; fi
     done
 } | tee "$results/table.txt"
