@@ -87,8 +87,13 @@ pub fn make_scratch_upper() -> Result<PathBuf, String> {
 
 pub fn remove_scratch(dir: Option<&Path>) {
     if let Some(dir) = dir {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            tracing::warn!(dir = %dir.display(), error = %e, "could not remove the scratch upper layer");
+        // Already gone is fine: a failed start removes it in the daemon and again in the
+        // command that waited for it.
+        match std::fs::remove_dir_all(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(dir = %dir.display(), error = %e, "could not remove the scratch upper layer")
+            }
+            _ => {}
         }
     }
 }

@@ -341,64 +341,66 @@ fn run(cli: Cli) -> Result<(), String> {
             (Some(dir.clone()), Some(dir))
         }
     };
-    let description = MountDescription {
-        version: build.profile.version.to_string(),
-        cri: build.profile.cri.clone(),
-        cni: build
-            .profile
-            .cni
-            .as_ref()
-            .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
-        arches: params.arches.clone(),
-        registry_domain: params.registry_domain.clone(),
-        index_dir: params.index_dir(),
-        cache: params.cache.clone(),
-        contexts: params.contexts.clone(),
-        registry_data: params.registry_dir(),
-        upper: upper_dir.clone(),
-        scratch_upper: scratch.is_some(),
-        allow_other: args.allow_other,
-        auto_unmount: daemon::wants_auto_unmount(args.allow_other),
-        log: String::new(),
-    };
-    if let Upper::Kept(dir) = &params.upper {
-        check_upper_parameters(dir, &build, args.strict)?;
-    }
-    let namespace = match &upper_dir {
-        Some(dir) => {
-            let upper = UpperDir::open(dir)
-                .map_err(|e| format!("cannot use {} as the upper layer: {e}", dir.display()));
-            match upper {
-                Ok(upper) => build.namespace.with_upper(Arc::new(upper)),
-                Err(e) => {
-                    daemon::remove_scratch(scratch.as_deref());
-                    return Err(e);
-                }
-            }
+    // From here on every refusal removes the scratch folder: the mount never came up, so
+    // nothing else will (the daemon removes it itself once it serves).
+    let mounted = (|| {
+        let description = MountDescription {
+            version: build.profile.version.to_string(),
+            cri: build.profile.cri.clone(),
+            cni: build
+                .profile
+                .cni
+                .as_ref()
+                .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
+            arches: params.arches.clone(),
+            registry_domain: params.registry_domain.clone(),
+            index_dir: params.index_dir(),
+            cache: params.cache.clone(),
+            contexts: params.contexts.clone(),
+            registry_data: params.registry_dir(),
+            upper: upper_dir.clone(),
+            scratch_upper: scratch.is_some(),
+            allow_other: args.allow_other,
+            auto_unmount: daemon::wants_auto_unmount(args.allow_other),
+            log: String::new(),
+        };
+        if let Upper::Kept(dir) = &params.upper {
+            check_upper_parameters(dir, &build, args.strict)?;
         }
-        None => build.namespace,
-    };
-    let tree = MergedTree::new(namespace, params.cache.clone()).map_err(|e| e.to_string())?;
-    let options = DaemonOptions {
-        foreground: args.foreground,
-        allow_other: args.allow_other,
-        log_filter: args.log_level.directive().to_string(),
-        log_file: args.log_file.clone(),
-        writable: upper_dir.is_some(),
-        scratch_upper: scratch,
-        description,
-        passthrough: if args.no_passthrough {
-            PassthroughPolicy::Off
-        } else {
-            PassthroughPolicy::for_roots(&params.source_roots())
-        },
-        mount_lock: lock.map(Arc::new),
-    };
-    // Said once every check passed, so that a refusal stays one line.
-    for warning in warnings {
-        eprintln!("rootfs-mount: warning: {warning}");
+        let namespace = match &upper_dir {
+            Some(dir) => {
+                let upper = UpperDir::open(dir)
+                    .map_err(|e| format!("cannot use {} as the upper layer: {e}", dir.display()))?;
+                build.namespace.with_upper(Arc::new(upper))
+            }
+            None => build.namespace,
+        };
+        let tree = MergedTree::new(namespace, params.cache.clone()).map_err(|e| e.to_string())?;
+        let options = DaemonOptions {
+            foreground: args.foreground,
+            allow_other: args.allow_other,
+            log_filter: args.log_level.directive().to_string(),
+            log_file: args.log_file.clone(),
+            writable: upper_dir.is_some(),
+            scratch_upper: scratch.clone(),
+            description,
+            passthrough: if args.no_passthrough {
+                PassthroughPolicy::Off
+            } else {
+                PassthroughPolicy::for_roots(&params.source_roots())
+            },
+            mount_lock: lock.map(Arc::new),
+        };
+        // Said once every check passed, so that a refusal stays one line.
+        for warning in warnings {
+            eprintln!("rootfs-mount: warning: {warning}");
+        }
+        daemon::mount(tree, &mountpoint, &options)
+    })();
+    if mounted.is_err() {
+        daemon::remove_scratch(scratch.as_deref());
     }
-    daemon::mount(tree, &mountpoint, &options)
+    mounted
 }
 
 /// Options that would have no effect are refused rather than silently ignored, and a

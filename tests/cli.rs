@@ -680,3 +680,27 @@ fn status_of_a_live_mount_without_its_state_file_exits_zero() {
     );
     assert!(stdout.contains("daemon: not known"), "{stdout}");
 }
+
+/// A mount refused after its scratch upper folder was made (here: a log file that cannot
+/// be opened) leaves no `rootfs-mount-upper.*` folder in `$TMPDIR`.
+#[test]
+fn a_refused_mount_leaves_no_scratch_upper() {
+    let tmpdir = scratch("scratch-tmpdir");
+    let dir = scratch("mnt-log-refused");
+    let out = Command::new(BIN)
+        .env("TMPDIR", &tmpdir)
+        .arg(&dir)
+        .args(["--k8s", "v1.23.4", "--cache"])
+        .arg(demo_cache())
+        .args(["--log-file", "/proc/no-such-log"])
+        .output()
+        .expect("run rootfs-mount");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot open log file"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!is_mounted(&dir));
+    assert_eq!(common::walk(&tmpdir), Vec::<String>::new());
+}
