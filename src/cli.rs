@@ -99,7 +99,7 @@ pub enum Command {
     Generate(Generate),
     /// Print the effective values of a mount (contexts/values.yaml with --values and
     /// --set applied), as a YAML file that --values takes.
-    Values(ValuesArgs),
+    Values(BuildArgs),
     /// The contexts embedded in this binary.
     #[command(subcommand)]
     Contexts(ContextsCommand),
@@ -185,25 +185,6 @@ pub enum ContextsCommand {
     /// Write the embedded contexts (templates, versions.yaml, sealer.yaml, values.yaml,
     /// sources.yaml) into DIR, a new or empty folder, to start a --contexts tree from.
     Export { dir: PathBuf },
-}
-
-#[derive(Debug, Args)]
-pub struct ValuesArgs {
-    /// Kubernetes version, e.g. v1.23.4.
-    #[arg(long = "k8s", value_name = "VERSION")]
-    pub k8s: String,
-    #[arg(long)]
-    pub cri: Option<String>,
-    #[arg(long, default_value = "calico")]
-    pub cni: String,
-    #[arg(long, value_name = "GEN")]
-    pub sealer: Option<String>,
-    #[arg(long, default_value = "sea.hub:5000")]
-    pub registry_domain: String,
-    #[arg(long, value_name = "DIR")]
-    pub contexts: Option<PathBuf>,
-    #[command(flatten)]
-    pub values: ValueArgs,
 }
 
 /// `--values FILE` and `--set KEY=VALUE`: the user's choices of contexts/values.yaml.

@@ -156,21 +156,10 @@ fn fetch(args: &FetchArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn print_values(args: &cli::ValuesArgs) -> Result<(), String> {
-    let contexts = absolute_contexts(args.contexts.as_deref())?;
-    let params = layout::MountParams {
-        registry_domain: args.registry_domain.clone(),
-        sealer: args.sealer.clone(),
-        values: args.values.overrides()?,
-        ..layout::MountParams::rendering(
-            KubeVersion::parse(&args.k8s)?,
-            args.cri.clone(),
-            args.cni.clone(),
-            contexts.clone(),
-        )
-    };
+fn print_values(args: &cli::BuildArgs) -> Result<(), String> {
+    let params = args.params(Upper::None)?;
     let values = layout::values(&params)?;
-    let specs = layout::value_specs(contexts.as_deref())?;
+    let specs = layout::value_specs(params.contexts.as_deref())?;
     let mut out = String::new();
     for (key, spec) in specs.keys() {
         out.push_str(&format!("# {}\n", spec.help));

@@ -17,7 +17,6 @@ pub mod progress;
 pub mod sums;
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::OpenOptions;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -384,14 +383,7 @@ impl Run<'_> {
         let part = cache.join(PARTIAL_DIR).join(part_name);
         // One writer per partial file, across workers and processes.
         let lock_path = part.with_extension("lock");
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
-        lock.lock()
-            .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        let _lock = sums::lock_file(&lock_path)?;
         // A file already there that matches: copied in by hand, or just fetched by
         // another process that held the lock.
         if let (Some(expected), true) = (expected, dest.is_file()) {

@@ -99,17 +99,23 @@ pub fn read_record(cache: &Path) -> Result<Sums, String> {
     }
 }
 
-/// Changes the cache's record under its lock: `edit` gets the current entries.
-pub fn update_record(cache: &Path, edit: impl FnOnce(&mut Sums)) -> Result<(), String> {
-    let lock_path = cache.join(LOCK);
+/// Takes an exclusive lock on `path` (made if missing), held until the file is dropped:
+/// one writer at a time across threads and processes.
+pub fn lock_file(path: &Path) -> Result<File, String> {
     let lock = OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(&lock_path)
-        .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
+        .open(path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     lock.lock()
-        .map_err(|e| format!("cannot lock {}: {e}", lock_path.display()))?;
+        .map_err(|e| format!("cannot lock {}: {e}", path.display()))?;
+    Ok(lock)
+}
+
+/// Changes the cache's record under its lock: `edit` gets the current entries.
+pub fn update_record(cache: &Path, edit: impl FnOnce(&mut Sums)) -> Result<(), String> {
+    let _lock = lock_file(&cache.join(LOCK))?;
     let mut sums = read_record(cache)?;
     edit(&mut sums);
     write_atomically(&cache.join(RECORD), format(&sums).as_bytes())

@@ -120,11 +120,36 @@ pub type Faults = Vec<(std::path::PathBuf, io::Error)>;
 /// `MODE SIZE MTIME PATH[ -> TARGET]`, a tab and the provenance. Entries that cannot be
 /// read are left out and returned.
 pub fn write_text(ns: &Namespace, long: bool, out: &mut dyn Write) -> io::Result<Faults> {
+    walk_below_root(ns, &mut |path, node| {
+        let e = &node.entry;
+        if long {
+            let size = if e.kind == EntryKind::Dir { 0 } else { e.size };
+            write!(
+                out,
+                "{} {size:>12} {} ",
+                mode_string(e.kind, e.perm),
+                utc(seconds(e.mtime))
+            )?;
+        }
+        out.write_all(&path_bytes(path, node))?;
+        if let (true, Some(t)) = (long, target(node)) {
+            out.write_all(b" -> ")?;
+            out.write_all(t.as_os_str().as_bytes())?;
+        }
+        if long {
+            write!(out, "\t{}", node.provenance())?;
+        }
+        out.write_all(b"\n")
+    })
+}
+
+/// Visits every entry below the root (not the root itself), sorted; entries that cannot
+/// be read are left out and returned.
+fn walk_below_root(
+    ns: &Namespace,
+    visit: &mut dyn FnMut(&Path, &Node) -> io::Result<()>,
+) -> io::Result<Faults> {
     let mut faults = Faults::new();
-    let mut fault = |path: &Path, e: io::Error| {
-        faults.push((path.to_path_buf(), e));
-        Ok(())
-    };
     walk_past_faults(
         ns,
         Path::new(""),
@@ -132,27 +157,12 @@ pub fn write_text(ns: &Namespace, long: bool, out: &mut dyn Write) -> io::Result
             if path.as_os_str().is_empty() {
                 return Ok(());
             }
-            let e = &node.entry;
-            if long {
-                let size = if e.kind == EntryKind::Dir { 0 } else { e.size };
-                write!(
-                    out,
-                    "{} {size:>12} {} ",
-                    mode_string(e.kind, e.perm),
-                    utc(seconds(e.mtime))
-                )?;
-            }
-            out.write_all(&path_bytes(path, node))?;
-            if let (true, Some(t)) = (long, target(node)) {
-                out.write_all(b" -> ")?;
-                out.write_all(t.as_os_str().as_bytes())?;
-            }
-            if long {
-                write!(out, "\t{}", node.provenance())?;
-            }
-            out.write_all(b"\n")
+            visit(path, node)
         },
-        &mut fault,
+        &mut |path, e| {
+            faults.push((path.to_path_buf(), e));
+            Ok(())
+        },
     )?;
     Ok(faults)
 }
@@ -161,31 +171,18 @@ pub fn write_text(ns: &Namespace, long: bool, out: &mut dyn Write) -> io::Result
 /// be read.
 pub fn entries(ns: &Namespace) -> io::Result<(Vec<Listed>, Faults)> {
     let mut out = Vec::new();
-    let mut faults = Faults::new();
-    let mut fault = |path: &Path, e: io::Error| {
-        faults.push((path.to_path_buf(), e));
+    let faults = walk_below_root(ns, &mut |path, node| {
+        let e = &node.entry;
+        out.push(Listed {
+            path: String::from_utf8_lossy(&path_bytes(path, node)).into_owned(),
+            kind: kind_name(e.kind),
+            mode: format!("{:04o}", e.perm),
+            size: if e.kind == EntryKind::Dir { 0 } else { e.size },
+            mtime: seconds(e.mtime),
+            target: target(node).map(|t| t.to_string_lossy().into_owned()),
+            source: node.provenance(),
+        });
         Ok(())
-    };
-    walk_past_faults(
-        ns,
-        Path::new(""),
-        &mut |path, node| {
-            if path.as_os_str().is_empty() {
-                return Ok(());
-            }
-            let e = &node.entry;
-            out.push(Listed {
-                path: String::from_utf8_lossy(&path_bytes(path, node)).into_owned(),
-                kind: kind_name(e.kind),
-                mode: format!("{:04o}", e.perm),
-                size: if e.kind == EntryKind::Dir { 0 } else { e.size },
-                mtime: seconds(e.mtime),
-                target: target(node).map(|t| t.to_string_lossy().into_owned()),
-                source: node.provenance(),
-            });
-            Ok(())
-        },
-        &mut fault,
-    )?;
+    })?;
     Ok((out, faults))
 }
