@@ -52,11 +52,15 @@ pub struct ArchiveIdentity {
 
 impl ArchiveIdentity {
     pub fn of(file: &File) -> io::Result<Self> {
-        let meta = file.metadata()?;
-        let mut head = vec![0u8; HEAD_BYTES.min(meta.len() as usize)];
+        super::ArchiveSource::identity(file)
+    }
+
+    /// The identity of `size` bytes read from `src`, with the mtime given.
+    pub fn of_bytes(src: &dyn ReadAt, size: u64, mtime_sec: i64, mtime_nsec: u32) -> io::Result<Self> {
+        let mut head = vec![0u8; HEAD_BYTES.min(size as usize)];
         let mut done = 0;
         while done < head.len() {
-            match ReadAt::read_at(file, &mut head[done..], done as u64)? {
+            match src.read_at(&mut head[done..], done as u64)? {
                 0 => break,
                 n => done += n,
             }
@@ -64,9 +68,9 @@ impl ArchiveIdentity {
         let mut crc = Crc::new();
         crc.update(&head[..done]);
         Ok(ArchiveIdentity {
-            size: meta.len(),
-            mtime_sec: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            size,
+            mtime_sec,
+            mtime_nsec,
             head_crc: crc.sum(),
         })
     }
@@ -476,10 +480,10 @@ impl IndexStore {
     pub fn load_or_build(
         &self,
         archive: &Path,
-        file: &File,
+        file: &dyn super::ArchiveSource,
         with_listing: bool,
     ) -> Result<(LoadedIndex, IndexOrigin), BuildError> {
-        let identity = ArchiveIdentity::of(file).map_err(|e| BuildError::Archive {
+        let identity = file.identity().map_err(|e| BuildError::Archive {
             message: format!("reading the archive: {e}"),
             partial: None,
         })?;
@@ -487,8 +491,7 @@ impl IndexStore {
         if let Some(found) = Self::reuse(&path, &identity, with_listing) {
             return Ok((found, IndexOrigin::Reused));
         }
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let registration = super::progress::start(archive, size);
+        let registration = super::progress::start(archive, identity.size);
         let file = &registration.reader(file);
         if !self.memory_only.load(Ordering::Relaxed) {
             match self.build_file(&path, file, &identity, with_listing) {

@@ -23,16 +23,17 @@
 pub mod gzip_index;
 pub mod index_file;
 pub mod progress;
+mod source;
 pub mod tar_listing;
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use gzip_index::{GzipIndex, InflateCursor, ReadAt, SeekPoint};
+pub use source::{ArchiveSource, SourceAttrs};
 pub use index_file::{ArchiveIdentity, BuildError, IndexOrigin, IndexStore};
 pub use tar_listing::{MemberKind, TarListing, TarMember};
 
@@ -67,39 +68,63 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// An archive whose index is ready.
+/// An archive whose index is ready; or, with no gzip index, bytes served as they are
+/// (a plain file of a remote cache, `crate::remote`).
 #[derive(Debug)]
 pub struct IndexedArchive {
     path: PathBuf,
-    file: File,
-    meta: std::fs::Metadata,
+    file: Box<dyn ArchiveSource>,
+    attrs: SourceAttrs,
     identity: ArchiveIdentity,
-    gzip: GzipIndex,
+    /// `None`: stored, not compressed; [`IndexedArchive::stored`].
+    gzip: Option<GzipIndex>,
     listing: Option<TarListing>,
     cursors: Mutex<Vec<InflateCursor>>,
     read_fault_logged: AtomicBool,
 }
 
 impl IndexedArchive {
+    /// Bytes served as they are, with no index: `size` bytes of `source` at `path`.
+    pub fn stored(path: PathBuf, source: Box<dyn ArchiveSource>, size: u64) -> io::Result<Self> {
+        Ok(IndexedArchive {
+            path,
+            attrs: source.attrs()?,
+            file: source,
+            identity: ArchiveIdentity {
+                size,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                head_crc: 0,
+            },
+            gzip: None,
+            listing: None,
+            cursors: Mutex::new(Vec::new()),
+            read_fault_logged: AtomicBool::new(false),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The archive file's own attributes (owner, mode, mtime), as indexed.
-    pub fn metadata(&self) -> &std::fs::Metadata {
-        &self.meta
+    pub fn attrs(&self) -> &SourceAttrs {
+        &self.attrs
     }
 
     pub fn decompressed_size(&self) -> u64 {
-        self.gzip.decompressed_size()
+        match &self.gzip {
+            Some(gzip) => gzip.decompressed_size(),
+            None => self.identity.size,
+        }
     }
 
     pub fn listing(&self) -> Option<&TarListing> {
         self.listing.as_ref()
     }
 
-    pub fn gzip_index(&self) -> &GzipIndex {
-        &self.gzip
+    pub fn gzip_index(&self) -> Option<&GzipIndex> {
+        self.gzip.as_ref()
     }
 
     /// The first read fault is logged; later ones are answered quietly.
@@ -113,11 +138,11 @@ impl IndexedArchive {
     /// EIO when the archive file was changed in place since it was indexed (a file
     /// replaced by a rename is fine: the open file is still the indexed one).
     pub fn check_unchanged(&self) -> io::Result<()> {
-        let meta = self
+        let same = self
             .file
-            .metadata()
+            .unchanged(&self.identity)
             .map_err(|e| self.read_fault(e.to_string()))?;
-        if self.identity.same_stat(&meta) {
+        if same {
             Ok(())
         } else {
             Err(self.read_fault(
@@ -126,13 +151,13 @@ impl IndexedArchive {
         }
     }
 
-    fn take_cursor(&self, pos: u64) -> io::Result<InflateCursor> {
+    fn take_cursor(&self, gzip: &GzipIndex, pos: u64) -> io::Result<InflateCursor> {
         let mut idle = lock(&self.cursors);
         let best = idle
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                gzip_index::cursor_distance(&self.gzip, c.position(), pos).map(|d| (d, i))
+                gzip_index::cursor_distance(gzip, c.position(), pos).map(|d| (d, i))
             })
             .min();
         match best {
@@ -156,16 +181,37 @@ impl IndexedArchive {
 
     /// Reads decompressed bytes at `pos`; fills `buf` unless the stream ends first.
     pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(gzip) = &self.gzip else {
+            return self.read_stored(pos, buf);
+        };
         let mut cursor = self
-            .take_cursor(pos)
+            .take_cursor(gzip, pos)
             .map_err(|e| self.read_fault(e.to_string()))?;
-        match self.gzip.read_at(&self.file, &mut cursor, pos, buf) {
+        match gzip.read_at(&*self.file, &mut cursor, pos, buf) {
             Ok(n) => {
                 self.return_cursor(cursor);
                 Ok(n)
             }
             Err(e) => Err(self.read_fault(e.to_string())),
         }
+    }
+}
+
+impl IndexedArchive {
+    /// Stored bytes: read as they are, up to the end of the source.
+    fn read_stored(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.identity.size.saturating_sub(pos)) as usize;
+        let mut done = 0;
+        while done < want {
+            match self.file.read_at(&mut buf[done..want], pos + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                // A remote source logs its own faults (once per object).
+                Err(e) if is_reported(&e) => return Err(e),
+                Err(e) => return Err(self.read_fault(e.to_string())),
+            }
+        }
+        Ok(done)
     }
 }
 
@@ -176,7 +222,8 @@ pub struct ArchiveFault {
     pub partial: Option<TarListing>,
 }
 
-type Opener = Box<dyn Fn() -> io::Result<File> + Send + Sync>;
+/// Opens an archive's bytes (a file of the cache, or an object of a remote store).
+pub type Opener = Box<dyn Fn() -> io::Result<Box<dyn ArchiveSource>> + Send + Sync>;
 
 /// An archive indexed on first need. A fault is logged once and remembered: the
 /// archive's entries give EIO until the next mount.
@@ -254,13 +301,13 @@ impl LazyArchive {
             Arc::new(ArchiveFault { message, partial })
         };
         let file = (self.open)().map_err(|e| fault(format!("opening the archive: {e}"), None))?;
-        let meta = file
-            .metadata()
+        let attrs = file
+            .attrs()
             .map_err(|e| fault(format!("stat of the archive: {e}"), None))?;
         let started = std::time::Instant::now();
         let (index, origin) = self
             .store
-            .load_or_build(&self.path, &file, self.with_listing)
+            .load_or_build(&self.path, &*file, self.with_listing)
             .map_err(|e| match e {
                 BuildError::Archive { message, partial } => fault(message, partial),
                 BuildError::Sink(e) => fault(format!("building the index: {e}"), None),
@@ -288,9 +335,9 @@ impl LazyArchive {
         Ok(Arc::new(IndexedArchive {
             path: self.path.clone(),
             file,
-            meta,
+            attrs,
             identity: index.identity,
-            gzip: index.gzip,
+            gzip: Some(index.gzip),
             listing: index.listing,
             cursors: Mutex::new(Vec::new()),
             read_fault_logged: AtomicBool::new(false),

@@ -1,6 +1,7 @@
 //! Unit tests of the archive core: random reads against the reference bytes, multi-member
 //! gzip, listings through the index, persistence, corrupt and hostile archives.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -362,7 +363,7 @@ fn lazy(path: &Path, store: &Arc<IndexStore>, with_listing: bool) -> LazyArchive
     let p = path.to_path_buf();
     LazyArchive::new(
         path.to_path_buf(),
-        Box::new(move || File::open(&p)),
+        Box::new(move || Ok(Box::new(File::open(&p)?) as Box<dyn super::ArchiveSource>)),
         store.clone(),
         with_listing,
     )

@@ -7,7 +7,7 @@ mod embedded;
 mod empty;
 mod templated;
 
-pub use archive::{GunzippedFile, TarballMembers};
+pub use archive::{CacheObjects, GunzippedFile, TarballMembers};
 pub use disk::DiskTree;
 pub use embedded::{embedded_file, export_contexts, EmbeddedTree};
 pub use empty::EmptyDir;
