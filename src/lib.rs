@@ -18,6 +18,7 @@ pub mod logging;
 pub mod notify;
 pub mod oci;
 pub mod pack;
+pub mod remote;
 pub mod render;
 pub mod sealer;
 pub mod sources;

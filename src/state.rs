@@ -90,6 +90,8 @@ pub struct MountRecord {
     pub faults_total: u64,
     /// Archives being indexed now (a slow first read), with progress.
     pub indexing: Vec<IndexingStatus>,
+    /// The object store of a mount from a remote cache, with its counters.
+    pub remote: Option<crate::remote::RemoteStatus>,
     /// When the counters were written, in seconds since the epoch.
     pub updated: u64,
 }
@@ -331,6 +333,22 @@ impl MountRecord {
         for (key, value) in rows {
             let _ = writeln!(out, "  {:<16}{value}", format!("{key}:"));
         }
+        if let Some(r) = &self.remote {
+            let rows = [
+                ("store", r.store.clone()),
+                ("fetched", format!("{} bytes", r.fetched_bytes)),
+                ("local hits", r.hits.to_string()),
+                ("local misses", r.misses.to_string()),
+                ("local cache", r.local_cache.clone()),
+                (
+                    "local size",
+                    format!("{} of {} bytes", r.local_cache_bytes, r.local_cache_limit),
+                ),
+            ];
+            for (key, value) in rows {
+                let _ = writeln!(out, "  {:<16}{value}", format!("{key}:"));
+            }
+        }
         for i in &self.indexing {
             let eta = i.eta_seconds.map_or_else(|| "unknown".to_string(), uptime);
             let _ = writeln!(
@@ -422,12 +440,15 @@ impl StateFile {
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
+        let remote = crate::remote::status();
         if record.counters == counters
             && record.faults_total == faults.1
             && record.indexing == indexing
+            && record.remote == remote
         {
             return Ok(());
         }
+        record.remote = remote;
         record.counters = counters;
         (record.faults, record.faults_total) = faults;
         record.indexing = indexing;

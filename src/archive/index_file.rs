@@ -56,7 +56,12 @@ impl ArchiveIdentity {
     }
 
     /// The identity of `size` bytes read from `src`, with the mtime given.
-    pub fn of_bytes(src: &dyn ReadAt, size: u64, mtime_sec: i64, mtime_nsec: u32) -> io::Result<Self> {
+    pub fn of_bytes(
+        src: &dyn ReadAt,
+        size: u64,
+        mtime_sec: i64,
+        mtime_nsec: u32,
+    ) -> io::Result<Self> {
         let mut head = vec![0u8; HEAD_BYTES.min(size as usize)];
         let mut done = 0;
         while done < head.len() {

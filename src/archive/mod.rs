@@ -33,8 +33,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use gzip_index::{GzipIndex, InflateCursor, ReadAt, SeekPoint};
-pub use source::{ArchiveSource, SourceAttrs};
 pub use index_file::{ArchiveIdentity, BuildError, IndexOrigin, IndexStore};
+pub use source::{ArchiveSource, SourceAttrs};
 pub use tar_listing::{MemberKind, TarListing, TarMember};
 
 /// Idle inflate cursors kept per archive: sequential readers (and the kernel's
