@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::{Client, Response};
 use reqwest::header::{ETAG, IF_MATCH, RANGE};
 use reqwest::StatusCode;
-use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+pub use rusty_s3::Credentials;
+use rusty_s3::{Bucket, S3Action, UrlStyle};
 
 /// How long a presigned request stays valid (it is made right before it is sent).
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
@@ -159,10 +160,32 @@ impl Store {
         endpoint: Option<&str>,
         deadline: Duration,
     ) -> Result<Self, String> {
-        let s3 = match &location {
-            Location::S3 { bucket, prefix } => {
-                let credentials = super::credentials::credentials()?;
-                let region = super::credentials::region();
+        let credentials = match &location {
+            Location::S3 { .. } => Some(super::credentials::credentials()?),
+            Location::Mirror { .. } => None,
+        };
+        Self::with_credentials(
+            location,
+            endpoint,
+            deadline,
+            credentials,
+            &super::credentials::region(),
+        )
+    }
+
+    /// Like [`Store::new`], with the credentials and region given (tools, tests).
+    pub fn with_credentials(
+        location: Location,
+        endpoint: Option<&str>,
+        deadline: Duration,
+        credentials: Option<Credentials>,
+        region: &str,
+    ) -> Result<Self, String> {
+        let region = region.to_string();
+        let s3 = match (&location, credentials) {
+            (Location::S3 { .. }, None) => return Err("no S3 credentials".into()),
+            (Location::Mirror { .. }, _) => None,
+            (Location::S3 { bucket, prefix }, Some(credentials)) => {
                 let env_endpoint = std::env::var("AWS_ENDPOINT_URL_S3")
                     .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
                     .ok()
@@ -184,7 +207,6 @@ impl Store {
                     prefix: prefix.clone(),
                 })
             }
-            Location::Mirror { .. } => None,
         };
         Ok(Store {
             location,
