@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -72,22 +72,6 @@ fn mirror_sums(dir: &Path) -> BTreeMap<String, String> {
         })
         .collect()
 }
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    common::wait_for("the server to listen", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-}
-
-// ---------------------------------------------------------------- nginx
 
 // ---------------------------------------------------------------- the fault-injecting server
 
