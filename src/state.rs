@@ -602,6 +602,15 @@ mod tests {
                 elapsed_seconds: 2,
                 eta_seconds: Some(2),
             }],
+            remote: Some(crate::remote::RemoteStatus {
+                store: "s3://builds/cache".into(),
+                fetched_bytes: 5,
+                hits: 2,
+                misses: 1,
+                local_cache: "/var/cache/rootfs-mount/remote".into(),
+                local_cache_bytes: 5,
+                local_cache_limit: 10,
+            }),
             format: FORMAT,
             updated: 101,
         };

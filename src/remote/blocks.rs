@@ -24,6 +24,9 @@ use sha2::{Digest, Sha256};
 /// Blocks kept in memory (of [`super::manifest::BLOCK`] bytes each).
 const MEMORY_BLOCKS: usize = 32;
 
+/// An object's sha256 (hex) and a block number.
+type BlockKey = (String, u64);
+
 #[derive(Debug, Default)]
 pub struct Counters {
     pub hits: AtomicU64,
@@ -65,7 +68,7 @@ pub struct BlockCache {
     dir: PathBuf,
     limit: u64,
     lru: Mutex<Lru>,
-    memory: Mutex<VecDeque<((String, u64), Arc<[u8]>)>>,
+    memory: Mutex<VecDeque<(BlockKey, Arc<[u8]>)>>,
     pub counters: Counters,
 }
 
@@ -172,7 +175,7 @@ impl BlockCache {
         Some(bytes)
     }
 
-    fn remember(&self, key: (String, u64), bytes: Arc<[u8]>) {
+    fn remember(&self, key: BlockKey, bytes: Arc<[u8]>) {
         let mut memory = lock(&self.memory);
         if memory.len() >= MEMORY_BLOCKS {
             memory.pop_front();

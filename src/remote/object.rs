@@ -124,14 +124,10 @@ impl RemoteObject {
         let cache = &self.backing.cache;
         let usable = |b: &BlockDigests| b.size == self.size;
         if let Some(text) = cache.digests(&self.digest) {
-            if let Ok(b) = BlockDigests::parse(&text).map(|b| b).and_then(|b| {
+            if let Ok(b) = BlockDigests::parse(&text) {
                 if usable(&b) {
-                    Ok(b)
-                } else {
-                    Err(String::new())
+                    return Ok(b);
                 }
-            }) {
-                return Ok(b);
             }
         }
         let sidecar = manifest::blocks_path(&self.rel);
