@@ -25,7 +25,7 @@ NGINX_PID=
 MOUNTS=()
 cleanup() {
     for m in "${MOUNTS[@]}"; do "$BIN" umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
-    [ -n "$NGINX_PID" ] && kill "$NGINX_PID" 2>/dev/null || true
+    if [ -n "$NGINX_PID" ]; then kill "$NGINX_PID" 2>/dev/null || true; fi
     rm -rf "$WORK"
 }
 trap cleanup EXIT
