@@ -356,7 +356,12 @@ impl Store {
                 .get(self.get_url(rel))
                 .header(RANGE, format!("bytes={start}-{}", start + len - 1));
             if let Some(etag) = lock(&self.etags).get(rel) {
-                request = request.header(IF_MATCH, etag.clone());
+                let quoted = if etag.starts_with('"') || etag.starts_with("W/") {
+                    etag.clone()
+                } else {
+                    format!("\"{etag}\"")
+                };
+                request = request.header(IF_MATCH, quoted);
             }
             let response = request.send().map_err(|e| describe(&what, e))?;
             self.check_status(&what, &response)?;
@@ -567,5 +572,39 @@ mod tests {
         );
         assert!(Location::parse("/var/cache/rootfs-mount").is_none());
         assert_eq!(encode_path("a b/c+d"), "a%20b/c%2Bd");
+    }
+
+    /// A connection cut mid-body is retried; the bytes come whole from the next one.
+    #[test]
+    fn a_dropped_connection_is_retried() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body: Vec<u8> = (0..100u8).collect();
+        let served = body.clone();
+        let server = std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().take(2).enumerate() {
+                let mut conn = conn.unwrap();
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                while reader.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                let head = "HTTP/1.1 206 Partial Content\r\nContent-Length: 100\r\nContent-Range: bytes 0-99/100\r\nConnection: close\r\n\r\n";
+                conn.write_all(head.as_bytes()).unwrap();
+                let upto = if n == 0 { 50 } else { 100 };
+                conn.write_all(&served[..upto]).unwrap();
+            }
+        });
+        let store = Store::new(
+            Location::parse(&format!("http://127.0.0.1:{port}/m/"))
+                .unwrap()
+                .unwrap(),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(store.get_range("f", 0, 100).unwrap(), body);
+        server.join().unwrap();
     }
 }
