@@ -324,7 +324,7 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
     context_layers.push(("rootfs".into(), base));
 
     let source = match &params.remote {
-        Some(options) => CacheSource::Remote(RemoteCache::open(options)?),
+        Some(options) => CacheSource::Remote(RemoteCache::open(options, &params.index_dir())?),
         None => CacheSource::Disk(params.cache.clone()),
     };
     let mut branches = arch_branches(params, &profile, &source)?;

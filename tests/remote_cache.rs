@@ -365,3 +365,42 @@ fn a_mirror_published_to_a_folder_and_served_by_nginx_mounts_as_the_local_tree()
     let whole = remote_mount(None, &nginx.url(), &scratch("blocks"), &[]);
     assert_same_tree(&whole.dir, &local.dir);
 }
+
+#[test]
+fn published_seek_indexes_are_used_and_nothing_secret_is_logged() {
+    let garage = Garage::start("indexes");
+    publish(&garage, "i");
+    let local = local_mount();
+    let log = scratch("log").join("daemon.log");
+    let blocks = scratch("blocks");
+    let remote = remote_mount(
+        Some(&garage),
+        &garage.url("i"),
+        &blocks,
+        &["--log-level", "debug", "--log-file", log.to_str().unwrap()],
+    );
+    for rel in [
+        "amd64/images/registry.tar",
+        "amd64/bin/crictl",
+        "arm64/bin/nerdctl",
+    ] {
+        assert_eq!(
+            std::fs::read(remote.path(rel)).unwrap(),
+            std::fs::read(local.path(rel)).unwrap(),
+            "{rel}"
+        );
+    }
+    drop(remote);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let ready: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("archive index ready"))
+        .collect();
+    assert!(ready.len() >= 3, "{text}");
+    assert!(
+        ready.iter().all(|l| l.contains("Reused")),
+        "built, not published: {ready:?}"
+    );
+    assert!(std::fs::read_dir(blocks.join("index")).unwrap().count() >= 3);
+    assert!(!text.contains(&garage.secret) && !text.contains("X-Amz-Signature"));
+}

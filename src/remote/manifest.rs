@@ -19,6 +19,24 @@ pub const BLOCK: u64 = 1 << 20;
 pub const META_DIR: &str = ".rootfs-mount";
 pub const MANIFEST: &str = ".rootfs-mount/manifest";
 
+/// The published seek index of the archive `rel` (an `index_file` file, keyed by the
+/// archive's size, mtime and head as any local index is).
+pub fn index_path(rel: &str) -> String {
+    format!("{META_DIR}/index/{rel}.gzidx")
+}
+
+/// Whether `rel` is an archive the mount reads through a seek index (with its member
+/// listing for the release tarballs of `oss/`).
+pub fn indexed_archive(rel: &str) -> Option<bool> {
+    if rel.starts_with("oss/") && rel.ends_with(".tar.gz") {
+        Some(true)
+    } else if rel.starts_with("cri/") && rel.ends_with("/registry.tar.gz") {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// The block list of the cache path `rel`.
 pub fn blocks_path(rel: &str) -> String {
     format!("{META_DIR}/blocks/{rel}")

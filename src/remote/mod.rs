@@ -78,6 +78,8 @@ pub struct RemoteStatus {
 /// An opened remote cache: its manifest and the objects read so far.
 pub struct RemoteCache {
     backing: Arc<Backing>,
+    /// Where the mount keeps archive indexes: published ones are placed there.
+    indexes: crate::archive::IndexStore,
     manifest: Manifest,
     /// Folder path to its children (name, is a file).
     children: HashMap<String, Vec<String>>,
@@ -130,7 +132,7 @@ fn rel_str(rel: &Path) -> String {
 impl RemoteCache {
     /// Reads the store's SHA256SUMS, manifest and (S3) listing: once, at mount. Every
     /// refusal is one line.
-    pub fn open(opts: &RemoteOptions) -> Result<Arc<Self>, String> {
+    pub fn open(opts: &RemoteOptions, index_dir: &Path) -> Result<Arc<Self>, String> {
         let (manifest, sums, etags) = {
             // Its own client, dropped (with its thread) before the daemon forks.
             let lister = Store::new(
@@ -158,6 +160,7 @@ impl RemoteCache {
                 .push(name.to_string());
         }
         let remote = Arc::new(RemoteCache {
+            indexes: crate::archive::IndexStore::new(index_dir.to_path_buf()),
             backing: Arc::new(Backing { store, cache, sums }),
             manifest,
             children,
@@ -228,6 +231,34 @@ impl RemoteCache {
         )?);
         objects.insert(rel.to_string(), stored.clone());
         Ok(stored)
+    }
+}
+
+impl RemoteCache {
+    /// Puts the published seek index of the archive `rel` where the mount looks for its
+    /// index, unless one is there already. Checked against SHA256SUMS; any failure only
+    /// means the index is built from ranged reads instead.
+    fn place_published_index(&self, rel: &str) {
+        let published = manifest::index_path(rel);
+        let Some(want) = self.backing.sums.get(&published) else {
+            return;
+        };
+        let shown = self.backing.store.shown(rel);
+        let path = self.indexes.index_path(Path::new(&shown));
+        if path.exists() {
+            return;
+        }
+        let bytes = match self.backing.store.get_small(&published) {
+            Ok(Some(bytes)) if sums::hex(&blocks::sha256(&bytes)) == *want => bytes,
+            _ => {
+                tracing::info!(archive = %shown, "the published seek index cannot be used: building one");
+                return;
+            }
+        };
+        let _ = std::fs::create_dir_all(self.indexes.dir());
+        if let Err(e) = sums::write_atomically(&path, &bytes) {
+            tracing::debug!(index = %path.display(), error = %e, "cannot keep the published index");
+        }
     }
 }
 
@@ -332,7 +363,9 @@ impl CacheObjects for RemoteCache {
     }
 
     fn open(&self, rel: &Path) -> io::Result<Box<dyn ArchiveSource>> {
-        Ok(Box::new(ObjectSource(self.object(&rel_str(rel))?)))
+        let rel = rel_str(rel);
+        self.place_published_index(&rel);
+        Ok(Box::new(ObjectSource(self.object(&rel)?)))
     }
 
     fn shown(&self, rel: &Path) -> PathBuf {

@@ -6,8 +6,10 @@
 //! never sees a SHA256SUMS that names objects not there yet.
 //!
 //! Every file is hashed while its block list is made; a file that `fetch` recorded must
-//! still match its record (nothing corrupt is published). Seek indexes are not
-//! published: a mount builds them once from ranged reads and keeps them locally.
+//! still match its record (nothing corrupt is published). The archives a mount reads
+//! through a seek index get theirs published too (`.rootfs-mount/index/<path>.gzidx`), so
+//! a mount does not stream a whole archive to index it; a mount of a store without them
+//! builds them once from ranged reads and keeps them locally.
 
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
@@ -126,6 +128,43 @@ fn checked_hash(cache: &Path, rel: &str, record: &Sums) -> Result<(String, Block
     Ok((hex, blocks))
 }
 
+/// The seek index of the archive `rel` of the cache, built in `scratch` (or `None` when
+/// `rel` is not read through one). A damaged archive is published without one.
+fn seek_index(cache: &Path, rel: &str, scratch: &Path) -> Option<Vec<u8>> {
+    let with_listing = manifest::indexed_archive(rel)?;
+    let store = crate::archive::IndexStore::new(scratch.to_path_buf());
+    let path = cache.join(rel);
+    let file = std::fs::File::open(&path).ok()?;
+    match store.load_or_build(&path, &file, with_listing) {
+        Ok(_) => std::fs::read(store.index_path(&path)).ok(),
+        Err(_) => {
+            eprintln!(
+                "rootfs-mount: no seek index published for {}: it does not index",
+                path.display()
+            );
+            None
+        }
+    }
+}
+
+/// A folder for the indexes built while publishing, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> Result<Self, String> {
+        let dir = std::env::temp_dir().join(format!("rootfs-mount-publish-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// `cache publish s3://BUCKET/PREFIX`: uploads the cache.
 pub fn to_store(
     cache: &Path,
@@ -139,6 +178,7 @@ pub fn to_store(
     let store = Store::new(location, endpoint, timeout)?;
     let record = sums::read_record(cache)?;
     let found = collect(cache)?;
+    let scratch = Scratch::new()?;
     let mut published = Sums::new();
     let mut bytes = 0u64;
     for (rel, entry) in &found {
@@ -155,6 +195,13 @@ pub fn to_store(
             .put_bytes(&list_rel, list.as_bytes())
             .map_err(|e| format!("uploading: {e}"))?;
         published.insert(list_rel, sums::hex(&super::blocks::sha256(list.as_bytes())));
+        if let Some(index) = seek_index(cache, rel, &scratch.0) {
+            let index_rel = manifest::index_path(rel);
+            store
+                .put_bytes(&index_rel, &index)
+                .map_err(|e| format!("uploading: {e}"))?;
+            published.insert(index_rel, sums::hex(&super::blocks::sha256(&index)));
+        }
         published.insert(rel.clone(), hex);
         bytes += size;
     }
@@ -224,10 +271,14 @@ pub fn mirror_extras(cache: &Path, dir: &Path) -> Result<String, String> {
         published.insert(rel.to_string(), sums::hex(&super::blocks::sha256(bytes)));
         Ok(())
     };
+    let scratch = Scratch::new()?;
     for (rel, entry) in &found {
         match &entry.kind {
             Kind::File { .. } => {
                 let (hex, blocks) = checked_hash(cache, rel, &record)?;
+                if let Some(index) = seek_index(cache, rel, &scratch.0) {
+                    write(&manifest::index_path(rel), &index, &mut published)?;
+                }
                 if !published.contains_key(rel) {
                     place(&cache.join(rel), &dir.join(rel))?;
                     published.insert(rel.clone(), hex);
@@ -258,7 +309,7 @@ pub fn mirror_extras(cache: &Path, dir: &Path) -> Result<String, String> {
     )?;
     sums::write_atomically(&sums_path, sums::format(&published).as_bytes())?;
     Ok(format!(
-        "added the registry data, block lists and {} (for mounts from the mirror)",
+        "added the registry data, block lists, seek indexes and {} (for mounts from the mirror)",
         manifest::MANIFEST
     ))
 }
