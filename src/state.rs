@@ -413,6 +413,7 @@ impl StateFile {
             mountpoint: mountpoint.to_path_buf(),
             description,
             updated: started,
+            remote: crate::remote::status(),
             ..MountRecord::default()
         };
         let file = StateFile {
