@@ -224,6 +224,10 @@ impl RemoteObject {
         *lock(&slot.done) = Some(outcome.clone());
         slot.ready.notify_all();
         lock(&self.inflight).remove(&index);
+        // Kept on disk after the waiting readers were answered: off their path.
+        if let Ok(bytes) = &outcome {
+            cache.put(&self.digest, index, bytes.clone());
+        }
         outcome
     }
 
@@ -272,9 +276,7 @@ impl RemoteObject {
                 self.shown().display()
             ));
         }
-        let bytes: Arc<[u8]> = Arc::from(bytes);
-        self.backing.cache.put(&self.digest, index, bytes.clone());
-        Ok(bytes)
+        Ok(Arc::from(bytes))
     }
 
     /// Fetches the blocks ahead of a sequential reader that stopped at `end`.
