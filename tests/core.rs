@@ -323,3 +323,54 @@ fn whiteout_names_are_reserved() {
         .unwrap_err();
     assert_eq!(err.errno, libc::EPERM);
 }
+
+/// Copy-up of a file 20 folders deep resolves each folder once on the way down, not
+/// again from the root for each folder it copies.
+#[test]
+fn deep_copy_up_resolves_each_folder_once() {
+    let depth = 20;
+    let dirs: Vec<String> = (0..depth).map(|i| format!("d{i}")).collect();
+    let path = format!("{}/file", dirs.join("/"));
+    let f = fixture("deep", &[(path.as_str(), "deep")]);
+    let ino = f.ino(&path);
+    let fh = f.tree.open_for_write(ino, libc::O_WRONLY).unwrap();
+    let before = f.tree.names_resolved();
+    f.tree.write(fh, 0, b"D").unwrap();
+    let resolved = f.tree.names_resolved() - before;
+    f.tree.release(fh);
+    assert!(f.upper.join(&path).is_file());
+    // The root, each of the 20 folders once, the file before and after the copy (the
+    // walk from the root for each copied folder resolved ~270).
+    assert!(
+        resolved <= depth + 3,
+        "copy-up {depth} folders deep resolved {resolved} names"
+    );
+    assert_eq!(f.read(&path), b"Deep");
+}
+
+/// A lower file opened for writing, unlinked before its first write, keeps its bytes
+/// and is described by what its fd has (`ftruncate`, then `fstat`).
+#[test]
+fn unlinked_pending_file_is_copied_up_and_described_by_its_fd() {
+    let f = fixture("unlinked-lower", &[("file", "lower content")]);
+    let ino = f.ino("file");
+    let fh = f.tree.open_for_write(ino, libc::O_RDWR).unwrap();
+    f.tree.unlink(ROOT_INO, OsStr::new("file")).unwrap();
+    assert_eq!(f.upper_names(""), [".wh.file"]);
+    f.tree.write(fh, 0, b"L").unwrap();
+    let read = f.tree.read(fh, 0, 64, |r| r.map(|b| b.to_vec())).unwrap();
+    assert_eq!(read, b"Lower content");
+    let node = f
+        .tree
+        .setattr(
+            ino,
+            AttrChange {
+                size: Some(3),
+                ..AttrChange::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(node.entry.size, 3);
+    assert_eq!(f.tree.getattr(ino).unwrap().entry.size, 3);
+    f.tree.release(fh);
+}
