@@ -3,7 +3,9 @@
 //!
 //! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`sealer`], [`render`],
 //! [`layout`]; the tree without a mount: [`pack`] (`render`, `tree`, `pack`) and [`check`].
-//! Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files, `status`). Registry
+//! Adapter: [`fuse`]. Lifecycle: [`daemon`] (the running daemon), [`mounts`] (the mount
+//! table, mountpoint checks, `status`, `umount`), [`scratch`] (the scratch upper layer),
+//! [`state`] (state files). Registry
 //! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`.
 
 pub mod archive;
@@ -15,10 +17,13 @@ pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod logging;
+pub mod mount_vars;
+pub mod mounts;
 pub mod notify;
 pub mod oci;
 pub mod pack;
 pub mod render;
+pub mod scratch;
 pub mod sealer;
 pub mod sources;
 pub mod state;

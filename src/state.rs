@@ -21,7 +21,7 @@
 //! daemon of this version must not vanish from `status` when an older binary runs.
 
 use std::fmt::Write as _;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -468,12 +468,8 @@ impl Stale {
     fn remove(self) {
         if let Some(d) = self.record.map(|r| r.description) {
             if let (true, Some(upper)) = (d.scratch_upper, d.upper) {
-                let ours = upper.file_name().is_some_and(|n| {
-                    n.as_bytes()
-                        .starts_with(crate::daemon::SCRATCH_PREFIX.as_bytes())
-                });
-                if ours {
-                    let _ = std::fs::remove_dir_all(&upper);
+                if crate::scratch::is_scratch(&upper) {
+                    crate::scratch::remove(Some(&upper));
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! Archives served in place (SPEC §4, issue 3), through real mounts: tarball members in
+//! Archives served in place (docs/DESIGN.md §4, issue 3), through real mounts: tarball members in
 //! `<arch>/bin/` and `<arch>/images/registry.tar` compared byte for byte with `tar -xzOf`
 //! and `gunzip -c`, random-offset reads, corrupt and malicious archives, and the
 //! persisted seek indexes.

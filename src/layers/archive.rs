@@ -1,4 +1,4 @@
-//! Archives shown in place (SPEC §4), read through their seek index (`crate::archive`):
+//! Archives shown in place (docs/DESIGN.md §4), read through their seek index (`crate::archive`):
 //!
 //! - [`TarballMembers`]: the members of every `oss/<arch>/bin/*.tar.gz`, flattened into
 //!   `<arch>/bin/` by basename;

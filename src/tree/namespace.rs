@@ -1,7 +1,7 @@
 //! The virtual tree: layers mounted at paths of the tree ("branches"), highest first,
 //! resolved one name at a time.
 //!
-//! Rules (SPEC §3): a name present in several branches is taken from the highest one; a
+//! Rules (docs/DESIGN.md §3): a name present in several branches is taken from the highest one; a
 //! folder is merged with the folders of the same name below it, until a lower branch
 //! has a non-folder there (which, like in overlayfs, ends the merge); a file hides
 //! everything of that name below it. A branch mounted below a path makes that path a
