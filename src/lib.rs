@@ -28,6 +28,8 @@ pub mod sealer;
 pub mod sources;
 pub mod state;
 pub mod sys;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod tree;
 pub mod upper;
 pub mod values;

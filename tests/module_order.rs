@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `src/lib.rs`, lowest first: a module may use `crate::X`
 /// only for an X listed before it. A new module gets its place here.
 const LAYERS: &[&str] = &[
+    // Test helpers (`#[cfg(test)]`), importing nothing of the crate.
+    "test_support",
     // Foundations: system calls, fault records, archives read in place.
     "sys",
     "fault",

@@ -526,17 +526,8 @@ impl Layer for GunzippedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::scratch;
     use std::io::Write;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "rootfs-mount-archive-layer-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     /// A .tar.gz of (name, bytes or symlink target, kind) made with the tar crate.
     fn tarball(path: &Path, members: &[(&str, &[u8], tar::EntryType)]) {

@@ -353,14 +353,7 @@ impl Namespace {
 mod tests {
     use super::*;
     use crate::layers::{DiskTree, EmptyDir};
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("rootfs-mount-ns-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::test_support::scratch;
 
     fn branch(at: &str, layer: impl Layer + 'static) -> Branch {
         Branch {
