@@ -6,7 +6,9 @@
 //! Adapter: [`fuse`]. Lifecycle: [`daemon`] (the running daemon), [`mounts`] (the mount
 //! table, mountpoint checks, `status`, `umount`), [`scratch`] (the scratch upper layer),
 //! [`state`] (state files). Registry
-//! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`.
+//! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`:
+//! the compiler refuses it anywhere else.
+#![deny(unsafe_code)]
 
 pub mod archive;
 pub mod check;
@@ -27,6 +29,7 @@ pub mod scratch;
 pub mod sealer;
 pub mod sources;
 pub mod state;
+#[allow(unsafe_code)]
 pub mod sys;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -2,6 +2,8 @@
 //! a mount (`render`, `tree`, `pack`, `check`: the logic is in the library's `pack` and
 //! `check`; this only wires arguments to it and output to stdout or files).
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;
