@@ -469,11 +469,7 @@ impl GunzippedFile {
     fn file_entry(&self, indexed: Arc<IndexedArchive>) -> LayerEntry {
         let meta = indexed.metadata();
         let size = indexed.decompressed_size();
-        let mtime = SystemTime::UNIX_EPOCH
-            + Duration::new(
-                meta.mtime().max(0) as u64,
-                meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-            );
+        let mtime = crate::sys::system_time(meta.mtime(), meta.mtime_nsec());
         LayerEntry {
             kind: EntryKind::File,
             perm: (meta.mode() & 0o7777) as u16,

@@ -231,11 +231,7 @@ fn check_unchanged(
 ) -> Result<(), FsError> {
     use std::os::unix::fs::MetadataExt;
     let meta = file.metadata()?;
-    let mtime = std::time::SystemTime::UNIX_EPOCH
-        + std::time::Duration::new(
-            meta.mtime().max(0) as u64,
-            meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-        );
+    let mtime = crate::sys::system_time(meta.mtime(), meta.mtime_nsec());
     if meta.len() != entry.size || (same_mtime && mtime != entry.mtime) {
         return Err(fs_err!(
             EIO,

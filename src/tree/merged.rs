@@ -77,10 +77,7 @@ impl MergedTree {
         let Ok(st) = crate::sys::fstat(&*file) else {
             return node;
         };
-        let time = |secs: i64, nanos: i64| {
-            std::time::SystemTime::UNIX_EPOCH
-                + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
-        };
+        let time = crate::sys::system_time;
         let mut fresh = (*node).clone();
         fresh.entry.size = st.st_size.max(0) as u64;
         fresh.entry.perm = (st.st_mode & 0o7777) as u16;
