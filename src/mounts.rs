@@ -38,28 +38,10 @@ pub struct MountInfo {
     pub source: String,
 }
 
-/// Undoes the octal escapes (`\040` for a space) of /proc/self/mountinfo.
+/// A path field of /proc/self/mountinfo, its octal escapes (`\040` for a space) undone.
 fn unescape(field: &str) -> PathBuf {
     use std::os::unix::ffi::OsStringExt;
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let v = (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
-            out.push(v);
-            i += 4;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    PathBuf::from(std::ffi::OsString::from_vec(out))
+    PathBuf::from(std::ffi::OsString::from_vec(state::unescape(field)))
 }
 
 /// The mounts of this mount namespace, from /proc/self/mountinfo.
@@ -373,6 +355,20 @@ mod tests {
             served_by_us,
             state_known: true,
         }
+    }
+
+    #[test]
+    fn mountinfo_paths_lose_their_escapes() {
+        assert_eq!(
+            super::unescape("/mnt/a\\040b\\011c"),
+            std::path::PathBuf::from("/mnt/a b\tc")
+        );
+        // Not an escape: kept as is; out of a byte's range: no panic.
+        assert_eq!(
+            super::unescape("/x\\9y\\04"),
+            std::path::PathBuf::from("/x\\9y\\04")
+        );
+        let _ = super::unescape("\\777");
     }
 
     #[test]

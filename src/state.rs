@@ -181,7 +181,9 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-fn unescape(text: &str) -> Vec<u8> {
+/// Undoes octal escapes (`\040` for a space), as the kernel writes them in
+/// /proc/self/mountinfo and as state files of earlier versions wrote paths.
+pub fn unescape(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
