@@ -374,3 +374,64 @@ fn unlinked_pending_file_is_copied_up_and_described_by_its_fd() {
     assert_eq!(f.tree.getattr(ino).unwrap().entry.size, 3);
     f.tree.release(fh);
 }
+
+/// A change in one folder makes only that folder's entries (and below) resolve again:
+/// entries elsewhere keep their resolved nodes.
+#[test]
+fn a_change_invalidates_its_own_folder_only() {
+    let f = fixture("invalidation", &[("a/x", "1"), ("b/y", "2")]);
+    let (a, y) = (f.ino("a"), f.ino("b/y"));
+    let x = f.ino("a/x");
+    let (_, _, fh) = f
+        .tree
+        .create(a, OsStr::new("new"), 0o644, libc::O_WRONLY, caller())
+        .unwrap();
+    f.tree.release(fh);
+    let before = f.tree.names_resolved();
+    f.tree.getattr(y).unwrap();
+    assert_eq!(
+        f.tree.names_resolved(),
+        before,
+        "b/y is not below the change"
+    );
+    f.tree.getattr(x).unwrap();
+    assert!(
+        f.tree.names_resolved() > before,
+        "a/x is below the change: resolved again"
+    );
+    assert_eq!(f.names("a"), ["new", "x"]);
+    assert_eq!(f.names("b"), ["y"]);
+}
+
+#[test]
+fn setxattr_copies_metadata_up_and_symlinks_copy_whole() {
+    let f = fixture("xattr", &[("file", "bytes")]);
+    std::os::unix::fs::symlink("file", f.lower.join("link")).unwrap();
+    let ino = f.ino("file");
+    f.tree
+        .setxattr(ino, OsStr::new("user.note"), b"hi", 0)
+        .unwrap();
+    assert!(has_xattr(&f.upper.join("file"), METACOPY_XATTR));
+    assert_eq!(
+        f.tree.getxattr(ino, OsStr::new("user.note")).unwrap(),
+        b"hi"
+    );
+    // The internal marker is never shown.
+    let names = f.tree.listxattr(ino).unwrap();
+    assert_eq!(names, [OsStr::new("user.note")]);
+    // A symlink copies up whole (a chown of the link itself).
+    let link = f.ino("link");
+    f.tree
+        .setattr(
+            link,
+            AttrChange {
+                uid: Some(caller().uid),
+                ..AttrChange::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        std::fs::read_link(f.upper.join("link")).unwrap(),
+        Path::new("file")
+    );
+}

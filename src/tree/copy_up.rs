@@ -103,7 +103,6 @@ impl CopyUp {
             let child = ns
                 .lookup(&at, &node, name)?
                 .ok_or_else(|| fs_err!(ENOENT, "{} is gone", at.join(name).display()))?;
-            let parent = at.clone();
             at.push(name);
             if child.entry.kind != EntryKind::Dir {
                 return Err(fs_err!(ENOTDIR, "{} is not a folder", at.display()));
@@ -112,7 +111,7 @@ impl CopyUp {
                 child
             } else {
                 self.make_dir(&at, &child.entry)?;
-                changes.changed(&parent);
+                changes.changed(&at);
                 // What resolving it again would give for looking up its children: the
                 // same folder, now taking new entries in the upper layer.
                 Node {
@@ -202,7 +201,7 @@ impl CopyUp {
                 }
             }
         }
-        changes.changed(parent);
+        changes.changed(path);
         ns.lookup(parent, &parent_node, name)?
             .ok_or_else(|| fs_err!(EIO, "{} vanished during copy-up", path.display()))
     }
@@ -228,7 +227,7 @@ impl CopyUp {
                 message: format!("truncating {}: {}", path.display(), e.message),
                 ..e
             })?;
-        changes.changed(parent);
+        changes.changed(path);
         Ok(())
     }
 

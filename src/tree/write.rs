@@ -106,7 +106,7 @@ impl MergedTree {
         dir: &Node,
         path: &Path,
     ) -> Result<(u64, Arc<Node>), FsError> {
-        self.changes.changed(parent);
+        self.changes.changed(path);
         let node = self.child_node(parent, dir, path)?;
         Ok((self.inodes.remember(path, node.clone()), node))
     }
@@ -253,7 +253,7 @@ impl MergedTree {
             .link(&source, &path)
             .map_err(|e| io_err("linking", &path, e))?;
         // The new name is the same file: the same inode number.
-        self.changes.changed(&parent_path);
+        self.changes.changed(&path);
         let node = self.child_node(&parent_path, &dir, &path)?;
         if self.inodes.add_alias(ino, &path, node.clone()) {
             return Ok((ino, node));
@@ -263,13 +263,12 @@ impl MergedTree {
 
     /// After the upper entry of `path` is gone: hide what the layers below still have.
     fn hide_below(&self, path: &Path) -> Result<(), FsError> {
-        let parent = path.parent().unwrap_or(Path::new(""));
-        self.changes.changed(parent);
+        self.changes.changed(path);
         if self.node_at(path)?.is_some() {
             self.upper_dir()?
                 .whiteout(path)
                 .map_err(|e| io_err("whiteout for", path, e))?;
-            self.changes.changed(parent);
+            self.changes.changed(path);
         }
         Ok(())
     }
@@ -413,7 +412,7 @@ impl MergedTree {
         }
         self.inodes.rename(&from, &to);
         self.handles.repath_pending(&from, &to);
-        self.changes.changed(&to_parent);
+        self.changes.changed(&to);
         self.hide_below(&from)
     }
 
