@@ -6,7 +6,7 @@ use std::fmt;
 use std::fs::File;
 use std::io;
 use std::os::unix::fs::MetadataExt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use super::{ArchiveIdentity, ReadAt};
 
@@ -50,11 +50,7 @@ impl ArchiveSource for File {
             perm: meta.mode() & 0o7777,
             uid: meta.uid(),
             gid: meta.gid(),
-            mtime: SystemTime::UNIX_EPOCH
-                + Duration::new(
-                    meta.mtime().max(0) as u64,
-                    meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-                ),
+            mtime: crate::sys::system_time(meta.mtime(), meta.mtime_nsec()),
         })
     }
 }

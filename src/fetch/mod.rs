@@ -1,4 +1,4 @@
-//! `rootfs-mount fetch`: fills the cache (SPEC §4 layout) with exactly the entries
+//! `rootfs-mount fetch`: fills the cache (docs/DESIGN.md §4 layout) with exactly the entries
 //! `layout::cache_entries` says a mount needs, from mirrors first, then upstream, and
 //! lets nothing unverified in.
 //!
@@ -14,7 +14,9 @@
 pub mod cache;
 pub mod http;
 pub mod progress;
-pub mod sums;
+/// The SHA256SUMS format and the cache's record (`crate::sums`, below the remote cache
+/// that reads it too).
+pub use crate::sums;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::PermissionsExt;

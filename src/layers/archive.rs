@@ -1,4 +1,4 @@
-//! Archives shown in place (SPEC §4), read through their seek index (`crate::archive`):
+//! Archives shown in place (docs/DESIGN.md §4), read through their seek index (`crate::archive`):
 //!
 //! - [`TarballMembers`]: the members of every `oss/<arch>/bin/*.tar.gz`, flattened into
 //!   `<arch>/bin/` by basename;
@@ -611,17 +611,8 @@ impl Layer for GunzippedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::scratch;
     use std::io::Write;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "rootfs-mount-archive-layer-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     /// A .tar.gz of (name, bytes or symlink target, kind) made with the tar crate.
     fn tarball(path: &Path, members: &[(&str, &[u8], tar::EntryType)]) {

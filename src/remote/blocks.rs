@@ -227,7 +227,7 @@ impl BlockCache {
 
     pub fn put_digests(&self, object: &str, text: &str) {
         let path = self.dir.join("digests").join(object);
-        let _ = crate::fetch::sums::write_atomically(&path, text.as_bytes());
+        let _ = crate::sums::write_atomically(&path, text.as_bytes());
     }
 }
 

@@ -11,7 +11,7 @@
 //! a line.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 /// Size of a block: the unit of ranged reads, of verification and of the local cache.
 pub const BLOCK: u64 = 1 << 20;
@@ -62,7 +62,7 @@ pub struct Entry {
 
 impl Entry {
     pub fn mtime(&self) -> SystemTime {
-        SystemTime::UNIX_EPOCH + Duration::new(self.mtime_sec.max(0) as u64, self.mtime_nsec)
+        crate::sys::system_time(self.mtime_sec, i64::from(self.mtime_nsec))
     }
 }
 
@@ -152,7 +152,7 @@ impl BlockDigests {
     pub fn format(&self) -> String {
         let mut out = format!("rootfs-mount-blocks {BLOCK} {}\n", self.size);
         for d in &self.digests {
-            out.push_str(&crate::fetch::sums::hex(d));
+            out.push_str(&crate::sums::hex(d));
             out.push('\n');
         }
         out

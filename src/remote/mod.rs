@@ -1,5 +1,5 @@
 //! A cache held in an object store (`--cache s3://BUCKET/PREFIX`, `--cache https://HOST/PATH/`)
-//! instead of a local folder: the same layout (SPEC §4), so the tree and its rendering are
+//! instead of a local folder: the same layout (docs/DESIGN.md §4), so the tree and its rendering are
 //! those of a mount of the local cache it was published from (`cache publish`).
 //!
 //! At mount, once: `SHA256SUMS` and `.rootfs-mount/manifest` (checked against it) say
@@ -40,8 +40,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::{ArchiveSource, IndexedArchive};
-use crate::fetch::sums;
 use crate::layers::CacheObjects;
+use crate::sums;
 use manifest::{Kind, Manifest};
 use object::{Backing, ObjectSource, RemoteObject};
 pub use store::Location;

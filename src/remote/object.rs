@@ -46,7 +46,7 @@ pub struct Backing {
     pub store: Store,
     pub cache: BlockCache,
     /// SHA256SUMS of the store: path to digest.
-    pub sums: crate::fetch::sums::Sums,
+    pub sums: crate::sums::Sums,
 }
 
 pub struct RemoteObject {
@@ -139,7 +139,7 @@ impl RemoteObject {
                 .get_small(&sidecar)
                 .map_err(|e| e.message)?
                 .ok_or_else(|| format!("{shown}: listed in SHA256SUMS but absent"))?;
-            if crate::fetch::sums::hex(&sha256(&bytes)) != *want {
+            if crate::sums::hex(&sha256(&bytes)) != *want {
                 return Err(format!("{shown}: does not match its SHA256SUMS digest"));
             }
             let text = String::from_utf8_lossy(&bytes);
@@ -176,7 +176,7 @@ impl RemoteObject {
             digests.push(sha256(&bytes));
             at += len;
         }
-        let got = crate::fetch::sums::hex(&whole.finalize());
+        let got = crate::sums::hex(&whole.finalize());
         if got != self.digest {
             return Err(format!(
                 "{}: sha256 {got}, SHA256SUMS says {}; not served",

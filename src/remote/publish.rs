@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::manifest::{self, BlockDigests, Entry, Kind, Manifest, BLOCK};
 use super::store::{Location, Store};
-use crate::fetch::sums::{self, Sums};
+use crate::sums::{self, Sums};
 
 /// What is published: the layout's roots and the registry data.
 const ROOTS: &[&str] = &["kube", "oss", "cri", "registry"];
