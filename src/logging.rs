@@ -121,12 +121,17 @@ struct DropInterruptedReplies;
 
 impl<S: Subscriber> Layer<S> for DropInterruptedReplies {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
-        if !event.metadata().target().starts_with("fuser::reply") {
+        // fuser logs through the `log` crate: its records arrive with the target "log"
+        // and their own target in the field `log.target`.
+        let target = event.metadata().target();
+        if target != "log" && !target.starts_with("fuser::reply") {
             return true;
         }
         let mut text = Text::default();
         event.record(&mut text);
-        !text.message.contains("No such file or directory")
+        let from_reply =
+            target.starts_with("fuser::reply") || text.log_target.starts_with("fuser::reply");
+        !(from_reply && text.message.contains("No such file or directory"))
     }
 }
 
@@ -151,6 +156,8 @@ struct Text {
     message: String,
     file: String,
     fields: String,
+    /// The target of a record of the `log` crate.
+    log_target: String,
 }
 
 impl Visit for Text {
@@ -162,6 +169,7 @@ impl Visit for Text {
                 self.fields = format!("{}{}", self.message, self.fields);
             }
             "file" => self.file = format!("{value:?}"),
+            "log.target" => self.log_target = format!("{value:?}"),
             name => {
                 let _ = write!(self.fields, " {name}={value:?}");
             }
@@ -347,6 +355,15 @@ mod tests {
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: Broken pipe (os error 32)");
             tracing::warn!(target: "rootfs_mount::fault", "x: No such file or directory");
+            // As fuser logs it: a record of the `log` crate, through tracing-log.
+            let record = log::Record::builder()
+                .target("fuser::reply")
+                .level(log::Level::Error)
+                .args(format_args!(
+                    "Failed to send FUSE reply: No such file or directory (os error 2)"
+                ))
+                .build();
+            tracing_log::format_trace(&record).unwrap();
         });
         assert_eq!(seen.load(Ordering::Relaxed), 2);
     }
