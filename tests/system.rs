@@ -421,7 +421,10 @@ fn faults_are_logged_to_the_state_folder_file_and_shown_in_status() {
     let m = Mount::with_env(
         &cache,
         &["--k8s", "v1.23.4", "--contexts", &contexts_arg],
-        &[("ROOTFS_MOUNT_JOURNAL_SOCKET", &no_journal)],
+        &[
+            ("ROOTFS_MOUNT_JOURNAL_SOCKET", &no_journal),
+            ("ROOTFS_MOUNT_SYSLOG_SOCKET", &no_journal),
+        ],
     );
     let json = status_json(&m.dir);
     let log_path = PathBuf::from(json["mounts"][0]["parameters"]["log"].as_str().unwrap());
@@ -532,6 +535,75 @@ fn faults_are_logged_to_journald_when_it_runs() {
         assert_eq!(warns.len(), 1, "not one WARN entry for {file}: {entries:?}");
         assert!(warns[0].contains("SYSLOG_IDENTIFIER=rootfs-mount\n"));
     }
+}
+
+/// Without journald but with a syslog daemon (a socket the test owns, speaking for
+/// /dev/log), a background daemon sends syslog messages of the facility `daemon`: one
+/// WARN (`<28>`) message per fault naming the file.
+#[test]
+fn faults_are_logged_to_syslog_without_journald() {
+    let (cache, contexts) = faulty_sources();
+    let contexts_arg = contexts.to_str().unwrap().to_string();
+    let folder = scratch("syslog");
+    let socket_path = folder.join("log");
+    let no_journal = folder.join("no-journal");
+    let syslog = UnixDatagram::bind(&socket_path).unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (received, done) = (received.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = syslog.recv(&mut buf) {
+                    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    received.lock().unwrap().push(message);
+                }
+            }
+        })
+    };
+    let m = Mount::with_env(
+        &cache,
+        &["--k8s", "v1.23.4", "--contexts", &contexts_arg],
+        &[
+            ("ROOTFS_MOUNT_JOURNAL_SOCKET", &no_journal),
+            ("ROOTFS_MOUNT_SYSLOG_SOCKET", &socket_path),
+        ],
+    );
+    let json = status_json(&m.dir);
+    assert_eq!(json["mounts"][0]["parameters"]["log"], "syslog");
+    let pid = json["mounts"][0]["pid"].as_u64().unwrap();
+    let files = cause_faults(&m, &cache, &contexts);
+    wait_for_faults(&m.dir, &files);
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let messages = received.lock().unwrap().clone();
+    let ours = format!("rootfs-mount[{pid}]: ");
+    assert!(
+        messages
+            .iter()
+            .any(|e| e.starts_with(&format!("<30>{ours}")) && e.contains("mounted")),
+        "{messages:?}"
+    );
+    for file in &files {
+        let warns: Vec<&String> = messages
+            .iter()
+            .filter(|e| e.starts_with(&format!("<28>{ours}")) && e.contains(file.as_str()))
+            .collect();
+        assert_eq!(
+            warns.len(),
+            1,
+            "not one WARN message for {file}: {messages:?}"
+        );
+    }
+    assert!(
+        !messages.iter().any(|e| e.starts_with("<27>")),
+        "{messages:?}"
+    );
 }
 
 /// `status --json`: every documented field, with its type.
