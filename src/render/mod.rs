@@ -2,7 +2,7 @@
 
 pub mod template;
 
-pub use template::{quote, render, TemplateError, Value, Vars};
+pub use template::{quote, render, render_bounded, TemplateError, Value, Vars};
 
 use crate::sealer::Generation;
 use crate::versions::Profile;
