@@ -396,6 +396,51 @@ fn folder_attribute_changes_show_at_once() {
     );
 }
 
+/// New nodes get the mode the caller asked for, whatever the daemon's own umask: under
+/// `umask 0`, `mkdir -m 0777` is 0777 (pjdfstest rename::write_access_required_subdir
+/// relied on it: its folder came out 0755 and the rename by another user was EACCES,
+/// not allowed as on a kernel file system), and so are files and FIFOs.
+#[test]
+fn new_nodes_keep_the_mode_the_caller_asked_for() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--allow-other"]);
+    let work = m.path("rootfs/modes");
+    sh(&format!(
+        "umask 0; mkdir -m 0777 '{w}' && mkdir -m 0700 '{w}/subdir' && mkdir -m 0777 '{w}/other' \
+         && (umask 0; : > '{w}/file'; chmod 0666 '{w}/file'; mkfifo -m 0666 '{w}/fifo') \
+         && python3 -c 'import os; os.umask(0); fd = os.open(\"{w}/made\", os.O_CREAT | os.O_WRONLY, 0o666); os.close(fd)'",
+        w = work.display()
+    ));
+    let mode = |rel: &str| std::fs::metadata(work.join(rel)).unwrap().mode() & 0o7777;
+    assert_eq!(mode(""), 0o777);
+    assert_eq!(mode("subdir"), 0o700);
+    assert_eq!(mode("made"), 0o666);
+    assert_eq!(mode("fifo"), 0o666);
+    // As pjdfstest does it: another user (effective ids only) renames the 0700 subfolder
+    // within the 0777 folder (allowed), back, then into another folder (EACCES: moving a
+    // folder to a new parent needs write access to the folder itself).
+    let script = format!(
+        "import os\n\
+         os.setgroups([65534]); os.setresgid(-1, 65534, -1); os.setresuid(-1, 65534, -1)\n\
+         w = '{w}'\n\
+         os.rename(w + '/subdir', w + '/moved')\n\
+         os.rename(w + '/moved', w + '/subdir')\n\
+         try:\n    os.rename(w + '/subdir', w + '/other/subdir'); print('moved')\n\
+         except PermissionError:\n    print('EACCES')\n",
+        w = work.display()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EACCES");
+}
+
 /// An open fd keeps working on its file after the name is gone, as on ext4: unlinked
 /// (an upper file, and a lower file opened `O_RDWR` before its first write), or replaced
 /// by a rename over it. Writes read back in full, `ftruncate` and `fstat` work.
