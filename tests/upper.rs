@@ -711,6 +711,32 @@ fn folders_of_the_upper_layer_count_their_links() {
     assert_eq!(nlink("rootfs/e"), 3);
     std::fs::remove_dir(m.path("rootfs/d/b")).unwrap();
     assert_eq!(nlink("rootfs/d"), 2);
+    // Merged and made-up folders are not counted: 1 ("not counted"), never a count that
+    // claims fewer subfolders than they have. find walks them whole either way.
+    for merged in ["", "rootfs", "amd64", "amd64/bin", "rootfs/etc"] {
+        let path = m.path(merged);
+        let subfolders = std::fs::read_dir(&path)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+            .count() as u64;
+        let links = std::fs::metadata(&path).unwrap().nlink();
+        assert!(
+            links == 1 || links == 2 + subfolders,
+            "{merged:?}: st_nlink {links} with {subfolders} subfolders"
+        );
+    }
+    assert_eq!(nlink("rootfs"), 1);
+    // A made-up folder that layers are rooted below, copied up by a new subfolder.
+    std::fs::create_dir(m.path("amd64/new")).unwrap();
+    assert_eq!(nlink("amd64"), 1);
+    assert_eq!(nlink(""), 1);
+    let found = sh(&format!("find '{}' -type d | wc -l", m.dir.display()));
+    let walked = common::walk(&m.dir)
+        .iter()
+        .filter(|p| m.dir.join(p).is_dir())
+        .count()
+        + 1;
+    assert_eq!(found.trim(), walked.to_string());
 }
 
 /// Hard links are one file, as on a local disk: both names have one inode number (in
