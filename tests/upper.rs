@@ -783,3 +783,47 @@ fn hard_links_share_one_inode() {
     );
     assert_eq!((mp.ino(), mp.nlink()), (mq.ino(), 2));
 }
+
+/// Hard links inside the layers below: on a read-only mount their names are one inode
+/// (one `st_ino`, the on-disk `st_nlink`), so `tar` stores the second name as a link to
+/// the first. On a writable mount each name keeps its own number (a copy-up would split
+/// them, as on overlayfs without its index), and a chmod of one leaves the other alone.
+#[test]
+fn hard_links_of_the_layers_below_are_one_inode_on_a_read_only_mount() {
+    let cache = common::own_cache();
+    let bin = cache.join("oss/amd64/bin");
+    std::fs::hard_link(bin.join("conntrack"), bin.join("conntrack-link")).unwrap();
+    let m = Mount::with_cache(&cache, &["--k8s", "v1.23.4", "--read-only"]);
+    let a = std::fs::metadata(m.path("amd64/bin/conntrack")).unwrap();
+    let b = std::fs::metadata(m.path("amd64/bin/conntrack-link")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!((a.nlink(), b.nlink()), (2, 2));
+    let other = std::fs::metadata(m.path("amd64/bin/seautil")).unwrap();
+    assert_ne!(other.ino(), a.ino());
+    let listed = sh(&format!(
+        "tar -cf - -C '{}' amd64/bin/conntrack amd64/bin/conntrack-link | tar -tvf -",
+        m.dir.display()
+    ));
+    assert!(
+        listed.contains("amd64/bin/conntrack-link link to amd64/bin/conntrack"),
+        "{listed}"
+    );
+    drop(m);
+
+    let w = Mount::with_cache(&cache, &["--k8s", "v1.23.4"]);
+    let a = std::fs::metadata(w.path("amd64/bin/conntrack")).unwrap();
+    let b = std::fs::metadata(w.path("amd64/bin/conntrack-link")).unwrap();
+    assert_ne!(a.ino(), b.ino());
+    sh(&format!(
+        "chmod 0700 '{}'",
+        w.path("amd64/bin/conntrack").display()
+    ));
+    let b_mode = std::fs::metadata(w.path("amd64/bin/conntrack-link"))
+        .unwrap()
+        .mode();
+    assert_eq!(b_mode & 0o777, b.mode() & 0o777);
+    assert_eq!(
+        std::fs::read(w.path("amd64/bin/conntrack")).unwrap(),
+        std::fs::read(w.path("amd64/bin/conntrack-link")).unwrap()
+    );
+}

@@ -170,9 +170,10 @@ impl DiskTree {
             EntryKind::File => Content::Disk(DiskFile {
                 tree: self.root.clone(),
                 rel: rel.to_path_buf(),
-                // Only the upper layer's hard links (made through the mount) are one
-                // inode in the tree; the layers below keep a number per path.
-                link_id: (self.special && st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
+                // Hard links are one inode in the tree (`tree::inodes` decides where:
+                // the upper layer's always, the layers below' on a read-only mount); a
+                // layer edited while mounted is left out (an edit may split a link).
+                link_id: (st.st_nlink > 1 && !self.mutable).then_some((st.st_dev, st.st_ino)),
             }),
         };
         let time = |secs: i64, nanos: i64| {

@@ -176,9 +176,10 @@ pub struct MergedTree {
 impl MergedTree {
     pub fn new(ns: Namespace, statfs_path: PathBuf) -> Result<Self, FsError> {
         let root = ns.root()?;
+        let read_only = ns.upper().is_none();
         Ok(MergedTree {
             ns,
-            inodes: InodeTable::new(root),
+            inodes: InodeTable::new(root).sharing_lower_links(read_only),
             files: DashMap::new(),
             handle_inos: DashMap::new(),
             listings: DashMap::new(),
