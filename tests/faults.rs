@@ -454,6 +454,34 @@ fn read_eios_on_open_fds_of_changed_files_are_counted_and_logged() {
                     })
                 })
         });
+        if args.is_empty() {
+            assert_still_serving(&m, pid, &[]);
+            continue;
+        }
+        // Without open round trips every read opens the backing file again: one renamed
+        // over is refused, and the fault says it was replaced (not "no such file").
+        let replaced = cache.join("kube/v1.23.4/amd64/kubeadm");
+        let open = std::fs::File::open(m.path("amd64/bin/kubeadm")).unwrap();
+        let tmp = replaced.with_extension("new");
+        std::fs::write(&tmp, b"another file").unwrap();
+        std::fs::rename(&tmp, &replaced).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(errno_of(open.read_at(&mut buf, 0)), libc::EIO);
+        let wanted = replaced.display().to_string();
+        common::wait_for("the replaced file's fault in status", || {
+            let out = common::run(&["status", "--json", m.dir.to_str().unwrap()]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            json["mounts"][0]["faults"]
+                .as_array()
+                .is_some_and(|faults| {
+                    faults.iter().any(|f| {
+                        f["file"].as_str() == Some(&wanted)
+                            && f["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("replaced under the mount"))
+                    })
+                })
+        });
         assert_still_serving(&m, pid, &[]);
     }
 }

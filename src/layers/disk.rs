@@ -35,7 +35,12 @@ impl Root {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         if rel.as_os_str().is_empty() {
             if sys::fstat(fd)?.st_nlink == 0 {
-                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+                // A single-file layer whose file was deleted or renamed over: say so
+                // (the file at that path may well exist: it is another one).
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "deleted or replaced under the mount; remount to serve the file now there",
+                ));
             }
             return sys::reopen_readonly(fd);
         }
