@@ -267,6 +267,7 @@ fn serve_until_unmounted(
     }
     announce_when_answering(mountpoint, &version, ready.and_then(Option::take))?;
     let served = session.run();
+    crate::remote::flush();
     if let Some(state) = state {
         state.remove();
     }
@@ -380,6 +381,7 @@ fn leave_if_unmounted(
             state.remove();
         }
         scratch::remove(scratch_upper.as_deref());
+        crate::remote::flush();
         tracing::info!(mountpoint = %mountpoint.display(), "unmounted");
         std::process::exit(0);
     }

@@ -4,25 +4,46 @@
 //! Layout: `DIR/blocks/<object sha256>/<block number>` (content-addressed: the same
 //! bytes published twice, or by two stores, are one entry), `DIR/digests/<object
 //! sha256>` (the object's verified block list, so an evicted block is fetched and checked
-//! alone again) and `DIR/index/` (seek indexes of remote archives). A block is written
-//! under a temporary name and renamed; it is hashed again each time it is read from disk
-//! (a damaged file is dropped and fetched again), so nothing unverified reaches a reader
-//! even from a cache that was tampered with. Recently read blocks are also kept in
-//! memory, verified, so the kernel's 128 KiB reads of one block cost one disk read.
+//! alone again) and `DIR/index/` (seek indexes of remote archives).
+//!
+//! Trust: a block is checked against its published digest once, when fetched, before it
+//! is served or kept. Kept blocks are then trusted as the local `--cache` folder is,
+//! except that a block written by an earlier mount (or another one) is hashed again the
+//! first time this mount reads it: that catches a block torn by a crash (blocks are
+//! written under a temporary name and renamed, without an fsync per block) or damaged
+//! since. A mismatch drops the file and fetches the block again; nothing unverified
+//! reaches a reader. After that, reads of it are not hashed again (the `verified` set).
+//!
+//! Writes are off the reader's path: a writer thread keeps the fetched blocks on disk
+//! while the reader goes on; a block waiting to be written is served from memory.
+//! [`BlockCache::flush`] waits for the writes (status, unmount). Recently used blocks
+//! are also kept in memory, so the kernel's 128 KiB reads of one block cost one disk
+//! read.
 //!
 //! Recency is the file's mtime (touched on use), so the order survives remounts; the size
 //! is counted at open by a scan. Several mounts may share a folder: a block another one
 //! evicted is simply a miss.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{sync_channel, SyncSender};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-/// Blocks kept in memory (of [`super::manifest::BLOCK`] bytes each).
-const MEMORY_BLOCKS: usize = 32;
+/// Blocks kept in memory (of [`super::manifest::BLOCK`] bytes each): twice a
+/// sequential reader's read-ahead window (checked in `object`), so the blocks fetched
+/// ahead are still there when it gets to them.
+pub const MEMORY_BLOCKS: usize = 64;
+/// Blocks queued for the writer before a reader that fetched one waits for it.
+const WRITE_QUEUE: usize = 32;
+/// The longest [`BlockCache::flush`] waits.
+const FLUSH_WAIT: Duration = Duration::from_secs(30);
+
+/// A block's bytes, shared without copying.
+pub type Block = Arc<Vec<u8>>;
 
 /// An object's sha256 (hex) and a block number.
 type BlockKey = (String, u64);
@@ -63,12 +84,25 @@ impl Lru {
     }
 }
 
+/// What the readers and the writer thread share.
 #[derive(Debug)]
-pub struct BlockCache {
+struct Shared {
     dir: PathBuf,
     limit: u64,
     lru: Mutex<Lru>,
-    memory: Mutex<VecDeque<(BlockKey, Arc<[u8]>)>>,
+    /// Blocks this mount checked (fetched, or hashed once when first read from disk).
+    verified: Mutex<HashSet<BlockKey>>,
+    /// Verified blocks queued for the writer, served from here meanwhile.
+    pending: Mutex<HashMap<BlockKey, Block>>,
+    written: Condvar,
+}
+
+#[derive(Debug)]
+pub struct BlockCache {
+    shared: Arc<Shared>,
+    memory: Mutex<VecDeque<(BlockKey, Block)>>,
+    /// Started on first write: the cache is opened before the daemon forks.
+    writer: OnceLock<Option<SyncSender<(BlockKey, Block)>>>,
     pub counters: Counters,
 }
 
@@ -78,6 +112,70 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
     Sha256::digest(bytes).into()
+}
+
+/// The key of a block file `blocks/<object>/<index>`.
+fn key_of(path: &Path) -> Option<BlockKey> {
+    let index = path.file_name()?.to_str()?.parse().ok()?;
+    let object = path.parent()?.file_name()?.to_str()?;
+    Some((object.to_string(), index))
+}
+
+impl Shared {
+    fn block_path(&self, object: &str, index: u64) -> PathBuf {
+        self.dir.join("blocks").join(object).join(index.to_string())
+    }
+
+    /// Writes one block: temporary name, then rename (a crash never leaves half a block
+    /// under its name; no fsync: a block torn by a crash is caught when a later mount
+    /// first reads it).
+    fn write(&self, key: &BlockKey, bytes: &[u8]) {
+        let path = self.block_path(&key.0, key.1);
+        let Some(parent) = path.parent() else { return };
+        let temp = parent.join(format!(".{}.{}.tmp", key.1, std::process::id()));
+        let written = std::fs::create_dir_all(parent)
+            .and_then(|()| std::fs::write(&temp, bytes))
+            .and_then(|()| std::fs::rename(&temp, &path));
+        match written {
+            Ok(()) => {
+                lock(&self.lru).touch(&path, bytes.len() as u64);
+                self.evict();
+            }
+            Err(e) => {
+                let _ = std::fs::remove_file(&temp);
+                tracing::debug!(file = %path.display(), error = %e, "cannot keep a block in the local cache");
+            }
+        }
+    }
+
+    /// Removes the least recently used blocks until the cache fits its limit.
+    fn evict(&self) {
+        let mut lru = lock(&self.lru);
+        while lru.total > self.limit {
+            let Some(path) = lru.order.values().next().cloned() else {
+                break;
+            };
+            let _ = std::fs::remove_file(&path);
+            lru.forget(&path);
+            if let Some(key) = key_of(&path) {
+                lock(&self.verified).remove(&key);
+            }
+        }
+    }
+
+    fn writer(self: Arc<Self>, jobs: std::sync::mpsc::Receiver<(BlockKey, Block)>) {
+        for (key, bytes) in jobs {
+            self.write(&key, &bytes);
+            let mut pending = lock(&self.pending);
+            // A newer copy of the same block may be queued: only that one's entry stays.
+            if pending.get(&key).is_some_and(|b| Arc::ptr_eq(b, &bytes)) {
+                pending.remove(&key);
+            }
+            if pending.is_empty() {
+                self.written.notify_all();
+            }
+        }
+    }
 }
 
 impl BlockCache {
@@ -115,37 +213,39 @@ impl BlockCache {
         for (_, path, size) in found {
             lru.touch(&path, size);
         }
-        let cache = BlockCache {
+        let shared = Arc::new(Shared {
             dir: dir.to_path_buf(),
             limit,
             lru: Mutex::new(lru),
+            verified: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashMap::new()),
+            written: Condvar::new(),
+        });
+        shared.evict();
+        Ok(BlockCache {
+            shared,
             memory: Mutex::new(VecDeque::new()),
+            writer: OnceLock::new(),
             counters: Counters::default(),
-        };
-        cache.evict();
-        Ok(cache)
+        })
     }
 
     pub fn dir(&self) -> &Path {
-        &self.dir
+        &self.shared.dir
     }
 
     /// Bytes of blocks on disk (as counted by this mount).
     pub fn size(&self) -> u64 {
-        lock(&self.lru).total
+        lock(&self.shared.lru).total
     }
 
     pub fn limit(&self) -> u64 {
-        self.limit
+        self.shared.limit
     }
 
-    fn block_path(&self, object: &str, index: u64) -> PathBuf {
-        self.dir.join("blocks").join(object).join(index.to_string())
-    }
-
-    /// Block `index` of the object whose sha256 is `object`, if cached and it hashes to
-    /// `want`.
-    pub fn get(&self, object: &str, index: u64, want: &[u8; 32]) -> Option<Arc<[u8]>> {
+    /// Block `index` of the object whose sha256 is `object`, if cached (and, read from
+    /// disk for the first time by this mount, if it hashes to `want`).
+    pub fn get(&self, object: &str, index: u64, want: &[u8; 32]) -> Option<Block> {
         let key = (object.to_string(), index);
         {
             let mut memory = lock(&self.memory);
@@ -157,25 +257,36 @@ impl BlockCache {
                 return Some(bytes);
             }
         }
-        let path = self.block_path(object, index);
+        let queued = lock(&self.shared.pending).get(&key).cloned();
+        if let Some(bytes) = queued {
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.remember(key, bytes.clone());
+            return Some(bytes);
+        }
+        let shared = &self.shared;
+        let path = shared.block_path(object, index);
         let bytes = std::fs::read(&path).ok()?;
-        if sha256(&bytes) != *want {
-            tracing::warn!(target: crate::fault::TARGET, file = %path.display(), "a block of the local cache does not match its digest: dropped, fetched again");
-            let _ = std::fs::remove_file(&path);
-            lock(&self.lru).forget(&path);
-            return None;
+        let checked = lock(&shared.verified).contains(&key);
+        if !checked {
+            if sha256(&bytes) != *want {
+                tracing::warn!(target: crate::fault::TARGET, file = %path.display(), "a block of the local cache does not match its digest: dropped, fetched again");
+                let _ = std::fs::remove_file(&path);
+                lock(&shared.lru).forget(&path);
+                return None;
+            }
+            lock(&shared.verified).insert(key.clone());
         }
         if let Ok(file) = std::fs::File::options().write(true).open(&path) {
             let _ = file.set_modified(std::time::SystemTime::now());
         }
-        lock(&self.lru).touch(&path, bytes.len() as u64);
+        lock(&shared.lru).touch(&path, bytes.len() as u64);
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
-        let bytes: Arc<[u8]> = Arc::from(bytes);
+        let bytes: Block = Arc::new(bytes);
         self.remember(key, bytes.clone());
         Some(bytes)
     }
 
-    fn remember(&self, key: BlockKey, bytes: Arc<[u8]>) {
+    fn remember(&self, key: BlockKey, bytes: Block) {
         let mut memory = lock(&self.memory);
         if memory.len() >= MEMORY_BLOCKS {
             memory.pop_front();
@@ -183,50 +294,73 @@ impl BlockCache {
         memory.push_back((key, bytes));
     }
 
+    fn writer(&self) -> Option<&SyncSender<(BlockKey, Block)>> {
+        self.writer
+            .get_or_init(|| {
+                let (send, receive) = sync_channel(WRITE_QUEUE);
+                let shared = self.shared.clone();
+                let spawned = std::thread::Builder::new()
+                    .name("block-writer".into())
+                    .spawn(move || shared.writer(receive));
+                match spawned {
+                    Ok(_) => Some(send),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot start the block writer: blocks are written by the readers");
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
     /// Keeps a block that was just verified. A failure to write it is not an error: the
     /// block is served anyway, and fetched again next time.
-    pub fn put(&self, object: &str, index: u64, bytes: Arc<[u8]>) {
-        self.remember((object.to_string(), index), bytes.clone());
-        if self.limit == 0 {
+    pub fn put(&self, object: &str, index: u64, bytes: Block) {
+        let key = (object.to_string(), index);
+        self.remember(key.clone(), bytes.clone());
+        if self.shared.limit == 0 {
             return;
         }
-        let path = self.block_path(object, index);
-        let Some(parent) = path.parent() else { return };
-        let temp = parent.join(format!(".{index}.{}.tmp", std::process::id()));
-        let written = std::fs::create_dir_all(parent)
-            .and_then(|()| std::fs::write(&temp, &bytes))
-            .and_then(|()| std::fs::rename(&temp, &path));
-        match written {
-            Ok(()) => {
-                lock(&self.lru).touch(&path, bytes.len() as u64);
-                self.evict();
-            }
-            Err(e) => {
-                let _ = std::fs::remove_file(&temp);
-                tracing::debug!(file = %path.display(), error = %e, "cannot keep a block in the local cache");
-            }
+        lock(&self.shared.verified).insert(key.clone());
+        let Some(writer) = self.writer() else {
+            self.shared.write(&key, &bytes);
+            return;
+        };
+        lock(&self.shared.pending).insert(key.clone(), bytes.clone());
+        if writer.send((key.clone(), bytes)).is_err() {
+            lock(&self.shared.pending).remove(&key);
         }
     }
 
-    /// Removes the least recently used blocks until the cache fits its limit.
-    fn evict(&self) {
-        let mut lru = lock(&self.lru);
-        while lru.total > self.limit {
-            let Some((_, path)) = lru.order.iter().next().map(|(t, p)| (*t, p.clone())) else {
-                break;
-            };
-            let _ = std::fs::remove_file(&path);
-            lru.forget(&path);
+    /// Waits (at most [`FLUSH_WAIT`]) until the blocks queued so far are on disk.
+    pub fn flush(&self) {
+        let started = Instant::now();
+        let mut pending = lock(&self.shared.pending);
+        while !pending.is_empty() {
+            let left = FLUSH_WAIT.saturating_sub(started.elapsed());
+            if left.is_zero() {
+                tracing::warn!(
+                    blocks = pending.len(),
+                    "blocks not yet written to the local cache are left out"
+                );
+                return;
+            }
+            pending = self
+                .shared
+                .written
+                .wait_timeout(pending, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
         }
     }
 
     /// The verified block list of an object kept locally, if any.
     pub fn digests(&self, object: &str) -> Option<String> {
-        std::fs::read_to_string(self.dir.join("digests").join(object)).ok()
+        std::fs::read_to_string(self.shared.dir.join("digests").join(object)).ok()
     }
 
     pub fn put_digests(&self, object: &str, text: &str) {
-        let path = self.dir.join("digests").join(object);
+        let path = self.shared.dir.join("digests").join(object);
         let _ = crate::sums::write_atomically(&path, text.as_bytes());
     }
 }
@@ -240,10 +374,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("blocks-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let cache = BlockCache::open(&dir, 25).unwrap();
-        let block = |b: u8| Arc::<[u8]>::from(vec![b; 10]);
+        let block = |b: u8| Arc::new(vec![b; 10]);
         for i in 0..3u8 {
             cache.put("obj", u64::from(i), block(i));
         }
+        cache.flush();
         assert_eq!(cache.size(), 20, "the oldest block was evicted");
         assert!(!dir.join("blocks/obj/0").exists());
         // From disk (not memory): a new cache over the same folder.

@@ -104,6 +104,8 @@ pub fn status() -> Option<RemoteStatus> {
     let list = opened().lock().unwrap_or_else(|p| p.into_inner());
     let cache = list.iter().rev().find_map(Weak::upgrade)?;
     let b = &cache.backing;
+    // The size counts written blocks: the queued ones first.
+    b.cache.flush();
     let c = &b.cache.counters;
     Some(RemoteStatus {
         store: b.store.location().to_string(),
@@ -114,6 +116,15 @@ pub fn status() -> Option<RemoteStatus> {
         local_cache_bytes: b.cache.size(),
         local_cache_limit: b.cache.limit(),
     })
+}
+
+/// Waits until the blocks fetched so far are written to the local caches (before the
+/// daemon exits: the writes are off the readers' path).
+pub fn flush() {
+    let list = opened().lock().unwrap_or_else(|p| p.into_inner());
+    for cache in list.iter().filter_map(Weak::upgrade) {
+        cache.backing.cache.flush();
+    }
 }
 
 /// `a/b` joined with `c` (either may be empty).

@@ -22,17 +22,18 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use super::blocks::{sha256, BlockCache};
+use super::blocks::{sha256, Block, BlockCache};
 use super::manifest::{self, BlockDigests, Entry, BLOCK};
 use super::store::Store;
 use crate::archive::{reported, ArchiveIdentity, ArchiveSource, ReadAt, SourceAttrs};
 
 /// Most blocks fetched ahead of a sequential reader.
-pub const MAX_AHEAD: u64 = 16;
+pub const MAX_AHEAD: u64 = 32;
+const _: () = assert!(2 * MAX_AHEAD as usize <= super::blocks::MEMORY_BLOCKS);
 /// Workers fetching ahead (per process).
 const PREFETCH_WORKERS: usize = 4;
 
-type Outcome = Result<Arc<[u8]>, String>;
+type Outcome = Result<Block, String>;
 
 #[derive(Default)]
 struct Slot {
@@ -276,7 +277,7 @@ impl RemoteObject {
                 self.shown().display()
             ));
         }
-        Ok(Arc::from(bytes))
+        Ok(Arc::new(bytes))
     }
 
     /// Fetches the blocks ahead of a sequential reader that stopped at `end`.

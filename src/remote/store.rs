@@ -27,6 +27,9 @@ use rusty_s3::{Bucket, S3Action, UrlStyle};
 const SIGNED_FOR: Duration = Duration::from_secs(3600);
 /// Wait for one attempt (headers, then each read of the body).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// HTTP clients (each with its runtime thread) taken in turn: one per read-ahead worker
+/// and one for the readers.
+const CLIENTS: usize = 5;
 /// Largest object read whole into memory (SHA256SUMS, manifests, block digests).
 pub const SMALL_LIMIT: u64 = 64 << 20;
 
@@ -134,8 +137,11 @@ pub struct Store {
     location: Location,
     s3: Option<S3>,
     /// Made on first use: the mount lists the store before it forks, and no thread (the
-    /// client's) may exist then.
-    client: OnceLock<Result<Client, String>>,
+    /// clients') may exist then. Several: a blocking client moves every byte of its
+    /// answers through its one runtime thread, so concurrent ranged GETs on one client
+    /// are not concurrent; requests take the clients in turn.
+    clients: OnceLock<Result<Vec<Client>, String>>,
+    next_client: std::sync::atomic::AtomicUsize,
     deadline: Duration,
     /// ETags seen per key (mirrors list none at mount: the first answer pins it).
     etags: Mutex<std::collections::HashMap<String, String>>,
@@ -211,7 +217,8 @@ impl Store {
         Ok(Store {
             location,
             s3,
-            client: OnceLock::new(),
+            clients: OnceLock::new(),
+            next_client: Default::default(),
             deadline,
             etags: Mutex::new(Default::default()),
         })
@@ -227,17 +234,28 @@ impl Store {
     }
 
     fn client(&self) -> Result<&Client, StoreError> {
-        self.client
+        let clients = self
+            .clients
             .get_or_init(|| {
-                Client::builder()
-                    .connect_timeout(Duration::from_secs(3).min(self.deadline))
-                    .timeout(ATTEMPT_TIMEOUT.min(self.deadline))
-                    .user_agent(concat!("rootfs-mount/", env!("CARGO_PKG_VERSION")))
-                    .build()
-                    .map_err(|e| format!("cannot set up HTTP: {e}"))
+                (0..CLIENTS)
+                    .map(|_| {
+                        Client::builder()
+                            .connect_timeout(Duration::from_secs(3).min(self.deadline))
+                            .timeout(ATTEMPT_TIMEOUT.min(self.deadline))
+                            .user_agent(concat!("rootfs-mount/", env!("CARGO_PKG_VERSION")))
+                            .build()
+                            .map_err(|e| format!("cannot set up HTTP: {e}"))
+                    })
+                    .collect()
             })
             .as_ref()
-            .map_err(|e| StoreError::permanent(e.clone()))
+            .map_err(|e| StoreError::permanent(e.clone()))?;
+        let turn = self
+            .next_client
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        clients
+            .get(turn % clients.len())
+            .ok_or_else(|| StoreError::permanent("no HTTP client".into()))
     }
 
     /// The key of the cache path `rel`.
