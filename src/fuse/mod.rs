@@ -21,7 +21,7 @@ mod attr;
 pub mod passthrough;
 mod stats;
 
-pub use stats::{Counters, ReadPath, Stats};
+pub use stats::{Counters, Op, ReadPath, Stats};
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -199,7 +199,7 @@ impl Filesystem for BuildFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.stats.request();
+        self.stats.request(Op::Lookup);
         match self.tree.lookup(parent.0, name) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("lookup", parent.0, e)),
@@ -207,12 +207,12 @@ impl Filesystem for BuildFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.stats.request();
+        self.stats.request(Op::Forget);
         self.tree.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.stats.request();
+        self.stats.request(Op::Getattr);
         match self.tree.getattr(ino.0) {
             Ok(node) => reply.attr(&ttl(&node), &file_attr(ino.0, &node)),
             Err(e) => reply.error(self.errno("getattr", ino.0, e)),
@@ -220,7 +220,7 @@ impl Filesystem for BuildFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.stats.request();
+        self.stats.request(Op::Readlink);
         match self.tree.readlink(ino.0) {
             Ok(target) => reply.data(target.as_os_str().as_bytes()),
             Err(e) => reply.error(self.errno("readlink", ino.0, e)),
@@ -228,7 +228,7 @@ impl Filesystem for BuildFs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.request();
+        self.stats.request(Op::Open);
         let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if writes {
             if !self.tree.is_writable() {
@@ -242,7 +242,7 @@ impl Filesystem for BuildFs {
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
-        let opened = match self.tree.open(ino.0) {
+        let opened = match self.tree.open(ino.0, self.passthrough.is_enabled()) {
             Ok(opened) => opened,
             Err(e) => return reply.error(self.errno("open", ino.0, e)),
         };
@@ -273,7 +273,7 @@ impl Filesystem for BuildFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Read);
         let answer = |read: Result<&[u8], FsError>| match read {
             Ok(data) => {
                 self.stats.read(data.len());
@@ -299,7 +299,7 @@ impl Filesystem for BuildFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Release);
         self.passthrough.release(fh.0);
         self.tree.release(fh.0);
         reply.ok();
@@ -308,7 +308,7 @@ impl Filesystem for BuildFs {
     /// Folders need no handle (listings are by inode): where the kernel can do without
     /// opendir, ENOSYS tells it so, and it stops sending opendir and releasedir.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.request();
+        self.stats.request(Op::Opendir);
         if self.no_opendir {
             return reply.error(Errno::ENOSYS);
         }
@@ -316,6 +316,18 @@ impl Filesystem for BuildFs {
             Ok(()) => reply.opened(FileHandle(0), DIR_OPEN_FLAGS),
             Err(e) => reply.error(self.errno("opendir", ino.0, e)),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.stats.request(Op::Releasedir);
+        reply.ok();
     }
 
     fn readdir(
@@ -326,7 +338,7 @@ impl Filesystem for BuildFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Readdir);
         let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdir", ino.0, e)),
@@ -356,7 +368,7 @@ impl Filesystem for BuildFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Readdirplus);
         let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdirplus", ino.0, e)),
@@ -411,7 +423,7 @@ impl Filesystem for BuildFs {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.stats.request();
+        self.stats.request(Op::Statfs);
         match self.tree.statfs() {
             Ok(st) => reply.statfs(
                 st.f_blocks,
@@ -431,7 +443,7 @@ impl Filesystem for BuildFs {
     /// are cached by the kernel (`FUSE_POSIX_ACL`), and "not supported" for an absent
     /// security label makes `ls` stop asking for the rest of the device.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.stats.request();
+        self.stats.request(Op::Getxattr);
         let value = if name == SOURCE_XATTR {
             self.tree.source(ino.0).map(String::into_bytes)
         } else {
@@ -449,7 +461,7 @@ impl Filesystem for BuildFs {
     /// Never lists the provenance attribute: it is get-only, so `tar --xattrs` and image
     /// builders never pack it. Attributes set on upper entries are listed.
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.stats.request();
+        self.stats.request(Op::Listxattr);
         match self.tree.listxattr(ino.0) {
             Ok(names) => {
                 let mut bytes = Vec::new();
@@ -464,7 +476,7 @@ impl Filesystem for BuildFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Access);
         if mask.contains(fuser::AccessFlags::W_OK) && !self.tree.is_writable() {
             reply.error(read_only("access"));
         } else {
@@ -490,7 +502,7 @@ impl Filesystem for BuildFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Setattr);
         let time = |t: fuser::TimeOrNow| match t {
             fuser::TimeOrNow::SpecificTime(at) => SetTime::At(at),
             fuser::TimeOrNow::Now => SetTime::Now,
@@ -519,7 +531,7 @@ impl Filesystem for BuildFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Mknod);
         match self.tree.mknod(parent.0, name, mode, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("mknod", parent.0, e)),
@@ -535,7 +547,7 @@ impl Filesystem for BuildFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Mkdir);
         match self.tree.mkdir(parent.0, name, mode, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("mkdir", parent.0, e)),
@@ -543,7 +555,7 @@ impl Filesystem for BuildFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Unlink);
         match self.tree.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("unlink", parent.0, e)),
@@ -551,7 +563,7 @@ impl Filesystem for BuildFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Rmdir);
         match self.tree.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("rmdir", parent.0, e)),
@@ -566,7 +578,7 @@ impl Filesystem for BuildFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Symlink);
         match self.tree.symlink(parent.0, link_name, target, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("symlink", parent.0, e)),
@@ -583,7 +595,7 @@ impl Filesystem for BuildFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Rename);
         match self
             .tree
             .rename(parent.0, name, new_parent.0, new_name, flags.bits())
@@ -601,7 +613,7 @@ impl Filesystem for BuildFs {
         new_name: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Link);
         match self.tree.link(ino.0, new_parent.0, new_name) {
             Ok((child, node)) => reply.entry(&ttl(&node), &file_attr(child, &node), Generation(0)),
             Err(e) => reply.error(self.errno("link", ino.0, e)),
@@ -618,7 +630,7 @@ impl Filesystem for BuildFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Create);
         match self.tree.create(parent.0, name, mode, flags, caller(req)) {
             Ok((ino, node, fh)) => reply.created(
                 &ttl(&node),
@@ -643,7 +655,7 @@ impl Filesystem for BuildFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Write);
         match self.tree.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(self.errno("write", ino.0, e)),
@@ -660,7 +672,7 @@ impl Filesystem for BuildFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Flush);
         reply.error(Errno::ENOSYS);
     }
 
@@ -672,7 +684,7 @@ impl Filesystem for BuildFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Fsync);
         match self.tree.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("fsync", ino.0, e)),
@@ -687,7 +699,7 @@ impl Filesystem for BuildFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Fsyncdir);
         reply.ok();
     }
 
@@ -701,7 +713,7 @@ impl Filesystem for BuildFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Fallocate);
         match self.tree.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("fallocate", ino.0, e)),
@@ -718,7 +730,7 @@ impl Filesystem for BuildFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Setxattr);
         match self.tree.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("setxattr", ino.0, e)),
@@ -726,7 +738,7 @@ impl Filesystem for BuildFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Removexattr);
         match self.tree.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("removexattr", ino.0, e)),

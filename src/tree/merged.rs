@@ -6,7 +6,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
@@ -23,6 +23,10 @@ pub(super) enum OpenFile {
         file: Arc<File>,
         size: u64,
     },
+    /// A file of an immutable layer, opened on disk at its first read only: an open
+    /// that the kernel serves from its page cache (`FOPEN_KEEP_CACHE`, the second `tar`
+    /// of a tree) costs no syscall at all.
+    Lower(Arc<LowerFile>),
     Bytes(Arc<[u8]>),
     /// Archive bytes, inflated on read through the archive's seek index.
     Archive(ArchiveSlice),
@@ -35,6 +39,31 @@ pub(super) enum OpenFile {
         /// The content as it is below, for reads through an `O_RDWR` handle.
         reader: Option<Box<OpenFile>>,
     },
+}
+
+/// A layer's file not opened on disk yet (see [`OpenFile::Lower`]).
+#[derive(Debug)]
+pub(super) struct LowerFile {
+    node: Arc<Node>,
+    file: OnceLock<Arc<File>>,
+}
+
+impl LowerFile {
+    /// The file on disk, opened (and checked against what its lookup reported) by the
+    /// first read.
+    fn file(&self) -> Result<Arc<File>, FsError> {
+        if let Some(file) = self.file.get() {
+            return Ok(file.clone());
+        }
+        let Content::Disk(f) = &self.node.entry.content else {
+            return Err(fs_err!(EIO, "not a file on disk"));
+        };
+        let file = f
+            .open()
+            .map_err(|e| FsError::opening(&e, format!("opening {}: {e}", f.path().display())))?;
+        check_unchanged(&file, &self.node.entry, &f.path(), true)?;
+        Ok(self.file.get_or_init(|| Arc::new(file)).clone())
+    }
 }
 
 /// A file opened by [`MergedTree::open`].
@@ -319,6 +348,10 @@ impl MergedTree {
     /// what its lookup reported, bytes in memory, an archive slice, or an upper file.
     pub(super) fn open_content(&self, ino: u64) -> Result<(OpenFile, Arc<Node>), FsError> {
         let (path, node) = self.inode(ino)?;
+        self.content_of(&path, node)
+    }
+
+    fn content_of(&self, path: &Path, node: Arc<Node>) -> Result<(OpenFile, Arc<Node>), FsError> {
         let open = match &node.entry.content {
             Content::Disk(f) => {
                 let file = f.open().map_err(|e| {
@@ -351,8 +384,28 @@ impl MergedTree {
         Ok((open, node))
     }
 
-    pub fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        let (open, node) = self.open_content(ino)?;
+    /// Opens `ino` for reading. With `backing` (the kernel may read the file itself) a
+    /// layer's file is opened now, so that it can be handed over; without, a file of an
+    /// immutable layer is opened by its first read (errors of the backing file, such as
+    /// one changed under the mount, are answered there).
+    pub fn open(&self, ino: u64, backing: bool) -> Result<Opened, FsError> {
+        let (path, node) = self.inode(ino)?;
+        if !backing
+            && matches!(node.entry.content, Content::Disk(_))
+            && node.upper == InUpper::No
+            && !node.mutable
+        {
+            let lower = LowerFile {
+                node,
+                file: OnceLock::new(),
+            };
+            return Ok(Opened {
+                fh: self.add_handle(ino, OpenFile::Lower(Arc::new(lower))),
+                backing: None,
+                keep_cache: true,
+            });
+        }
+        let (open, node) = self.content_of(&path, node)?;
         // Passthrough needs bytes that stay the same for as long as the kernel may hold
         // the backing: a lower file of an immutable layer, on a read-only mount (on a
         // writable one, a copy-up or a rename over the file would have to replace the
@@ -401,6 +454,14 @@ impl MergedTree {
                 let (f, expected) = (f.clone(), *expected);
                 drop(file);
                 read_disk(&f, expected, offset, size, answer)
+            }
+            OpenFile::Lower(lower) => {
+                let lower = lower.clone();
+                drop(file);
+                match lower.file() {
+                    Ok(f) => read_disk(&f, lower.node.entry.size, offset, size, answer),
+                    Err(e) => answer(Err(e)),
+                }
             }
             OpenFile::Bytes(b) => {
                 let b = b.clone();
@@ -458,7 +519,7 @@ impl MergedTree {
                 read_at_most(&f, offset, size as usize).map_err(FsError::from),
                 answer,
             ),
-            OpenFile::PendingWrite { .. } => {
+            OpenFile::Lower(_) | OpenFile::PendingWrite { .. } => {
                 answer(Err(fs_err!(EBADF, "inode {ino} is not open for reading")))
             }
         }
