@@ -395,7 +395,7 @@ impl Filesystem for BuildFs {
                 }
             } else {
                 let item = &items[index - 2];
-                match self.tree.lookup(ino.0, &item.name) {
+                match self.tree.lookup_listed(ino.0, item) {
                     Ok((child, node)) => {
                         let full = reply.add(
                             INodeNo(child),

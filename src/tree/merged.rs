@@ -180,6 +180,9 @@ pub struct DirItem {
     pub name: OsString,
     pub kind: EntryKind,
     pub ino: u64,
+    /// The entry as a lookup would resolve it, where the listing already did (see
+    /// [`Namespace::child_nodes`]); `None`: resolve it by name.
+    pub node: Option<Arc<Node>>,
 }
 
 #[derive(Debug)]
@@ -319,6 +322,27 @@ impl MergedTree {
         let node = self.stamp(node);
         let ino = self.inodes.remember(&parent_path.join(name), node.clone());
         Ok((ino, node))
+    }
+
+    /// [`MergedTree::lookup`] of a listed entry of the folder `parent`, from the node its
+    /// listing resolved when there is one (no path resolved again).
+    pub fn lookup_listed(&self, parent: u64, item: &DirItem) -> Result<(u64, Arc<Node>), FsError> {
+        // A node resolved before the last change through the mount is resolved again.
+        let Some(node) = item
+            .node
+            .as_ref()
+            .filter(|n| n.generation == self.generation.load(Ordering::Acquire))
+        else {
+            return self.lookup(parent, &item.name);
+        };
+        let (parent_path, _) = self
+            .inodes
+            .get(parent)
+            .ok_or_else(|| fs_err!(ESTALE, "inode {parent} is not known"))?;
+        let ino = self
+            .inodes
+            .remember(&parent_path.join(&item.name), node.clone());
+        Ok((ino, node.clone()))
     }
 
     pub fn forget(&self, ino: u64, n: u64) {
@@ -545,16 +569,28 @@ impl MergedTree {
         if node.entry.kind != EntryKind::Dir {
             return Err(fs_err!(ENOTDIR, "{} is not a folder", path.display()));
         }
-        let mut items: Vec<DirItem> = self
-            .ns
-            .children(&path, &node)?
-            .into_iter()
-            .map(|c| DirItem {
-                ino: self.inodes.ino_of(&path.join(&c.name)),
-                name: c.name,
-                kind: c.kind,
-            })
-            .collect();
+        let mut items: Vec<DirItem> = match self.ns.child_nodes(&path, &node)? {
+            Some(nodes) => nodes
+                .into_iter()
+                .map(|(name, child)| DirItem {
+                    ino: self.inodes.ino_of(&path.join(&name)),
+                    kind: child.entry.kind,
+                    node: Some(self.stamp(child)),
+                    name,
+                })
+                .collect(),
+            None => self
+                .ns
+                .children(&path, &node)?
+                .into_iter()
+                .map(|c| DirItem {
+                    ino: self.inodes.ino_of(&path.join(&c.name)),
+                    name: c.name,
+                    kind: c.kind,
+                    node: None,
+                })
+                .collect(),
+        };
         items.sort_by(|a, b| a.name.cmp(&b.name));
         let items = Arc::new(items);
         self.listings.insert(ino, items.clone());
