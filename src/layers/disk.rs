@@ -274,10 +274,10 @@ impl Layer for DiskTree {
         let Some(root) = self.root.fd.as_ref() else {
             return Ok(Vec::new());
         };
-        let dir = sys::open_beneath(root, rel, libc::O_PATH | libc::O_DIRECTORY)?;
+        let dir = sys::open_beneath(root, rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
         let top = rel.as_os_str().is_empty();
         let mut out = Vec::new();
-        for (name, _) in sys::read_dir_fd(&dir)? {
+        for (name, _) in sys::read_open_dir(&dir)? {
             if top && self.hidden(Path::new(&name)) {
                 continue;
             }
