@@ -19,7 +19,8 @@
 #      first-tar    tar -cf - rootfs/registry | wc -c (pages not yet cached)
 #      tar          the same again (warm: what bench.sh's tar row times, after a warmup)
 # 3. Prints, per step, the requests by type, per file and per folder of the tree walked
-#    (and the total), and the step's wall time (indicative only). Saved in
+#    (and the total), the daemon's CPU time for them (user + system, 10 ms resolution)
+#    and the step's wall time (indicative only). Saved in
 #    REQ_DIR/results/requests-<label>.txt.
 #
 # Environment:
@@ -124,12 +125,18 @@ say "mounting (${MOUNT_ARGS[*]:-default, writable})"
     "${MOUNT_ARGS[@]}" || die "mount failed (see $D/logs/$LABEL.log)"
 mountpoint -q "$mnt" || die "nothing mounted on $mnt"
 
-# The daemon's counters by request type, as `type count` lines (refreshed once a second).
+# The daemon's counters by request type, as `type count` lines (refreshed once a
+# second; a binary without counts by type gives its total as `all`), and its CPU time
+# (user + system, in clock ticks) as `daemon-cpu-ticks`.
+pid=$("$BIN" status "$mnt" | awk '$1 == "pid:" { print $2; exit }')
+[[ -n $pid ]] || die "no daemon pid from rootfs-mount status"
 counters() {
     sleep 1.2
     "$BIN" status "$mnt" --json |
-        jq -r '.mounts[0].counters.by_op // {} | to_entries[] | "\(.key) \(.value)"'
+        jq -r '.mounts[0].counters | (.by_op // {"all": .requests}) | to_entries[] | "\(.key) \(.value)"'
+    awk '{ print "daemon-cpu-ticks", $14 + $15 }' "/proc/$pid/stat"
 }
+ticks=$(getconf CLK_TCK)
 
 out=$D/results/requests-$LABEL.txt
 {
@@ -151,9 +158,13 @@ step() { # NAME CMD...
         awk -v n="$name" -v a="$t0" -v b="$t1" 'BEGIN { printf "%s (%.3f s)\n", n, b - a }'
         printf '  %-12s %9s %9s %10s\n' type count per-file per-folder
         join -a 2 -e 0 -o 2.1,1.2,2.2 <(echo "$before" | sort) <(echo "$after" | sort) |
-            awk -v f="$files" -v d="$dirs" '
+            awk -v f="$files" -v d="$dirs" -v hz="$ticks" '
+                $1 == "daemon-cpu-ticks" { cpu = ($3 - $2) * 1000 / hz; next }
                 { n = $3 - $2; if (n > 0) { t += n; printf "  %-12s %9d %9.2f %10.2f\n", $1, n, n / f, n / d } }
-                END { printf "  %-12s %9d %9.2f %10.2f\n", "total", t, t / f, t / d }'
+                END {
+                    printf "  %-12s %9d %9.2f %10.2f\n", "total", t, t / f, t / d
+                    printf "  daemon CPU: %d ms (%.1f us per request)\n", cpu, t ? cpu * 1000 / t : 0
+                }'
     } >>"$out"
     before=$after
 }

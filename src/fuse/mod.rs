@@ -254,10 +254,11 @@ impl Filesystem for BuildFs {
         }
         // Content never changes while a file is open: keep the page cache across opens
         // (not for entries of a layer edited while mounted).
+        // FOPEN_NOFLUSH: nothing to flush at close (see `flush`), not even the first time.
         let flags = if opened.keep_cache {
-            FopenFlags::FOPEN_KEEP_CACHE
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
-            FopenFlags::empty()
+            FopenFlags::FOPEN_NOFLUSH
         };
         reply.opened(fh, flags)
     }
@@ -343,6 +344,11 @@ impl Filesystem for BuildFs {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdir", ino.0, e)),
         };
+        // The call past the last entry (every folder gets one: an empty answer is the
+        // kernel's only end of listing) costs nothing more.
+        if offset >= items.len() as u64 + 2 {
+            return reply.ok();
+        }
         let dots = [(ino.0, "."), (self.tree.parent_of(ino.0), "..")];
         let dot_entries = dots
             .iter()
