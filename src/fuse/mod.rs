@@ -15,7 +15,16 @@
 //! opens, and reads by inode. Per file that saves the OPEN and RELEASE round trips (what
 //! `tar` over many small files pays for); per byte passthrough is faster (no copy through
 //! the daemon, one page cache). A writable mount needs open handles for its writes: its
-//! files are opened through the daemon and read with pread.
+//! files are opened through the daemon and read with pread. Such an open of a layer's
+//! file opens nothing on disk until the first read (`OpenFile::Lower` in the tree), and
+//! neither it nor its RELEASE makes a syscall when the kernel has the pages already; no
+//! open is followed by a FLUSH (`FOPEN_NOFLUSH`).
+//!
+//! Folders: a READDIRPLUS of a folder that comes from one layer on disk (the registry's
+//! blob and link folders) is answered from one pass over that folder, one `fstatat` per
+//! name, instead of a lookup from the layer's root per entry. Every folder still costs a
+//! second, empty READDIR on its first listing: an empty answer is the kernel's only sign
+//! that a listing ended (it then caches the listing, `FOPEN_CACHE_DIR`).
 
 mod attr;
 pub mod passthrough;
