@@ -215,10 +215,12 @@ pub fn read_open_dir(dir: &impl AsRawFd) -> io::Result<Vec<(std::ffi::OsString, 
         };
         if n < 0 {
             let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
+            match err.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                // A folder removed while open lists as empty, as readdir(3) ends it.
+                Some(libc::ENOENT) => return Ok(out),
+                _ => return Err(err),
             }
-            return Err(err);
         }
         if n == 0 {
             return Ok(out);
