@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
-use rootfs_mount::daemon::FS_NAME;
 use rootfs_mount::layout::{MountParams, Upper, KNOWN_ARCHES};
+use rootfs_mount::mounts::FS_NAME;
 use rootfs_mount::versions::KubeVersion;
 
 #[derive(Debug, Parser)]
@@ -526,7 +526,7 @@ pub struct MountArgs {
     pub log_file: Option<PathBuf>,
 }
 
-/// The default cache folder (SPEC §4).
+/// The default cache folder (docs/DESIGN.md §4).
 fn default_cache() -> PathBuf {
     if let Some(xdg) = std::env::var_os("XDG_CACHE_HOME").filter(|v| !v.is_empty()) {
         return PathBuf::from(xdg).join("rootfs-mount");

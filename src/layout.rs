@@ -1,4 +1,4 @@
-//! The build directory of SPEC §2, as layers mounted into the tree: which context, cache
+//! The build directory of docs/DESIGN.md §2, as layers mounted into the tree: which context, cache
 //! folder or file appears where, and what must exist before a mount may start.
 
 use std::path::{Path, PathBuf};
@@ -9,7 +9,7 @@ use crate::layers::{
     embedded_file, DiskTree, EmbeddedTree, EmptyDir, GunzippedFile, Layer, RenderBudget,
     TarballMembers, TemplatedTree,
 };
-use crate::render::template_vars;
+use crate::mount_vars::template_vars;
 use crate::sealer::SealerFacts;
 use crate::sources::{CacheEntry, Sources};
 use crate::tree::{Branch, Namespace};
@@ -125,7 +125,7 @@ pub struct MountParams {
     pub upper: Upper,
 }
 
-/// Where changes made through the mount go (SPEC §8).
+/// Where changes made through the mount go (docs/DESIGN.md §8).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Upper {
     /// `--read-only`: every write fails with EROFS.

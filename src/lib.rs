@@ -3,8 +3,12 @@
 //!
 //! Core (no FUSE): [`archive`], [`layers`], [`tree`], [`versions`], [`sealer`], [`render`],
 //! [`layout`]; the tree without a mount: [`pack`] (`render`, `tree`, `pack`) and [`check`].
-//! Adapter: [`fuse`]. Lifecycle: [`daemon`], [`state`] (state files, `status`). Registry
-//! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`.
+//! Adapter: [`fuse`]. Lifecycle: [`daemon`] (the running daemon), [`mounts`] (the mount
+//! table, mountpoint checks, `status`, `umount`), [`scratch`] (the scratch upper layer),
+//! [`state`] (state files). Registry
+//! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`:
+//! the compiler refuses it anywhere else.
+#![deny(unsafe_code)]
 
 pub mod archive;
 pub mod check;
@@ -15,14 +19,20 @@ pub mod fuse;
 pub mod layers;
 pub mod layout;
 pub mod logging;
+pub mod mount_vars;
+pub mod mounts;
 pub mod notify;
 pub mod oci;
 pub mod pack;
 pub mod render;
+pub mod scratch;
 pub mod sealer;
 pub mod sources;
 pub mod state;
+#[allow(unsafe_code)]
 pub mod sys;
+#[cfg(test)]
+pub(crate) mod test_support;
 pub mod tree;
 pub mod upper;
 pub mod values;

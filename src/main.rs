@@ -2,12 +2,16 @@
 //! a mount (`render`, `tree`, `pack`, `check`: the logic is in the library's `pack` and
 //! `check`; this only wires arguments to it and output to stdout or files).
 
+#![forbid(unsafe_code)]
+
 mod cli;
 
 use std::process::ExitCode;
 
 use cli::{cache_dir, BuildArgs, CacheCommand, Cli, Command, FetchArgs};
 use rootfs_mount::daemon::{self, DaemonOptions};
+use rootfs_mount::mounts;
+use rootfs_mount::scratch::ScratchUpper;
 use std::sync::Arc;
 
 use rootfs_mount::fetch::{self, FetchOptions, ImageOptions};
@@ -277,9 +281,9 @@ fn check_upper_parameters(
 
 fn run(cli: Cli) -> Result<(), String> {
     match cli.command {
-        Some(Command::Umount { mountpoint, lazy }) => return daemon::umount(&mountpoint, lazy),
+        Some(Command::Umount { mountpoint, lazy }) => return mounts::umount(&mountpoint, lazy),
         Some(Command::Status { mountpoint, json }) => {
-            print!("{}", daemon::status(mountpoint.as_deref(), json)?);
+            print!("{}", mounts::status(mountpoint.as_deref(), json)?);
             return Ok(());
         }
         Some(Command::Render { paths, build }) => return render(&build, &paths),
@@ -312,26 +316,28 @@ fn run(cli: Cli) -> Result<(), String> {
         roots.push(dir.clone());
     }
     // Held until the mount is up (`DaemonOptions::mount_lock`).
-    let mut lock = daemon::lock_mountpoint(&mountpoint)?;
-    let mut checked = daemon::check_mountpoint(&mountpoint, &roots, args.force)?;
+    let mut lock = mounts::lock_mountpoint(&mountpoint)?;
+    let mut checked = mounts::check_mountpoint(&mountpoint, &roots, args.force)?;
     if lock.is_none() {
         // A stale mount that --force just cleared: lock, and check again under the lock.
-        lock = daemon::lock_mountpoint(&mountpoint)?;
-        checked = daemon::check_mountpoint(&mountpoint, &roots, false)?;
+        lock = mounts::lock_mountpoint(&mountpoint)?;
+        checked = mounts::check_mountpoint(&mountpoint, &roots, false)?;
     }
     let mountpoint = checked;
     let build = layout::plan(&params)?;
-    daemon::check_fuse_device()?;
-    let (upper_dir, scratch) = match &params.upper {
-        Upper::None => (None, None),
-        Upper::Kept(dir) => (Some(dir.clone()), None),
-        Upper::Scratch => {
-            let dir = daemon::make_scratch_upper()?;
-            (Some(dir.clone()), Some(dir))
-        }
+    mounts::check_fuse_device()?;
+    let scratch_owner = match &params.upper {
+        Upper::Scratch => Some(ScratchUpper::create()?),
+        _ => None,
     };
-    // From here on every refusal removes the scratch folder: the mount never came up, so
-    // nothing else will (the daemon removes it itself once it serves).
+    let scratch = scratch_owner.as_ref().map(|s| s.path().to_path_buf());
+    let upper_dir = match &params.upper {
+        Upper::None => None,
+        Upper::Kept(dir) => Some(dir.clone()),
+        Upper::Scratch => scratch.clone(),
+    };
+    // Until the mount is up, `scratch_owner` removes the scratch folder on every refusal
+    // (the mount never came up, so nothing else will); then the daemon owns it.
     let mounted = (|| {
         let description = MountDescription {
             version: build.profile.version.to_string(),
@@ -386,8 +392,10 @@ fn run(cli: Cli) -> Result<(), String> {
         }
         daemon::mount(tree, &mountpoint, &options)
     })();
-    if mounted.is_err() {
-        daemon::remove_scratch(scratch.as_deref());
+    if mounted.is_ok() {
+        if let Some(owner) = scratch_owner {
+            owner.hand_over();
+        }
     }
     mounted
 }

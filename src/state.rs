@@ -21,7 +21,7 @@
 //! daemon of this version must not vanish from `status` when an older binary runs.
 
 use std::fmt::Write as _;
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -181,7 +181,9 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-fn unescape(text: &str) -> Vec<u8> {
+/// Undoes octal escapes (`\040` for a space), as the kernel writes them in
+/// /proc/self/mountinfo and as state files of earlier versions wrote paths.
+pub fn unescape(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -468,12 +470,8 @@ impl Stale {
     fn remove(self) {
         if let Some(d) = self.record.map(|r| r.description) {
             if let (true, Some(upper)) = (d.scratch_upper, d.upper) {
-                let ours = upper.file_name().is_some_and(|n| {
-                    n.as_bytes()
-                        .starts_with(crate::daemon::SCRATCH_PREFIX.as_bytes())
-                });
-                if ours {
-                    let _ = std::fs::remove_dir_all(&upper);
+                if crate::scratch::is_scratch(&upper) {
+                    crate::scratch::remove(Some(&upper));
                 }
             }
         }

@@ -1,9 +1,11 @@
-//! Archives served in place (SPEC §4, issue 3), through real mounts: tarball members in
+//! Archives served in place (docs/DESIGN.md §4, issue 3), through real mounts: tarball members in
 //! `<arch>/bin/` and `<arch>/images/registry.tar` compared byte for byte with `tar -xzOf`
 //! and `gunzip -c`, random-offset reads, corrupt and malicious archives, and the
 //! persisted seek indexes.
 
 mod common;
+
+use common::Rng;
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -16,18 +18,6 @@ const SPARSE: &[&str] = &["--k8s", "v1.23.4", "--arch", "amd64", "--allow-missin
 
 fn q(p: &Path) -> String {
     format!("'{}'", p.display())
-}
-
-/// xorshift64*, for reproducible offsets.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) % n.max(1)
-    }
 }
 
 fn errno_of(result: std::io::Result<Vec<u8>>) -> Option<i32> {

@@ -1,4 +1,4 @@
-//! Faults while mounted (SPEC §6): a backing file deleted, truncated or replaced, a cache
+//! Faults while mounted (docs/DESIGN.md §6): a backing file deleted, truncated or replaced, a cache
 //! folder removed, contexts edited under `--contexts`. Each fault gives EIO (or ENOENT,
 //! or the new content for contexts) on what it touched only; the daemon keeps serving
 //! the rest and stays up.

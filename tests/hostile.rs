@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::Rng;
+
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
@@ -109,26 +111,6 @@ fn copy_contexts() -> PathBuf {
         dir.display()
     ));
     dir
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), no crates needed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
 }
 
 #[test]
@@ -413,19 +395,19 @@ const DICTIONARY: &[&[u8]] = &[
 
 fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
     let mut out = input.to_vec();
-    for _ in 0..=rng.below(8) {
-        let at = rng.below(out.len() + 1);
-        match rng.below(6) {
+    for _ in 0..=rng.index(8) {
+        let at = rng.index(out.len() + 1);
+        match rng.index(6) {
             0 if !out.is_empty() => {
-                let i = rng.below(out.len());
-                out[i] ^= 1 << rng.below(8);
+                let i = rng.index(out.len());
+                out[i] ^= 1 << rng.index(8);
             }
             1 => {
-                let word = DICTIONARY[rng.below(DICTIONARY.len())];
+                let word = DICTIONARY[rng.index(DICTIONARY.len())];
                 out.splice(at..at, word.iter().copied());
             }
             2 if !out.is_empty() => {
-                let end = (at + rng.below(16)).min(out.len());
+                let end = (at + rng.index(16)).min(out.len());
                 out.drain(at.min(end)..end);
             }
             3 => {
@@ -433,13 +415,13 @@ fn mutate(rng: &mut Rng, input: &[u8]) -> Vec<u8> {
                 out.insert(at, byte);
             }
             4 if !out.is_empty() => {
-                let start = rng.below(out.len());
-                let end = (start + rng.below(64)).min(out.len());
+                let start = rng.index(out.len());
+                let end = (start + rng.index(64)).min(out.len());
                 let chunk = out[start..end].to_vec();
                 out.splice(at..at, chunk);
             }
             _ => {
-                let n = rng.below(8);
+                let n = rng.index(8);
                 let noise = rng.bytes(n);
                 out.splice(at..at, noise);
             }
@@ -495,7 +477,7 @@ fn seeded_mutations_never_panic_the_version_parser_or_the_renderer() {
     let seeds = template_seeds();
     let (mut ok, mut errors) = (0, 0);
     for _ in 0..runs {
-        let seed = &seeds[rng.below(seeds.len())];
+        let seed = &seeds[rng.index(seeds.len())];
         let input = mutate(&mut rng, seed);
         match render("fuzz.in", &input, &vars) {
             Ok(out) => {
@@ -520,7 +502,7 @@ fn seeded_mutations_never_panic_the_version_parser_or_the_renderer() {
     let version_seeds = ["v1.23.4", "1.13.0", "v1.31.1", "v0.0.0", "v999999999.1.2"];
     let mut accepted = 0;
     for _ in 0..runs {
-        let seed = version_seeds[rng.below(version_seeds.len())].as_bytes();
+        let seed = version_seeds[rng.index(version_seeds.len())].as_bytes();
         let input = mutate(&mut rng, seed);
         let text = String::from_utf8_lossy(&input);
         match KubeVersion::parse(&text) {

@@ -1,4 +1,4 @@
-//! Real mounts of the read paths and kernel caching of issue 4 (SPEC §7): every read path
+//! Real mounts of the read paths and kernel caching of issue 4 (docs/DESIGN.md §7): every read path
 //! gives the backing bytes (passthrough and the daemon's, on read-only mounts; the daemon's
 //! with open handles, on writable ones), backings survive many concurrent opens, the
 //! provenance xattr still answers, big folders list every name once with stable inode
@@ -578,7 +578,7 @@ fn a_mount_made_right_after_an_unmount_stays_mounted() {
     assert!(mount.path("amd64/bin/kubeadm").exists());
 }
 
-/// SPEC §6: a backing file truncated under the mount fails that file with EIO on every
+/// docs/DESIGN.md §6: a backing file truncated under the mount fails that file with EIO on every
 /// read path, instead of a short read that `tar` would pad with zeros.
 #[test]
 fn a_backing_file_truncated_under_the_mount_gives_eio() {

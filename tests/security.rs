@@ -1,4 +1,4 @@
-//! Security (SPEC §6): symlinks are shown, never followed by the daemon out of a layer;
+//! Security (docs/DESIGN.md §6): symlinks are shown, never followed by the daemon out of a layer;
 //! the mount is `nosuid,nodev`; other users are kept out unless `--allow-other`, and then
 //! file modes decide (`default_permissions`).
 

@@ -1,4 +1,4 @@
-//! Writes through the mount (SPEC §8): the upper layer takes every change; the layers
+//! Writes through the mount (docs/DESIGN.md §8): the upper layer takes every change; the layers
 //! and the cache stay byte-identical.
 
 mod common;
@@ -11,7 +11,7 @@ use common::{demo_cache, is_mounted, repo, run, scratch, sh, walk, Mount};
 
 /// sha256 of every file (and the target of every symlink) below `root`.
 /// Everything below `root` but `index/`: the gzip seek indexes are the one thing the
-/// daemon writes into a cache (SPEC §4), whenever an archive is first needed.
+/// daemon writes into a cache (docs/DESIGN.md §4), whenever an archive is first needed.
 fn fingerprint(root: &Path) -> BTreeMap<String, String> {
     walk(root)
         .into_iter()

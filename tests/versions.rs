@@ -1,4 +1,4 @@
-//! Every boundary version of SPEC §5, mounted: the rendered files follow the version rules.
+//! Every boundary version of docs/DESIGN.md §5, mounted: the rendered files follow the version rules.
 
 mod common;
 

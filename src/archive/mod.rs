@@ -1,4 +1,4 @@
-//! Archives served in place (SPEC §4): tar listings and gzip random access, with no
+//! Archives served in place (docs/DESIGN.md §4): tar listings and gzip random access, with no
 //! unpacked copy on disk and no whole member in memory.
 //!
 //! - [`tar_listing`]: the members of a tar stream (names, data offsets, sizes, modes).

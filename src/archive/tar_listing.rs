@@ -5,7 +5,7 @@
 //! base-256 numbers) and pax (`x` records: `path`, `linkpath`, `size`, `mtime`; `g`
 //! global records are skipped). Every header's checksum is verified.
 //!
-//! Names (SPEC §6), the rule every member goes through, see [`member_path`]:
+//! Names (docs/DESIGN.md §6), the rule every member goes through, see [`member_path`]:
 //! - leading `./`, empty and `.` components are dropped; a trailing `/` is ignored;
 //! - absolute names (`/etc/passwd`) and names with a `..` component are **refused**: the
 //!   member is left out of the listing and counted in [`TarListing::refused`];

@@ -11,22 +11,7 @@ use flate2::Compression;
 use super::gzip_index::{scan, InflateCursor, ScanError};
 use super::index_file::{build_in_memory, ArchiveIdentity, BuildError, IndexOrigin, IndexStore};
 use super::*;
-
-/// xorshift64*: deterministic test data without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
+use crate::test_support::{scratch, Rng};
 
 /// Bytes that compress unevenly: text runs, random runs, long zero runs.
 fn mixed_data(len: usize, seed: u64) -> Vec<u8> {
@@ -346,16 +331,6 @@ fn malicious_members_are_refused_and_the_rest_served() {
     let names: Vec<_> = listing.members.iter().map(|m| m.path.clone()).collect();
     assert_eq!(names, [PathBuf::from("ok/fine")]);
     assert_eq!(listing.refused, 2);
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "rootfs-mount-archive-{name}-{}",
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 fn lazy(path: &Path, store: &Arc<IndexStore>, with_listing: bool) -> LazyArchive {

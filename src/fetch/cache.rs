@@ -20,7 +20,7 @@ use crate::layout::{cache_entries, KNOWN_ARCHES};
 use crate::sources::Sources;
 use crate::versions::{KubeVersion, VersionFacts};
 
-/// The folders of the cache layout that hold downloaded files (SPEC §4).
+/// The folders of the cache layout that hold downloaded files (docs/DESIGN.md §4).
 const LAYOUT_ROOTS: &[&str] = &["kube", "oss", "cri"];
 
 /// Every regular file and symlink below the layout roots, cache-relative, sorted.

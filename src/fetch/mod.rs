@@ -1,4 +1,4 @@
-//! `rootfs-mount fetch`: fills the cache (SPEC §4 layout) with exactly the entries
+//! `rootfs-mount fetch`: fills the cache (docs/DESIGN.md §4 layout) with exactly the entries
 //! `layout::cache_entries` says a mount needs, from mirrors first, then upstream, and
 //! lets nothing unverified in.
 //!

@@ -1,7 +1,7 @@
 //! The FUSE adapter: maps kernel requests onto [`MergedTree`] calls and their errors onto
 //! errnos. No filesystem logic lives here.
 //!
-//! Kernel caching (SPEC §7): entries and attributes of immutable layers are cached for a
+//! Kernel caching (docs/DESIGN.md §7): entries and attributes of immutable layers are cached for a
 //! day; folders are listed once and then read from the kernel's cache (`FOPEN_CACHE_DIR`,
 //! and no opendir/releasedir round trips when the kernel offers
 //! `FUSE_NO_OPENDIR_SUPPORT`); ACL answers are cached by the kernel (`FUSE_POSIX_ACL`), so
@@ -48,7 +48,7 @@ use crate::tree::{AttrChange, Caller, DirItem, FsError, MergedTree};
 use attr::{file_attr, file_type, ttl};
 use passthrough::{Passthrough, PassthroughPolicy};
 
-/// The get-only extended attribute that tells where a file comes from (SPEC §6).
+/// The get-only extended attribute that tells where a file comes from (docs/DESIGN.md §6).
 pub const SOURCE_XATTR: &str = "user.rootfs.source";
 
 pub struct BuildFs {

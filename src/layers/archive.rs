@@ -1,4 +1,4 @@
-//! Archives shown in place (SPEC §4), read through their seek index (`crate::archive`):
+//! Archives shown in place (docs/DESIGN.md §4), read through their seek index (`crate::archive`):
 //!
 //! - [`TarballMembers`]: the members of every `oss/<arch>/bin/*.tar.gz`, flattened into
 //!   `<arch>/bin/` by basename;
@@ -469,11 +469,7 @@ impl GunzippedFile {
     fn file_entry(&self, indexed: Arc<IndexedArchive>) -> LayerEntry {
         let meta = indexed.metadata();
         let size = indexed.decompressed_size();
-        let mtime = SystemTime::UNIX_EPOCH
-            + Duration::new(
-                meta.mtime().max(0) as u64,
-                meta.mtime_nsec().clamp(0, 999_999_999) as u32,
-            );
+        let mtime = crate::sys::system_time(meta.mtime(), meta.mtime_nsec());
         LayerEntry {
             kind: EntryKind::File,
             perm: (meta.mode() & 0o7777) as u16,
@@ -526,17 +522,8 @@ impl Layer for GunzippedFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::scratch;
     use std::io::Write;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "rootfs-mount-archive-layer-{name}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     /// A .tar.gz of (name, bytes or symlink target, kind) made with the tar crate.
     fn tarball(path: &Path, members: &[(&str, &[u8], tar::EntryType)]) {

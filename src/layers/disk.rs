@@ -6,7 +6,6 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
 
 use super::{Child, Content, DiskFile, EntryKind, Layer, LayerEntry, Source};
 use crate::sys;
@@ -184,10 +183,7 @@ impl DiskTree {
                 link_id: (self.special && st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
             }),
         };
-        let time = |secs: i64, nanos: i64| {
-            SystemTime::UNIX_EPOCH
-                + Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
-        };
+        let time = sys::system_time;
         Ok(LayerEntry {
             kind,
             perm: (st.st_mode & 0o7777) as u16,
@@ -302,15 +298,8 @@ impl Layer for DiskTree {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::scratch;
     use std::os::unix::fs::symlink;
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("rootfs-mount-disk-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
 
     #[test]
     fn resolves_files_dirs_and_symlinks_without_following_them() {

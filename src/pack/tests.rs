@@ -9,15 +9,9 @@ use std::sync::Arc;
 use super::*;
 use crate::layers::DiskTree;
 use crate::layout::{plan, MountParams};
+use crate::test_support::scratch;
 use crate::tree::Branch;
 use crate::versions::KubeVersion;
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("rootfs-mount-pack-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn sh(script: &str) {
     let out = Command::new("bash").arg("-c").arg(script).output().unwrap();

@@ -117,6 +117,13 @@ pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// `fstat` of any fd, `O_PATH` ones included (std's `File::metadata` needs a `File`).
+/// A time of `stat` (seconds and nanoseconds since the epoch) as a `SystemTime`; times
+/// before the epoch show as the epoch.
+pub fn system_time(secs: i64, nanos: i64) -> std::time::SystemTime {
+    std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
+}
+
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
     // SAFETY: zeroed `stat` is a valid out-buffer for fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

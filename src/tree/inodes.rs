@@ -2,11 +2,13 @@
 //!
 //! An inode number is a hash of the entry's path in the tree, so it is the same for
 //! `readdir` (`d_ino`) and `lookup` (`st_ino`), stays the same when the kernel forgets
-//! and looks an entry up again, and even across mounts of the same parameters. The
-//! table holds only what the kernel holds (lookup count > 0): FORGET drops entries.
+//! and looks an entry up again, and across mounts of the same parameters, builds and
+//! Rust releases: the hash is 64-bit FNV-1a (docs/DESIGN.md §6), fixed by its published
+//! offset basis and prime, over the path's bytes as stored (components joined by `/`, no
+//! leading `/`). The table holds only what the kernel holds (lookup count > 0): FORGET
+//! drops entries.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -45,11 +47,20 @@ fn link_id(node: &Node) -> Option<(u64, u64)> {
     }
 }
 
+/// 64-bit FNV-1a of `bytes` (offset basis 0xcbf29ce484222325, prime 0x100000001b3).
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The number `path` gets unless another path took it first.
 fn hash_ino(path: &Path) -> u64 {
-    let mut h = DefaultHasher::new();
-    path.hash(&mut h);
     // Keep clear of 0 (invalid) and 1 (the root).
-    h.finish().max(2)
+    fnv1a64(path.as_os_str().as_bytes()).max(2)
 }
 
 fn next(ino: u64) -> u64 {
@@ -283,6 +294,20 @@ mod tests {
     fn node() -> Arc<Node> {
         let entry = EmptyDir.entry(Path::new("")).unwrap().unwrap();
         Arc::new(Node::of(entry))
+    }
+
+    /// Inode numbers are part of what users see (`ls -i`, tar's hard-link detection,
+    /// caches keyed on `st_ino`): these values must never change.
+    #[test]
+    fn numbers_are_a_fixed_hash_of_the_path() {
+        // FNV-1a's published test vectors.
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+        assert_eq!(hash_ino(Path::new("rootfs/etc")), 0x11dca21f28f50fa3);
+        assert_eq!(hash_ino(Path::new("amd64/bin/kubeadm")), 0x530491b68b2ca045);
+        let table = InodeTable::new((*node()).clone());
+        assert_eq!(table.ino_of(Path::new("rootfs/etc")), 0x11dca21f28f50fa3);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The virtual tree: layers mounted at paths of the tree ("branches"), highest first,
 //! resolved one name at a time.
 //!
-//! Rules (SPEC §3): a name present in several branches is taken from the highest one; a
+//! Rules (docs/DESIGN.md §3): a name present in several branches is taken from the highest one; a
 //! folder is merged with the folders of the same name below it, until a lower branch
 //! has a non-folder there (which, like in overlayfs, ends the merge); a file hides
 //! everything of that name below it. A branch mounted below a path makes that path a
@@ -10,6 +10,7 @@
 use std::ffi::OsStr;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::layers::{Child, EntryKind, Layer, LayerEntry, Source};
@@ -99,6 +100,9 @@ pub struct Namespace {
     branches: Vec<Branch>,
     /// Takes every change made through the mount; above all branches.
     upper: Option<Arc<UpperDir>>,
+    /// Names resolved so far (each a lookup in the upper layer and the branches): what
+    /// the cost of an operation is counted in.
+    resolved: AtomicU64,
 }
 
 impl Namespace {
@@ -107,6 +111,7 @@ impl Namespace {
         Namespace {
             branches,
             upper: None,
+            resolved: AtomicU64::new(0),
         }
     }
 
@@ -117,6 +122,11 @@ impl Namespace {
 
     pub fn upper(&self) -> Option<&Arc<UpperDir>> {
         self.upper.as_ref()
+    }
+
+    /// How many names have been resolved so far.
+    pub fn resolved(&self) -> u64 {
+        self.resolved.load(Ordering::Relaxed)
     }
 
     pub fn branches(&self) -> &[Branch] {
@@ -165,6 +175,7 @@ impl Namespace {
 
     /// Resolves `path`; `parent` limits which branches may contribute below their root.
     fn resolve(&self, path: &Path, parent: Option<&Node>) -> io::Result<Option<Node>> {
+        self.resolved.fetch_add(1, Ordering::Relaxed);
         let mut found: Option<Node> = None;
         let mut metadata: Option<LayerEntry> = None;
         let mut below = !parent.is_some_and(|p| p.opaque);
@@ -391,14 +402,7 @@ impl Namespace {
 mod tests {
     use super::*;
     use crate::layers::{DiskTree, EmptyDir};
-
-    fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("rootfs-mount-ns-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
+    use crate::test_support::scratch;
 
     fn branch(at: &str, layer: impl Layer + 'static) -> Branch {
         Branch {

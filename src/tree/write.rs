@@ -1,18 +1,19 @@
-//! Changes through the mount (SPEC §8), kept in the upper layer: copy-up of content on
-//! the first write, metadata-only copy-up for chmod/chown/utimens, whiteouts and opaque
-//! folders for deletes and renames of entries below. Layers and the cache are never
-//! written.
+//! Changes through the mount (docs/DESIGN.md §8), kept in the upper layer: copy-up of
+//! content on the first write, metadata-only copy-up for chmod/chown/utimens, whiteouts
+//! and opaque folders for deletes and renames of entries below. Layers and the cache are
+//! never written. Each operation resolves its parent folder once and looks its entries
+//! up from there; the copies themselves are `copy_up`'s.
 
 use std::ffi::{OsStr, OsString};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::merged::OpenFile;
+use super::copy_up::{io_err, CopyUp};
+use super::handles::{OpenFile, Readable, WriteTarget};
 use super::{FsError, InUpper, MergedTree, Node};
 use crate::fs_err;
-use crate::layers::{is_plain_name, Content, EntryKind};
+use crate::layers::{is_plain_name, EntryKind};
 use crate::sys::at::SetTime;
 use crate::upper::{is_reserved, UpperDir};
 
@@ -37,18 +38,33 @@ pub struct AttrChange {
 /// `rename` flags this tree supports; `RENAME_EXCHANGE` and `RENAME_WHITEOUT` get EINVAL.
 pub const RENAME_NOREPLACE: u32 = libc::RENAME_NOREPLACE;
 
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> FsError {
-    FsError::new(
-        e.raw_os_error().unwrap_or(libc::EIO),
-        format!("{what} {}: {e}", path.display()),
-    )
-}
-
 impl MergedTree {
-    fn upper_dir(&self) -> Result<&Arc<UpperDir>, FsError> {
-        self.ns
-            .upper()
+    fn copier(&self) -> Result<&CopyUp, FsError> {
+        self.copy
+            .as_ref()
             .ok_or_else(|| fs_err!(EROFS, "the mount is read-only"))
+    }
+
+    fn upper_dir(&self) -> Result<&Arc<UpperDir>, FsError> {
+        Ok(self.copier()?.upper())
+    }
+
+    fn copy_up(&self, path: &Path, metadata_only: bool) -> Result<Arc<Node>, FsError> {
+        let node = self
+            .copier()?
+            .copy_up(&self.ns, &self.changes, path, metadata_only)?;
+        Ok(self.stamp(node))
+    }
+
+    fn copy_up_empty(&self, path: &Path) -> Result<(), FsError> {
+        self.copier()?.copy_up_empty(&self.ns, &self.changes, path)
+    }
+
+    /// The folder `path` (node `known`) in the upper layer, copied up with the folders
+    /// above it where needed.
+    fn ensure_upper_dir(&self, path: &Path, known: &Node) -> Result<Node, FsError> {
+        self.copier()?
+            .ensure_dir(&self.ns, &self.changes, path, Some(known))
     }
 
     fn node_at(&self, path: &Path) -> Result<Option<Node>, FsError> {
@@ -82,141 +98,43 @@ impl MergedTree {
         Ok((parent_path.to_path_buf(), parent_node, path))
     }
 
-    /// Makes `path` and every folder above it exist in the upper layer, with the
-    /// metadata they show (folders copy up cheaply: no content).
-    fn ensure_upper_dir(&self, path: &Path) -> Result<(), FsError> {
-        refuse_whiteout_names(path)?;
-        let upper = self.upper_dir()?;
-        let mut at = PathBuf::new();
-        let mut node = self.ns.root()?;
-        for part in path.components() {
-            let name = part.as_os_str();
-            let child = self
-                .ns
-                .lookup(&at, &node, name)?
-                .ok_or_else(|| fs_err!(ENOENT, "{} is gone", at.join(name).display()))?;
-            at.push(name);
-            if child.entry.kind != EntryKind::Dir {
-                return Err(fs_err!(ENOTDIR, "{} is not a folder", at.display()));
-            }
-            node = if child.upper == InUpper::Yes {
-                child
-            } else {
-                let e = &child.entry;
-                match upper.mkdir(&at, e.perm as u32) {
-                    Ok(()) => {}
-                    Err(err) if err.raw_os_error() == Some(libc::EEXIST) => {}
-                    Err(err) => return Err(io_err("copying up folder", &at, err)),
-                }
-                self.copy_owner_and_times(&at, e.uid, e.gid, e.mtime);
-                self.changed();
-                self.ns
-                    .resolve_path(&at)?
-                    .ok_or_else(|| fs_err!(EIO, "{} vanished during copy-up", at.display()))?
-            };
-        }
-        Ok(())
-    }
-
-    /// Owner and times of a copied-up entry follow what was shown; failures (a daemon
-    /// that is not root cannot chown) leave the daemon's own.
-    fn copy_owner_and_times(&self, path: &Path, uid: u32, gid: u32, mtime: std::time::SystemTime) {
-        if let Ok(upper) = self.upper_dir() {
-            let _ = upper.chown(path, Some(uid), Some(gid));
-            let _ = upper.set_times(path, SetTime::At(mtime), SetTime::At(mtime));
-        }
-    }
-
-    /// Copies `path` up once: its bytes too unless `metadata_only` (regular files only;
-    /// folders and symlinks have no bytes to spare).
-    fn copy_up(&self, path: &Path, metadata_only: bool) -> Result<Arc<Node>, FsError> {
-        refuse_whiteout_names(path)?;
-        let _one_at_a_time = self.copy_up_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let node = self
-            .node_at(path)?
-            .ok_or_else(|| fs_err!(ENOENT, "{} is gone", path.display()))?;
-        let done = match node.upper {
-            InUpper::Yes => true,
-            InUpper::Metadata => metadata_only,
-            InUpper::No => false,
-        };
-        if done {
-            return Ok(self.stamp(node));
-        }
-        let upper = self.upper_dir()?;
-        let parent = path.parent().unwrap_or(Path::new(""));
-        let name = path
-            .file_name()
-            .ok_or_else(|| fs_err!(EINVAL, "cannot copy up the root"))?;
-        self.ensure_upper_dir(parent)?;
-        let e = &node.entry;
-        match (&e.content, e.kind) {
-            (_, EntryKind::Dir) => self.ensure_upper_dir(path)?,
-            (Content::Link(target), _) => {
-                upper
-                    .symlink(target, path)
-                    .map_err(|err| io_err("copying up symlink", path, err))?;
-                self.copy_owner_and_times(path, e.uid, e.gid, e.mtime);
-            }
-            _ => {
-                let (mut temp, temp_name) = upper
-                    .temp_file(e.perm as u32)
-                    .map_err(|err| io_err("copy-up of", path, err))?;
-                let temp_path = upper.temp_path(&temp_name);
-                let result = if metadata_only {
-                    upper.set_metacopy(&temp)
-                } else {
-                    copy_bytes(&e.content, &mut temp)
-                };
-                let committed = result.and_then(|()| {
-                    temp.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
-                        e.perm as u32,
-                    ))?;
-                    // On disk before the rename, so a crash never leaves a short file
-                    // under the file's name.
-                    temp.sync_data()?;
-                    drop(temp);
-                    self.copy_owner_and_times(&temp_path, e.uid, e.gid, e.mtime);
-                    upper.commit(parent, &temp_name, name)
-                });
-                if let Err(err) = committed {
-                    let _ = upper.remove(&temp_path, false);
-                    // Without user xattrs on the upper file system, copy the bytes instead.
-                    if metadata_only && err.raw_os_error() == Some(libc::ENOTSUP) {
-                        drop(_one_at_a_time);
-                        return self.copy_up(path, false);
-                    }
-                    return Err(io_err("copy-up of", path, err));
-                }
-            }
-        }
-        self.changed();
-        let fresh = self
-            .node_at(path)?
-            .ok_or_else(|| fs_err!(EIO, "{} vanished during copy-up", path.display()))?;
-        Ok(self.stamp(fresh))
-    }
-
-    /// Registers a new entry at `path` with the kernel (one lookup).
-    fn remember_new(&self, path: &Path) -> Result<(u64, Arc<Node>), FsError> {
-        self.changed();
-        let node = self
-            .node_at(path)?
-            .ok_or_else(|| fs_err!(EIO, "{} vanished after creation", path.display()))?;
-        let node = self.stamp(node);
+    /// The entry just made at `path` in the upper folder `parent` (node `dir`), registered
+    /// with the kernel (one lookup from the parent).
+    fn remember_new(
+        &self,
+        parent: &Path,
+        dir: &Node,
+        path: &Path,
+    ) -> Result<(u64, Arc<Node>), FsError> {
+        self.changes.changed(path);
+        let node = self.child_node(parent, dir, path)?;
         Ok((self.inodes.remember(path, node.clone()), node))
     }
 
-    /// Prepares the parent folder for a new entry at `path`; true when a whiteout was
-    /// removed (something below had this name, so a new folder must be opaque).
-    fn prepare_new(&self, parent: &Path, path: &Path) -> Result<bool, FsError> {
-        if self.node_at(path)?.is_some() {
+    /// The node of `path`, a child of the folder `parent` (node `dir`), just changed.
+    fn child_node(&self, parent: &Path, dir: &Node, path: &Path) -> Result<Arc<Node>, FsError> {
+        let name = path.file_name().unwrap_or_default();
+        let node = self
+            .ns
+            .lookup(parent, dir, name)?
+            .ok_or_else(|| fs_err!(EIO, "{} vanished after it was made", path.display()))?;
+        Ok(self.stamp(node))
+    }
+
+    /// Prepares the parent folder (node `dir`) for a new entry at `path`: returns the
+    /// parent's node in the upper layer, and true when a whiteout was removed (something
+    /// below had this name, so a new folder must be opaque).
+    fn prepare_new(&self, parent: &Path, dir: &Node, path: &Path) -> Result<(Node, bool), FsError> {
+        let name = path.file_name().unwrap_or_default();
+        if self.ns.lookup(parent, dir, name)?.is_some() {
             return Err(fs_err!(EEXIST, "{} exists", path.display()));
         }
-        self.ensure_upper_dir(parent)?;
-        self.upper_dir()?
+        let dir = self.ensure_upper_dir(parent, dir)?;
+        let hid = self
+            .upper_dir()?
             .clear_whiteout(path)
-            .map_err(|e| io_err("clearing whiteout", path, e))
+            .map_err(|e| io_err("clearing whiteout", path, e))?;
+        Ok((dir, hid))
     }
 
     fn own(&self, path: &Path, caller: Caller) {
@@ -233,16 +151,18 @@ impl MergedTree {
         flags: i32,
         caller: Caller,
     ) -> Result<(u64, Arc<Node>, u64), FsError> {
-        let (parent_path, _, path) = self.child_of(parent, name)?;
-        self.prepare_new(&parent_path, &path)?;
+        let (parent_path, dir, path) = self.child_of(parent, name)?;
+        let (dir, _) = self.prepare_new(&parent_path, &dir, &path)?;
         let access = flags & libc::O_ACCMODE;
         let file = self
             .upper_dir()?
             .create(&path, access | (flags & libc::O_TRUNC), mode & 0o7777)
             .map_err(|e| io_err("creating", &path, e))?;
         self.own(&path, caller);
-        let (ino, node) = self.remember_new(&path)?;
-        let fh = self.add_handle(ino, OpenFile::Upper(file));
+        let (ino, node) = self.remember_new(&parent_path, &dir, &path)?;
+        let fh = self
+            .handles
+            .add(ino, OpenFile::Open(Readable::Upper(Arc::new(file))));
         Ok((ino, node, fh))
     }
 
@@ -257,13 +177,13 @@ impl MergedTree {
     ) -> Result<(u64, Arc<Node>), FsError> {
         let kind = mode & libc::S_IFMT;
         if kind == libc::S_IFIFO || kind == libc::S_IFSOCK {
-            let (parent_path, _, path) = self.child_of(parent, name)?;
-            self.prepare_new(&parent_path, &path)?;
+            let (parent_path, dir, path) = self.child_of(parent, name)?;
+            let (dir, _) = self.prepare_new(&parent_path, &dir, &path)?;
             self.upper_dir()?
                 .mknod(&path, kind | (mode & 0o7777))
                 .map_err(|e| io_err("creating", &path, e))?;
             self.own(&path, caller);
-            return self.remember_new(&path);
+            return self.remember_new(&parent_path, &dir, &path);
         }
         if kind != libc::S_IFREG && kind != 0 {
             return Err(fs_err!(
@@ -283,8 +203,8 @@ impl MergedTree {
         mode: u32,
         caller: Caller,
     ) -> Result<(u64, Arc<Node>), FsError> {
-        let (parent_path, _, path) = self.child_of(parent, name)?;
-        let hid_something = self.prepare_new(&parent_path, &path)?;
+        let (parent_path, dir, path) = self.child_of(parent, name)?;
+        let (dir, hid_something) = self.prepare_new(&parent_path, &dir, &path)?;
         let upper = self.upper_dir()?;
         upper
             .mkdir(&path, mode & 0o7777)
@@ -295,7 +215,7 @@ impl MergedTree {
                 .map_err(|e| io_err("marking opaque", &path, e))?;
         }
         self.own(&path, caller);
-        self.remember_new(&path)
+        self.remember_new(&parent_path, &dir, &path)
     }
 
     pub fn symlink(
@@ -305,13 +225,13 @@ impl MergedTree {
         target: &Path,
         caller: Caller,
     ) -> Result<(u64, Arc<Node>), FsError> {
-        let (parent_path, _, path) = self.child_of(parent, name)?;
-        self.prepare_new(&parent_path, &path)?;
+        let (parent_path, dir, path) = self.child_of(parent, name)?;
+        let (dir, _) = self.prepare_new(&parent_path, &dir, &path)?;
         self.upper_dir()?
             .symlink(target, &path)
             .map_err(|e| io_err("creating symlink", &path, e))?;
         self.own(&path, caller);
-        self.remember_new(&path)
+        self.remember_new(&parent_path, &dir, &path)
     }
 
     pub fn link(
@@ -326,30 +246,29 @@ impl MergedTree {
         }
         let (parent_path, _, path) = self.child_of(new_parent, new_name)?;
         self.copy_up(&source, false)?;
-        self.prepare_new(&parent_path, &path)?;
+        // The copy-up may have copied the new parent up too: take its node again.
+        let (_, dir) = self.inode(new_parent)?;
+        let (dir, _) = self.prepare_new(&parent_path, &dir, &path)?;
         self.upper_dir()?
             .link(&source, &path)
             .map_err(|e| io_err("linking", &path, e))?;
         // The new name is the same file: the same inode number.
-        self.changed();
-        let node = self
-            .node_at(&path)?
-            .ok_or_else(|| fs_err!(EIO, "{} vanished after linking", path.display()))?;
-        let node = self.stamp(node);
+        self.changes.changed(&path);
+        let node = self.child_node(&parent_path, &dir, &path)?;
         if self.inodes.add_alias(ino, &path, node.clone()) {
             return Ok((ino, node));
         }
-        self.remember_new(&path)
+        Ok((self.inodes.remember(&path, node.clone()), node))
     }
 
     /// After the upper entry of `path` is gone: hide what the layers below still have.
     fn hide_below(&self, path: &Path) -> Result<(), FsError> {
-        self.changed();
+        self.changes.changed(path);
         if self.node_at(path)?.is_some() {
             self.upper_dir()?
                 .whiteout(path)
                 .map_err(|e| io_err("whiteout for", path, e))?;
-            self.changed();
+            self.changes.changed(path);
         }
         Ok(())
     }
@@ -364,7 +283,7 @@ impl MergedTree {
         if node.entry.kind == EntryKind::Dir {
             return Err(fs_err!(EISDIR, "{} is a folder", path.display()));
         }
-        self.ensure_upper_dir(&parent_path)?;
+        self.ensure_upper_dir(&parent_path, &parent_node)?;
         if node.upper != InUpper::No {
             self.upper_dir()?
                 .remove(&path, false)
@@ -378,31 +297,10 @@ impl MergedTree {
     /// copied up and opened now: once the name is removed or names another file, each
     /// must keep writing the file it opened, as on a local disk.
     fn settle_pending(&self, path: &Path) -> Result<(), FsError> {
-        let pending: Vec<u64> = self
-            .files
-            .iter()
-            .filter(|h| matches!(h.value(), OpenFile::PendingWrite { path: p, .. } if p == path))
-            .map(|h| *h.key())
-            .collect();
-        for fh in pending {
-            self.writable(fh, |_| Ok(()))?;
+        for fh in self.handles.pending_on(path) {
+            self.writable(fh)?;
         }
         Ok(())
-    }
-
-    /// Handles waiting for their first write on `from` (or below it) follow a rename.
-    fn repath_pending(&self, from: &Path, to: &Path) {
-        for mut h in self.files.iter_mut() {
-            if let OpenFile::PendingWrite { path, .. } = h.value_mut() {
-                if let Ok(rest) = path.strip_prefix(from) {
-                    *path = if rest.as_os_str().is_empty() {
-                        to.to_path_buf()
-                    } else {
-                        to.join(rest)
-                    };
-                }
-            }
-        }
     }
 
     pub fn rmdir(&self, parent: u64, name: &OsStr) -> Result<(), FsError> {
@@ -417,7 +315,7 @@ impl MergedTree {
         if !self.ns.children(&path, &node)?.is_empty() {
             return Err(fs_err!(ENOTEMPTY, "{} is not empty", path.display()));
         }
-        self.ensure_upper_dir(&parent_path)?;
+        self.ensure_upper_dir(&parent_path, &parent_node)?;
         if node.upper == InUpper::Yes {
             self.upper_dir()?
                 .remove(&path, true)
@@ -441,7 +339,7 @@ impl MergedTree {
             return Err(fs_err!(EINVAL, "rename flags {flags:#x} are not supported"));
         }
         let (from_parent, from_parent_node, from) = self.child_of(parent, name)?;
-        let (to_parent, _, to) = self.child_of(new_parent, new_name)?;
+        let (to_parent, to_parent_node, to) = self.child_of(new_parent, new_name)?;
         let source = self
             .ns
             .lookup(&from_parent, &from_parent_node, name)?
@@ -459,7 +357,7 @@ impl MergedTree {
         if flags & RENAME_NOREPLACE == 0 {
             self.settle_pending(&to)?;
         }
-        let target = self.node_at(&to)?;
+        let target = self.ns.lookup(&to_parent, &to_parent_node, new_name)?;
         if let Some(target) = &target {
             if flags & RENAME_NOREPLACE != 0 {
                 return Err(fs_err!(EEXIST, "{} exists", to.display()));
@@ -485,7 +383,9 @@ impl MergedTree {
             ));
         }
         self.copy_up(&from, false)?;
-        self.ensure_upper_dir(&to_parent)?;
+        // The copy-up may have copied the target folder up too: take its node again.
+        let (_, to_parent_node) = self.inode(new_parent)?;
+        self.ensure_upper_dir(&to_parent, &to_parent_node)?;
         let upper = self.upper_dir()?;
         let had_whiteout = upper
             .clear_whiteout(&to)
@@ -511,7 +411,8 @@ impl MergedTree {
                 .map_err(|e| io_err("marking opaque", &to, e))?;
         }
         self.inodes.rename(&from, &to);
-        self.repath_pending(&from, &to);
+        self.handles.repath_pending(&from, &to);
+        self.changes.changed(&to);
         self.hide_below(&from)
     }
 
@@ -521,7 +422,8 @@ impl MergedTree {
         if self.node_at(&path)?.is_none() {
             // Unlinked or renamed over while open (`ftruncate`, `fchmod` on its fd).
             let file = self
-                .open_upper_of(ino)
+                .handles
+                .upper_of(ino)
                 .ok_or_else(|| fs_err!(ENOENT, "{} is gone", path.display()))?;
             set_attrs_of(&file, change).map_err(|e| io_err("setattr", &path, e))?;
             return Ok(self.inode(ino)?.1);
@@ -587,12 +489,12 @@ impl MergedTree {
         let access = flags & libc::O_ACCMODE;
         let open = if flags & libc::O_TRUNC != 0 {
             self.copy_up_empty(&path)?;
-            OpenFile::Upper(self.open_upper(&path, access)?)
+            OpenFile::Open(Readable::Upper(Arc::new(self.open_upper(&path, access)?)))
         } else if node.upper == InUpper::Yes {
-            OpenFile::Upper(self.open_upper(&path, access)?)
+            OpenFile::Open(Readable::Upper(Arc::new(self.open_upper(&path, access)?)))
         } else {
             let reader = match access {
-                libc::O_RDWR => Some(Box::new(self.open_content(ino)?.0)),
+                libc::O_RDWR => Some(self.open_content(ino)?.0),
                 _ => None,
             };
             OpenFile::PendingWrite {
@@ -601,7 +503,7 @@ impl MergedTree {
                 reader,
             }
         };
-        Ok(self.add_handle(ino, open))
+        Ok(self.handles.add(ino, open))
     }
 
     fn open_upper(&self, path: &Path, access: i32) -> Result<std::fs::File, FsError> {
@@ -610,79 +512,40 @@ impl MergedTree {
             .map_err(|e| io_err("opening", path, e))
     }
 
-    /// The copy-up of a file about to be truncated to nothing: its metadata only, as an
-    /// empty upper file.
-    fn copy_up_empty(&self, path: &Path) -> Result<(), FsError> {
-        let node = self.copy_up(path, true)?;
-        if node.upper == InUpper::Metadata {
-            let upper = self.upper_dir()?;
-            let _one_at_a_time = self.copy_up_lock.lock().unwrap_or_else(|p| p.into_inner());
-            let parent = path.parent().unwrap_or(Path::new(""));
-            let name = path
-                .file_name()
-                .ok_or_else(|| fs_err!(EINVAL, "cannot truncate the root"))?;
-            let e = &node.entry;
-            let (temp, temp_name) = upper
-                .temp_file(e.perm as u32)
-                .map_err(|err| io_err("truncating", path, err))?;
-            drop(temp);
-            let temp_path = upper.temp_path(&temp_name);
-            self.copy_owner_and_times(&temp_path, e.uid, e.gid, e.mtime);
-            upper
-                .commit(parent, &temp_name, name)
-                .map_err(|err| io_err("truncating", path, err))?;
-            self.changed();
-        }
-        Ok(())
-    }
-
     /// The upper file behind a write handle, copying the file up on its first write.
-    fn writable<T>(
-        &self,
-        fh: u64,
-        f: impl FnOnce(&std::fs::File) -> std::io::Result<T>,
-    ) -> Result<T, FsError> {
-        let mut handle = self
-            .files
-            .get_mut(&fh)
-            .ok_or_else(|| fs_err!(EBADF, "no open file {fh}"))?;
-        if let OpenFile::PendingWrite { path, flags, .. } = &*handle {
-            let (path, flags) = (path.clone(), *flags);
-            self.copy_up(&path, false)?;
-            *handle = OpenFile::Upper(self.open_upper(&path, flags)?);
-        }
-        match &*handle {
-            OpenFile::Upper(file) => f(file).map_err(FsError::from),
-            _ => Err(fs_err!(EBADF, "file {fh} is not open for writing")),
+    /// No table lock is held during the copy-up or the I/O that follows.
+    fn writable(&self, fh: u64) -> Result<Arc<std::fs::File>, FsError> {
+        match self.handles.write_target(fh)? {
+            WriteTarget::Upper(file) => Ok(file),
+            WriteTarget::Pending { path, flags } => {
+                self.copy_up(&path, false)?;
+                let file = self.open_upper(&path, flags)?;
+                self.handles.settle(fh, file)
+            }
         }
     }
 
     pub fn write(&self, fh: u64, offset: u64, data: &[u8]) -> Result<u32, FsError> {
-        self.writable(fh, |file| file.write_all_at(data, offset))?;
+        self.writable(fh)?.write_all_at(data, offset)?;
         Ok(data.len() as u32)
     }
 
     pub fn fsync(&self, fh: u64, data_only: bool) -> Result<(), FsError> {
-        let handle = self
-            .files
-            .get(&fh)
-            .ok_or_else(|| fs_err!(EBADF, "no open file {fh}"))?;
-        match &*handle {
-            OpenFile::Upper(file) => if data_only {
+        match self.handles.upper_file(fh)? {
+            Some(file) => if data_only {
                 file.sync_data()
             } else {
                 file.sync_all()
             }
             .map_err(FsError::from),
             // Nothing written through this handle: nothing to flush.
-            _ => Ok(()),
+            None => Ok(()),
         }
     }
 
     pub fn fallocate(&self, fh: u64, offset: u64, length: u64, mode: i32) -> Result<(), FsError> {
-        self.writable(fh, |file| {
-            crate::sys::at::fallocate(file, mode, offset, length)
-        })
+        let file = self.writable(fh)?;
+        Ok(crate::sys::at::fallocate(&*file, mode, offset, length)?)
     }
 
     /// Extended attributes other than the provenance one live on upper entries only.
@@ -750,21 +613,6 @@ impl MergedTree {
     }
 }
 
-/// A lower entry named in the upper layer's whiteout format (`.wh.X`, `.wh..wh..opq`),
-/// or inside a folder so named, is never copied up: in the upper layer it would hide `X`
-/// or make its folder opaque. It stays readable; changing it gets EPERM, the errno of
-/// creating such a name.
-fn refuse_whiteout_names(path: &Path) -> Result<(), FsError> {
-    match path.iter().find(|part| is_reserved(part)) {
-        Some(part) => Err(fs_err!(
-            EPERM,
-            "{} cannot be changed: {part:?} is in the upper layer's whiteout format",
-            path.display()
-        )),
-        None => Ok(()),
-    }
-}
-
 /// Applies `change` through an open file (one whose name is gone).
 fn set_attrs_of(file: &std::fs::File, change: AttrChange) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
@@ -802,28 +650,4 @@ fn set_attrs_of(file: &std::fs::File, change: AttrChange) -> std::io::Result<()>
 fn is_internal_xattr(name: &OsStr) -> bool {
     use std::os::unix::ffi::OsStrExt;
     name.as_bytes().starts_with(b"user.rootfs.")
-}
-
-fn copy_bytes(content: &Content, out: &mut std::fs::File) -> std::io::Result<()> {
-    match content {
-        Content::Disk(f) => {
-            let mut src = f.open()?;
-            std::io::copy(&mut src, out)?;
-            Ok(())
-        }
-        Content::Bytes(b) => out.write_all(b),
-        // An archive member is inflated a MiB at a time, never held whole.
-        Content::Archive(slice) => {
-            let mut at = 0;
-            while at < slice.len {
-                let chunk = slice.read(at, 1 << 20)?;
-                out.write_all(&chunk)?;
-                at += chunk.len() as u64;
-            }
-            Ok(())
-        }
-        Content::Faulty(why) => Err(crate::archive::reported(why.to_string())),
-        Content::Dir | Content::Link(_) => Err(std::io::Error::from_raw_os_error(libc::EISDIR)),
-        Content::Special { .. } => Err(std::io::Error::from_raw_os_error(libc::ENXIO)),
-    }
 }

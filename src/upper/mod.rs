@@ -1,4 +1,4 @@
-//! The upper layer (SPEC §8): a folder that takes every change made through the mount,
+//! The upper layer (docs/DESIGN.md §8): a folder that takes every change made through the mount,
 //! so the layers below and the cache are never modified.
 //!
 //! On-disk format (kept stable: `--upper DIR` is reused across mounts):

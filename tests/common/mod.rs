@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rootfs-mount");
@@ -19,15 +18,15 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A folder of this test process under the target dir.
+/// The helpers unit tests use too (seeded generator, scratch folders): one file.
+#[path = "../../src/test_support.rs"]
+mod support;
+#[allow(unused_imports)]
+pub use support::Rng;
+
+/// A fresh folder of this test process under the target dir.
 pub fn scratch(name: &str) -> PathBuf {
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let dir =
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}-{}-{n}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).expect("create scratch folder");
-    dir
+    support::scratch_in(Path::new(env!("CARGO_TARGET_TMPDIR")), name)
 }
 
 /// The demo cache (scripts/demo-cache.sh) holding all of [`VERSIONS`], made once.
