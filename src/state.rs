@@ -583,6 +583,7 @@ mod tests {
             },
             counters: Counters {
                 requests: 9,
+                by_op: [("lookup".to_string(), 9)].into_iter().collect(),
                 bytes_read: 1 << 40,
                 errors: 1,
                 read_path: ReadPath::Passthrough,
@@ -620,6 +621,7 @@ mod tests {
         assert_eq!(json["parameters"]["cache"], "/var/cache/rootfs-mount");
         assert_eq!(json["parameters"]["contexts"], "/src/contexts");
         assert_eq!(json["counters"]["read_path"], "passthrough");
+        assert_eq!(json["counters"]["by_op"]["lookup"], 9);
         assert_eq!(json["faults"][0]["file"], "/c/x.tar.gz");
         assert_eq!(MountRecord::parse(&text), Some(record.clone()));
         assert!(MountRecord::parse("pid=1\n").is_none());

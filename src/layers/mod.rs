@@ -141,6 +141,19 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// The children of the folder at `rel`.
     fn children(&self, rel: &Path) -> io::Result<Vec<Child>>;
 
+    /// The children of the folder at `rel` with their entries, as [`Layer::entry`] gives
+    /// each (a name gone in between is left out). A layer on disk answers from one open
+    /// folder, one `fstatat` per name, where `entry` resolves each path from the root.
+    fn child_entries(&self, rel: &Path) -> io::Result<Vec<(OsString, LayerEntry)>> {
+        let mut out = Vec::new();
+        for child in self.children(rel)? {
+            if let Some(entry) = self.entry(&rel.join(&child.name))? {
+                out.push((child.name, entry));
+            }
+        }
+        Ok(out)
+    }
+
     /// True when the layer can change while mounted (an on-disk `--contexts` tree), so its
     /// entries must not be cached for long by the kernel.
     fn is_mutable(&self) -> bool {

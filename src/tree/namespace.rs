@@ -299,6 +299,55 @@ impl Namespace {
         Ok(())
     }
 
+    /// The children of the folder `node` at `path` with their nodes, as [`Self::lookup`]
+    /// resolves each, from one pass over one folder on disk. `None` unless the folder
+    /// comes from a single immutable branch with no other branch mounted below it and
+    /// nothing of it in the upper layer (a build's registry and blob folders): anything
+    /// else is resolved name by name.
+    pub fn child_nodes(
+        &self,
+        path: &Path,
+        node: &Node,
+    ) -> io::Result<Option<Vec<(std::ffi::OsString, Node)>>> {
+        let [index] = node.branches[..] else {
+            return Ok(None);
+        };
+        let branch = &self.branches[index];
+        let plain = node.entry.kind == EntryKind::Dir
+            && node.upper == InUpper::No
+            && !node.opaque
+            && !node.mutable
+            && !branch.layer.is_mutable()
+            && !self
+                .branches
+                .iter()
+                .any(|b| b.at != path && b.at.starts_with(path));
+        let Relation::Inside(rel) = relation(&branch.at, path) else {
+            return Ok(None);
+        };
+        if !plain {
+            return Ok(None);
+        }
+        let nodes = branch
+            .layer
+            .child_entries(rel)?
+            .into_iter()
+            .map(|(name, entry)| {
+                let branches = if entry.kind == EntryKind::Dir {
+                    vec![index]
+                } else {
+                    Vec::new()
+                };
+                let node = Node {
+                    branches,
+                    ..Node::of(entry)
+                };
+                (name, node)
+            })
+            .collect();
+        Ok(Some(nodes))
+    }
+
     /// The children of the folder `node` at `path`, each once, with the kind that
     /// [`Namespace::lookup`] gives it.
     pub fn children(&self, path: &Path, node: &Node) -> io::Result<Vec<Child>> {
@@ -446,6 +495,51 @@ mod tests {
             EntryKind::Dir
         );
         assert!(ns.resolve_path(Path::new("arm64")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn child_nodes_match_lookups_of_a_plain_folder() {
+        let dir = scratch("child-nodes");
+        let (reg, other) = (dir.join("reg"), dir.join("other"));
+        std::fs::create_dir_all(reg.join("blobs/ab/sub")).unwrap();
+        std::fs::write(reg.join("blobs/ab/data"), b"12345").unwrap();
+        std::os::unix::fs::symlink("data", reg.join("blobs/ab/link")).unwrap();
+        std::fs::create_dir_all(other.join("etc")).unwrap();
+        let ns = Namespace::new(vec![
+            branch("rootfs", DiskTree::open(&other).unwrap()),
+            branch("rootfs/registry", DiskTree::open(&reg).unwrap()),
+            branch("rootfs/registry/blobs/mounted", EmptyDir),
+        ]);
+        let at = Path::new("rootfs/registry/blobs/ab");
+        let node = ns.resolve_path(at).unwrap().unwrap();
+        let mut nodes = ns.child_nodes(at, &node).unwrap().expect("a plain folder");
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<_> = nodes.iter().map(|(n, _)| n.to_str().unwrap()).collect();
+        assert_eq!(names, ["data", "link", "sub"]);
+        for (name, listed) in &nodes {
+            let looked = ns.lookup(at, &node, name).unwrap().unwrap();
+            assert_eq!(listed.entry.kind, looked.entry.kind, "{name:?}");
+            assert_eq!(listed.entry.size, looked.entry.size, "{name:?}");
+            assert_eq!(listed.entry.mtime, looked.entry.mtime, "{name:?}");
+            assert_eq!(listed.entry.perm, looked.entry.perm, "{name:?}");
+            assert_eq!(listed.branches, looked.branches, "{name:?}");
+            assert_eq!(listed.upper, looked.upper, "{name:?}");
+            assert_eq!(
+                listed.entry.source.to_string(),
+                looked.entry.source.to_string()
+            );
+        }
+        assert!(matches!(
+            &nodes[1].1.entry.content,
+            crate::layers::Content::Link(t) if t == Path::new("data")
+        ));
+        // A folder with a branch mounted below it, and a merged one, resolve by name.
+        let blobs = Path::new("rootfs/registry/blobs");
+        let node = ns.resolve_path(blobs).unwrap().unwrap();
+        assert!(ns.child_nodes(blobs, &node).unwrap().is_none());
+        let root = ns.root().unwrap();
+        assert!(ns.child_nodes(Path::new(""), &root).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
