@@ -243,9 +243,9 @@ impl BlockCache {
         self.shared.limit
     }
 
-    /// Block `index` of the object whose sha256 is `object`, if cached (and, read from
-    /// disk for the first time by this mount, if it hashes to `want`).
-    pub fn get(&self, object: &str, index: u64, want: &[u8; 32]) -> Option<Block> {
+    /// Block `index` of `object` if it is in memory (recently used, or queued for the
+    /// writer): no disk read.
+    pub fn in_memory(&self, object: &str, index: u64) -> Option<Block> {
         let key = (object.to_string(), index);
         {
             let mut memory = lock(&self.memory);
@@ -263,6 +263,16 @@ impl BlockCache {
             self.remember(key, bytes.clone());
             return Some(bytes);
         }
+        None
+    }
+
+    /// Block `index` of the object whose sha256 is `object`, if cached (and, read from
+    /// disk for the first time by this mount, if it hashes to `want`).
+    pub fn get(&self, object: &str, index: u64, want: &[u8; 32]) -> Option<Block> {
+        if let Some(bytes) = self.in_memory(object, index) {
+            return Some(bytes);
+        }
+        let key = (object.to_string(), index);
         let shared = &self.shared;
         let path = shared.block_path(object, index);
         let bytes = std::fs::read(&path).ok()?;

@@ -193,20 +193,19 @@ impl RemoteObject {
         Ok(list)
     }
 
-    /// Block `index`, verified; `count` says whether a cache hit or miss is counted.
-    fn block(&self, index: u64, count: bool) -> Outcome {
+    /// Block `index`, verified: from memory, the local cache or the store. One thread
+    /// reads or fetches a block; others needing it meanwhile wait for that one (a
+    /// reader and the read-ahead never both read and hash one block).
+    fn block(&self, index: u64) -> Outcome {
+        let cache = &self.backing.cache;
+        if let Some(bytes) = cache.in_memory(&self.digest, index) {
+            return Ok(bytes);
+        }
         let list = self.blocks()?;
         let want = list
             .digests
             .get(index as usize)
             .ok_or_else(|| format!("block {index} past the end"))?;
-        let cache = &self.backing.cache;
-        if let Some(bytes) = cache.get(&self.digest, index, want) {
-            return Ok(bytes);
-        }
-        if count {
-            cache.counters.misses.fetch_add(1, Ordering::Relaxed);
-        }
         let (slot, mine) = {
             let mut inflight = lock(&self.inflight);
             match inflight.get(&index) {
@@ -221,12 +220,18 @@ impl RemoteObject {
         if !mine {
             return self.wait(&slot);
         }
-        let outcome = self.fetch(index, want);
+        let (outcome, fetched) = match cache.get(&self.digest, index, want) {
+            Some(bytes) => (Ok(bytes), false),
+            None => {
+                cache.counters.misses.fetch_add(1, Ordering::Relaxed);
+                (self.fetch(index, want), true)
+            }
+        };
         *lock(&slot.done) = Some(outcome.clone());
         slot.ready.notify_all();
         lock(&self.inflight).remove(&index);
         // Kept on disk after the waiting readers were answered: off their path.
-        if let Ok(bytes) = &outcome {
+        if let (Ok(bytes), true) = (&outcome, fetched) {
             cache.put(&self.digest, index, bytes.clone());
         }
         outcome
@@ -303,7 +308,7 @@ impl RemoteObject {
             }
             let Some(me) = self.me.upgrade() else { return };
             pool().submit(Box::new(move || {
-                let _ = me.block(index, false);
+                let _ = me.block(index);
             }));
         }
     }
@@ -326,7 +331,7 @@ impl ReadAt for RemoteObject {
         let mut at = offset;
         while at < end {
             let index = at / BLOCK;
-            let block = self.block(index, true).map_err(|m| self.fault(m))?;
+            let block = self.block(index).map_err(|m| self.fault(m))?;
             let within = (at - index * BLOCK) as usize;
             let n = (block.len() - within).min((end - at) as usize);
             let from = (at - offset) as usize;
