@@ -160,6 +160,7 @@ impl DiskTree {
             libc::S_IFSOCK if self.special => EntryKind::Socket,
             _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         };
+        let rel: Arc<Path> = Arc::from(rel);
         let content = match kind {
             EntryKind::Fifo | EntryKind::Socket => Content::Special {
                 link_id: (st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
@@ -168,7 +169,7 @@ impl DiskTree {
             EntryKind::Symlink => Content::Link(PathBuf::from(sys::readlink_fd(fd)?)),
             EntryKind::File => Content::Disk(DiskFile {
                 tree: self.root.clone(),
-                rel: rel.to_path_buf(),
+                rel: rel.clone(),
                 // Only the upper layer's hard links (made through the mount) are one
                 // inode in the tree; the layers below keep a number per path.
                 link_id: (self.special && st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
@@ -187,7 +188,10 @@ impl DiskTree {
             uid: st.st_uid,
             gid: st.st_gid,
             content,
-            source: Source::Path(self.root.absolute(rel)),
+            source: Source::Disk {
+                tree: self.root.clone(),
+                rel,
+            },
         })
     }
 }

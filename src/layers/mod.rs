@@ -59,7 +59,8 @@ pub enum Content {
 #[derive(Clone, Debug)]
 pub struct DiskFile {
     pub tree: Arc<disk::Root>,
-    pub rel: PathBuf,
+    /// Shared with the entry's [`Source::Disk`]: one copy of the path per entry.
+    pub rel: Arc<Path>,
     /// `(st_dev, st_ino)` of a file of the upper layer with more than one name (a hard
     /// link): all its names are one inode in the tree.
     pub link_id: Option<(u64, u64)>,
@@ -100,6 +101,10 @@ pub struct LayerEntry {
 pub enum Source {
     /// A backing path on disk.
     Path(PathBuf),
+    /// An entry of a [`DiskTree`]: its root and the path below it (the same allocation
+    /// as its [`DiskFile::rel`]), shown as the absolute path. Entries resolved from disk
+    /// are what the tree holds most of: they keep no second, absolute copy of the path.
+    Disk { tree: Arc<disk::Root>, rel: Arc<Path> },
     /// A file compiled into the binary from the repository's `contexts/`.
     Embedded(String),
     /// Rendered from a template.
@@ -114,6 +119,7 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Path(p) => write!(f, "{}", p.display()),
+            Source::Disk { tree, rel } => write!(f, "{}", tree.absolute(rel).display()),
             Source::Embedded(p) => write!(f, "embedded:contexts/{p}"),
             Source::Rendered(t) => write!(f, "rendered:{t}"),
             Source::Synthetic => write!(f, "synthetic"),
