@@ -493,7 +493,11 @@ fn forget_of_every_lookup_empties_the_table() {
     for (ino, n) in held.into_iter().rev() {
         f.tree.forget(ino, n);
     }
-    assert_eq!(f.tree.inode_count(), 1, "only the root is left after FORGET");
+    assert_eq!(
+        f.tree.inode_count(),
+        1,
+        "only the root is left after FORGET"
+    );
     // Numbers are a function of the path: the same after the table emptied.
     for (path, ino) in numbers {
         let path = path.trim_start_matches('/');

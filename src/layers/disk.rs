@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Child, Content, DiskFile, EntryKind, Layer, LayerEntry, Source};
+use super::{Child, Content, DiskFile, EntryKind, Layer, LayerEntry, SharedRel, Source};
 use crate::sys;
 
 /// The opened root of a [`DiskTree`].
@@ -149,7 +149,7 @@ impl DiskTree {
         }
     }
 
-    fn entry_of(&self, rel: &Path, fd: &OwnedFd) -> io::Result<LayerEntry> {
+    fn entry_of(&self, rel: &SharedRel, fd: &OwnedFd) -> io::Result<LayerEntry> {
         let st = sys::fstat(fd)?;
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => EntryKind::Dir,
@@ -160,7 +160,7 @@ impl DiskTree {
             libc::S_IFSOCK if self.special => EntryKind::Socket,
             _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         };
-        let rel: Arc<Path> = Arc::from(rel);
+        let rel = rel.clone();
         let content = match kind {
             EntryKind::Fifo | EntryKind::Socket => Content::Special {
                 link_id: (st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
@@ -206,6 +206,11 @@ fn is_absent(e: &io::Error) -> bool {
 
 impl Layer for DiskTree {
     fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
+        self.entry_shared(&SharedRel::own(rel))
+    }
+
+    fn entry_shared(&self, shared: &SharedRel) -> io::Result<Option<LayerEntry>> {
+        let rel = shared.get();
         let Some(root) = self.root.fd.as_ref() else {
             return Ok(None);
         };
@@ -217,13 +222,13 @@ impl Layer for DiskTree {
             if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 0 {
                 return Ok(None);
             }
-            return self.entry_of(rel, root).map(Some);
+            return self.entry_of(shared, root).map(Some);
         }
         if self.hidden(rel) {
             return Ok(None);
         }
         match sys::open_beneath(root, rel, libc::O_PATH) {
-            Ok(fd) => match self.entry_of(rel, &fd) {
+            Ok(fd) => match self.entry_of(shared, &fd) {
                 Ok(e) => Ok(Some(e)),
                 Err(e) if is_absent(&e) => Ok(None),
                 Err(e) => Err(e),

@@ -117,7 +117,7 @@ impl MergedTree {
         if !stale {
             return Ok((path, node));
         }
-        match self.ns.resolve_path(&path)? {
+        match self.ns.resolve_shared(&path)? {
             Some(fresh) => {
                 let fresh = self.stamp(fresh);
                 self.inodes.update(ino, fresh.clone());
@@ -132,12 +132,14 @@ impl MergedTree {
             return Err(fs_err!(ENOENT, "bad name {name:?}"));
         }
         let (parent_path, parent_node) = self.inode(parent)?;
+        // One allocation of the path, kept by the inode table and by the entry.
+        let path: Arc<Path> = Arc::from(parent_path.join(name));
         let node = self
             .ns
-            .lookup(&parent_path, &parent_node, name)?
+            .lookup_shared(&path, &parent_node)?
             .ok_or_else(|| fs_err!(ENOENT, "no {name:?} in {}", parent_path.display()))?;
         let node = self.stamp(node);
-        let ino = self.inodes.remember(&parent_path.join(name), node.clone());
+        let ino = self.inodes.remember(path, node.clone());
         Ok((ino, node))
     }
 

@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::layers::{Child, EntryKind, Layer, LayerEntry, Source};
+use crate::layers::{Child, EntryKind, Layer, LayerEntry, SharedRel, Source};
 use crate::upper::{UpperDir, UpperLookup};
 
 /// A layer mounted at a path of the virtual tree (relative, empty = the mount root).
@@ -135,27 +135,41 @@ impl Namespace {
 
     /// The mount root.
     pub fn root(&self) -> io::Result<Node> {
-        self.resolve(Path::new(""), None)
+        self.resolve(&Arc::from(Path::new("")), None)
             .map(|n| n.unwrap_or_else(|| Node::of(synthetic_dir())))
     }
 
     /// Resolves `path` from the root, one component at a time (used to refresh entries
     /// of mutable layers).
     pub fn resolve_path(&self, path: &Path) -> io::Result<Option<Node>> {
+        self.resolve_shared(&Arc::from(path))
+    }
+
+    /// [`Namespace::resolve_path`] of a path the caller keeps (the inode table's): the
+    /// node's entry shares it.
+    pub fn resolve_shared(&self, path: &Arc<Path>) -> io::Result<Option<Node>> {
         let mut node = self.root()?;
         let mut at = PathBuf::new();
-        for part in path.components() {
+        let mut parts = path.components().peekable();
+        while let Some(part) = parts.next() {
             let Component::Normal(name) = part else {
                 return Ok(None);
             };
             if node.entry.kind != EntryKind::Dir {
                 return Ok(None);
             }
-            match self.lookup(&at, &node, name)? {
+            at.push(name);
+            // The caller's path when it is the one built here (no `//` or trailing `/`).
+            let here: Arc<Path> =
+                if parts.peek().is_none() && path.as_os_str().len() == at.as_os_str().len() {
+                    path.clone()
+                } else {
+                    Arc::from(at.as_path())
+                };
+            match self.lookup_shared(&here, &node)? {
                 Some(child) => node = child,
                 None => return Ok(None),
             }
-            at.push(name);
         }
         Ok(Some(node))
     }
@@ -167,14 +181,20 @@ impl Namespace {
         parent: &Node,
         name: &OsStr,
     ) -> io::Result<Option<Node>> {
+        self.lookup_shared(&Arc::from(parent_path.join(name)), parent)
+    }
+
+    /// The entry at `path` (a child of the folder `parent`), whose entry shares `path`
+    /// rather than copying it: the caller keeps `path` in the inode table.
+    pub fn lookup_shared(&self, path: &Arc<Path>, parent: &Node) -> io::Result<Option<Node>> {
         if parent.entry.kind != EntryKind::Dir {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        self.resolve(&parent_path.join(name), Some(parent))
+        self.resolve(path, Some(parent))
     }
 
     /// Resolves `path`; `parent` limits which branches may contribute below their root.
-    fn resolve(&self, path: &Path, parent: Option<&Node>) -> io::Result<Option<Node>> {
+    fn resolve(&self, path: &Arc<Path>, parent: Option<&Node>) -> io::Result<Option<Node>> {
         self.resolved.fetch_add(1, Ordering::Relaxed);
         let mut found: Option<Node> = None;
         let mut metadata: Option<LayerEntry> = None;
@@ -232,10 +252,11 @@ impl Namespace {
     /// The branches' part of [`Self::resolve`].
     fn resolve_below(
         &self,
-        path: &Path,
+        path: &Arc<Path>,
         parent: Option<&Node>,
         found: &mut Option<Node>,
     ) -> io::Result<()> {
+        let len = path.as_os_str().len();
         for (index, branch) in self.branches.iter().enumerate() {
             let entry = match relation(&branch.at, path) {
                 Relation::Inside(rel) => {
@@ -244,7 +265,8 @@ impl Namespace {
                     if !rooted_here && !parent.is_some_and(|p| p.branches.contains(&index)) {
                         continue;
                     }
-                    match branch.layer.entry(rel)? {
+                    let rel = SharedRel::new(path.clone(), len - rel.as_os_str().len());
+                    match branch.layer.entry_shared(&rel)? {
                         Some(e) => Some(e),
                         None => continue,
                     }
