@@ -520,8 +520,8 @@ pub struct MountArgs {
     #[arg(long, value_enum, default_value_t = LogLevel::Info, help_heading = "Daemon")]
     pub log_level: LogLevel,
 
-    /// Where a backgrounded daemon logs [default: journald when it runs, else
-    /// STATE/rootfs-mount.log].
+    /// Where a backgrounded daemon logs [default: journald when it runs, else syslog
+    /// (/dev/log), else STATE/rootfs-mount.log].
     #[arg(long, value_name = "FILE", help_heading = "Daemon")]
     pub log_file: Option<PathBuf>,
 }

@@ -51,7 +51,7 @@ pub struct DaemonOptions {
 /// The faults of this daemon, for its state file (`crate::fault`).
 static FAULTS: FaultLog = FaultLog::new();
 
-/// Where a background daemon logs (`crate::logging`): `--log-file`, else journald,
+/// Where a background daemon logs (`crate::logging`): `--log-file`, else journald, else syslog,
 /// else the log file in the state folder. Decided before forking, so that a log that
 /// cannot be opened is refused on the command line.
 fn background_log(options: &DaemonOptions) -> Result<(Option<std::fs::File>, String), String> {
@@ -65,6 +65,9 @@ fn background_log(options: &DaemonOptions) -> Result<(Option<std::fs::File>, Str
     }
     if logging::journal_socket().is_some() {
         return Ok((None, "journald".into()));
+    }
+    if logging::syslog_socket().is_some() {
+        return Ok((None, "syslog".into()));
     }
     match logging::default_log_file() {
         Some(path) => open(&path).map_err(|e| format!("{e}; pass --log-file FILE")),
@@ -141,8 +144,9 @@ pub fn mount(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions) -> Re
             // /dev/null beside journald); start-up errors reach the user through the
             // readiness pipe.
             let _ = sys::detach_stdio(log.as_ref());
-            let destination = match (&log, logging::journal_socket()) {
-                (None, Some(socket)) => Destination::Journal(socket),
+            let destination = match (&log, logging::journal_socket(), logging::syslog_socket()) {
+                (None, Some(socket), _) => Destination::Journal(socket),
+                (None, None, Some(socket)) => Destination::Syslog(socket),
                 _ => Destination::Stderr,
             };
             let shared = options.log_file.is_none();

@@ -2,13 +2,16 @@
 //!
 //! - In the foreground: stderr (under systemd that is the journal too).
 //! - A background daemon: `--log-file` when given; else journald, when its socket
-//!   (`/run/systemd/journal/socket`) is there; else `STATE/rootfs-mount.log` (STATE is
-//!   the state folder of `crate::state`, `/run/rootfs-mount` for root), appended to by
-//!   every daemon, each line with its pid. A backgrounded daemon never logs nowhere.
+//!   (`/run/systemd/journal/socket`) is there; else syslog, when `/dev/log` is there;
+//!   else `STATE/rootfs-mount.log` (STATE is the state folder of `crate::state`,
+//!   `/run/rootfs-mount` for root), appended to by every daemon, each line with its pid.
+//!   A backgrounded daemon never logs nowhere.
 //!
 //! Journal entries are written by hand in journald's native protocol (one datagram of
 //! `KEY=value` lines per entry: MESSAGE, PRIORITY, SYSLOG_IDENTIFIER, SYSLOG_PID), a
-//! dozen lines that need no crate.
+//! dozen lines that need no crate. Syslog messages likewise: one datagram per line to
+//! `/dev/log`, `<PRI>rootfs-mount[PID]: MESSAGE` with the facility `daemon` (as glibc's
+//! syslog(3) sends them, less the timestamp, which the local syslog daemon adds).
 //!
 //! Every fault line (target `crate::fault::TARGET`) is also kept in a [`FaultLog`] for
 //! `status`, whatever the log level. fuser's "Failed to send FUSE reply: No such file
@@ -34,6 +37,12 @@ use crate::fault::{self, Fault, FaultLog};
 /// journald's socket for native entries.
 pub const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// The local syslog socket.
+pub const SYSLOG_SOCKET: &str = "/dev/log";
+
+/// syslog's facility `daemon` (3), shifted as in a priority value.
+const FACILITY_DAEMON: u8 = 3 << 3;
+
 /// Where a log goes.
 #[derive(Debug)]
 pub enum Destination {
@@ -41,14 +50,27 @@ pub enum Destination {
     Stderr,
     /// Native journal entries to this socket.
     Journal(PathBuf),
+    /// Syslog messages to this socket.
+    Syslog(PathBuf),
 }
 
 /// The journal socket, when journald runs. `ROOTFS_MOUNT_JOURNAL_SOCKET` points
 /// elsewhere (the tests own a socket that speaks for journald).
 pub fn journal_socket() -> Option<PathBuf> {
-    let path = std::env::var_os("ROOTFS_MOUNT_JOURNAL_SOCKET")
+    socket_at("ROOTFS_MOUNT_JOURNAL_SOCKET", JOURNAL_SOCKET)
+}
+
+/// The syslog socket, when a syslog daemon listens. `ROOTFS_MOUNT_SYSLOG_SOCKET` points
+/// elsewhere (the tests own a socket that speaks for syslog).
+pub fn syslog_socket() -> Option<PathBuf> {
+    socket_at("ROOTFS_MOUNT_SYSLOG_SOCKET", SYSLOG_SOCKET)
+}
+
+/// `default`, or the path in the environment variable `env`, when it is a socket.
+fn socket_at(env: &str, default: &str) -> Option<PathBuf> {
+    let path = std::env::var_os(env)
         .filter(|v| !v.is_empty())
-        .map_or_else(|| PathBuf::from(JOURNAL_SOCKET), PathBuf::from);
+        .map_or_else(|| PathBuf::from(default), PathBuf::from);
     use std::os::unix::fs::FileTypeExt;
     std::fs::metadata(&path)
         .is_ok_and(|m| m.file_type().is_socket())
@@ -109,7 +131,16 @@ pub fn init(level: &str, destination: Destination, pid_prefix: bool, faults: &'s
                 tracing_subscriber::fmt::layer()
                     .with_ansi(false)
                     .without_time()
-                    .with_writer(Journal::new(socket))
+                    .with_writer(Datagrams::new(socket, Protocol::Journal))
+                    .with_filter(filter),
+            )
+            .try_init(),
+        Destination::Syslog(socket) => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .without_time()
+                    .with_writer(Datagrams::new(socket, Protocol::Syslog))
                     .with_filter(filter),
             )
             .try_init(),
@@ -121,12 +152,17 @@ struct DropInterruptedReplies;
 
 impl<S: Subscriber> Layer<S> for DropInterruptedReplies {
     fn event_enabled(&self, event: &Event<'_>, _: Context<'_, S>) -> bool {
-        if !event.metadata().target().starts_with("fuser::reply") {
+        // fuser logs through the `log` crate: its records arrive with the target "log"
+        // and their own target in the field `log.target`.
+        let target = event.metadata().target();
+        if target != "log" && !target.starts_with("fuser::reply") {
             return true;
         }
         let mut text = Text::default();
         event.record(&mut text);
-        !text.message.contains("No such file or directory")
+        let from_reply =
+            target.starts_with("fuser::reply") || text.log_target.starts_with("fuser::reply");
+        !(from_reply && text.message.contains("No such file or directory"))
     }
 }
 
@@ -151,6 +187,8 @@ struct Text {
     message: String,
     file: String,
     fields: String,
+    /// The target of a record of the `log` crate.
+    log_target: String,
 }
 
 impl Visit for Text {
@@ -162,6 +200,7 @@ impl Visit for Text {
                 self.fields = format!("{}{}", self.message, self.fields);
             }
             "file" => self.file = format!("{value:?}"),
+            "log.target" => self.log_target = format!("{value:?}"),
             name => {
                 let _ = write!(self.fields, " {name}={value:?}");
             }
@@ -194,27 +233,38 @@ impl<'a> MakeWriter<'a> for PrefixedStderr {
     }
 }
 
-/// Native journal entries to a socket.
-struct Journal {
-    socket: Option<Arc<UnixDatagram>>,
-    path: PathBuf,
+/// What a datagram socket log speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// journald's native entries.
+    Journal,
+    /// Local syslog messages.
+    Syslog,
 }
 
-impl Journal {
-    fn new(path: PathBuf) -> Self {
-        // Non-blocking: a journal that does not keep up loses lines; it never stalls a
-        // thread that answers the kernel.
+/// One datagram per log line to a socket (journald's or syslog's).
+struct Datagrams {
+    socket: Option<Arc<UnixDatagram>>,
+    path: PathBuf,
+    protocol: Protocol,
+}
+
+impl Datagrams {
+    fn new(path: PathBuf, protocol: Protocol) -> Self {
+        // Non-blocking: a log daemon that does not keep up loses lines; it never stalls
+        // a thread that answers the kernel.
         let socket = UnixDatagram::unbound()
             .and_then(|s| s.set_nonblocking(true).map(|()| s))
             .ok();
-        Journal {
+        Datagrams {
             socket: socket.map(Arc::new),
             path,
+            protocol,
         }
     }
 }
 
-impl<'a> MakeWriter<'a> for Journal {
+impl<'a> MakeWriter<'a> for Datagrams {
     type Writer = Line;
 
     fn make_writer(&'a self) -> Line {
@@ -231,15 +281,16 @@ impl<'a> MakeWriter<'a> for Journal {
     }
 }
 
-impl Journal {
-    /// A line at syslog `priority`.
+impl Datagrams {
+    /// A line at syslog `priority` (severity).
     fn line(&self, priority: u8) -> Line {
         Line {
             buf: Vec::new(),
             sink: match &self.socket {
-                Some(socket) => Sink::Journal {
+                Some(socket) => Sink::Datagram {
                     socket: socket.clone(),
                     path: self.path.clone(),
+                    protocol: self.protocol,
                     priority,
                 },
                 None => Sink::Stderr,
@@ -251,9 +302,10 @@ impl Journal {
 enum Sink {
     Stderr,
     StderrPid,
-    Journal {
+    Datagram {
         socket: Arc<UnixDatagram>,
         path: PathBuf,
+        protocol: Protocol,
         priority: u8,
     },
 }
@@ -290,19 +342,23 @@ impl Drop for Line {
                 line.extend_from_slice(&self.buf);
                 let _ = std::io::stderr().write_all(&line);
             }
-            Sink::Journal {
+            Sink::Datagram {
                 socket,
                 path,
+                protocol,
                 priority,
             } => {
                 let message = self.buf.strip_suffix(b"\n").unwrap_or(&self.buf);
-                let entry = journal_entry(&[
-                    ("PRIORITY", priority.to_string().as_bytes()),
-                    ("SYSLOG_IDENTIFIER", b"rootfs-mount"),
-                    ("SYSLOG_PID", std::process::id().to_string().as_bytes()),
-                    ("MESSAGE", message),
-                ]);
-                let _ = socket.send_to(&entry, path);
+                let datagram = match protocol {
+                    Protocol::Journal => journal_entry(&[
+                        ("PRIORITY", priority.to_string().as_bytes()),
+                        ("SYSLOG_IDENTIFIER", b"rootfs-mount"),
+                        ("SYSLOG_PID", std::process::id().to_string().as_bytes()),
+                        ("MESSAGE", message),
+                    ]),
+                    Protocol::Syslog => syslog_message(*priority, std::process::id(), message),
+                };
+                let _ = socket.send_to(&datagram, path);
             }
         }
     }
@@ -323,6 +379,14 @@ pub fn journal_entry(fields: &[(&str, &[u8])]) -> Vec<u8> {
         out.extend_from_slice(value);
         out.push(b'\n');
     }
+    out
+}
+
+/// One local syslog message: `<PRI>rootfs-mount[PID]: MESSAGE`, facility `daemon`.
+/// Newlines in the message become spaces (one line per message, as syslog keeps them).
+pub fn syslog_message(severity: u8, pid: u32, message: &[u8]) -> Vec<u8> {
+    let mut out = format!("<{}>rootfs-mount[{pid}]: ", FACILITY_DAEMON | severity).into_bytes();
+    out.extend(message.iter().map(|&b| if b == b'\n' { b' ' } else { b }));
     out
 }
 
@@ -347,8 +411,25 @@ mod tests {
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
             tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: Broken pipe (os error 32)");
             tracing::warn!(target: "rootfs_mount::fault", "x: No such file or directory");
+            // As fuser logs it: a record of the `log` crate, through tracing-log.
+            let record = log::Record::builder()
+                .target("fuser::reply")
+                .level(log::Level::Error)
+                .args(format_args!(
+                    "Failed to send FUSE reply: No such file or directory (os error 2)"
+                ))
+                .build();
+            tracing_log::format_trace(&record).unwrap();
         });
         assert_eq!(seen.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn syslog_messages_name_the_facility_severity_and_pid() {
+        assert_eq!(
+            syslog_message(4, 77, b"WARN a\nb"),
+            b"<28>rootfs-mount[77]: WARN a b".to_vec()
+        );
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub struct MountDescription {
     pub scratch_upper: bool,
     pub allow_other: bool,
     pub auto_unmount: bool,
-    /// Where the daemon logs: `stderr`, `journald`, or a file.
+    /// Where the daemon logs: `stderr`, `journald`, `syslog`, or a file.
     pub log: String,
 }
 

@@ -415,3 +415,73 @@ fn fd_exhaustion_answers_emfile_not_eio() {
     std::thread::sleep(Duration::from_millis(200));
     assert_still_serving(&m, pid, &[]);
 }
+
+/// Read EIOs on open fds whose backing file was cut or rewritten under the mount are
+/// counted (`errors`) and logged as a fault naming the file, on both read paths through
+/// the daemon: a read-only mount without passthrough (reads by inode, no open round
+/// trip) and a writable mount (reads through its open handle).
+#[test]
+fn read_eios_on_open_fds_of_changed_files_are_counted_and_logged() {
+    use std::os::unix::fs::FileExt;
+    for args in [&["--read-only", "--no-passthrough"][..], &[][..]] {
+        let cache = own_cache();
+        let (m, pid) = mount(&cache, args);
+        let backing = cache.join("kube/v1.23.4/amd64/kubectl");
+        let open = std::fs::File::open(m.path("amd64/bin/kubectl")).unwrap();
+        let size = open.metadata().unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .unwrap()
+            .set_len(size / 2)
+            .unwrap();
+        let mut buf = vec![0u8; size as usize];
+        assert_eq!(
+            errno_of(open.read_exact_at(&mut buf, 0)),
+            libc::EIO,
+            "{args:?}"
+        );
+        let wanted = backing.display().to_string();
+        common::wait_for("the read fault in status", || {
+            let out = common::run(&["status", "--json", m.dir.to_str().unwrap()]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let mount = &json["mounts"][0];
+            mount["counters"]["errors"].as_u64() >= Some(1)
+                && mount["faults"].as_array().is_some_and(|faults| {
+                    faults.iter().any(|f| {
+                        f["file"].as_str() == Some(&wanted)
+                            && f["message"].as_str().is_some_and(|m| m.contains("op=read"))
+                    })
+                })
+        });
+        if args.is_empty() {
+            assert_still_serving(&m, pid, &[]);
+            continue;
+        }
+        // Without open round trips every read opens the backing file again: one renamed
+        // over is refused, and the fault says it was replaced (not "no such file").
+        let replaced = cache.join("kube/v1.23.4/amd64/kubeadm");
+        let open = std::fs::File::open(m.path("amd64/bin/kubeadm")).unwrap();
+        let tmp = replaced.with_extension("new");
+        std::fs::write(&tmp, b"another file").unwrap();
+        std::fs::rename(&tmp, &replaced).unwrap();
+        let mut buf = [0u8; 16];
+        assert_eq!(errno_of(open.read_at(&mut buf, 0)), libc::EIO);
+        let wanted = replaced.display().to_string();
+        common::wait_for("the replaced file's fault in status", || {
+            let out = common::run(&["status", "--json", m.dir.to_str().unwrap()]);
+            let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            json["mounts"][0]["faults"]
+                .as_array()
+                .is_some_and(|faults| {
+                    faults.iter().any(|f| {
+                        f["file"].as_str() == Some(&wanted)
+                            && f["message"]
+                                .as_str()
+                                .is_some_and(|m| m.contains("replaced under the mount"))
+                    })
+                })
+        });
+        assert_still_serving(&m, pid, &[]);
+    }
+}

@@ -558,6 +558,51 @@ fn templates_that_render_past_the_memory_bounds_are_refused() {
     }
 }
 
+/// The 32 MiB bound of one rendering holds while rendering: a template of loops in loops
+/// that would render to gigabytes is refused as soon as its output passes 32 MiB, under
+/// an address-space limit it could not render whole within, and quickly.
+#[test]
+fn a_rendering_stops_at_its_bound_while_it_renders() {
+    let cache = own_cache();
+    let contexts = copy_contexts();
+    // 7 images: 7^9 = 40 million lines of about 250 bytes (10 GB) if rendered whole.
+    let depth = 9;
+    let mut template = String::new();
+    for i in 0..depth {
+        template.push_str(&format!("#@for i{i} in kube_images\n"));
+    }
+    template.push_str("@{kube_images}\n");
+    for _ in 0..depth {
+        template.push_str("#@end\n");
+    }
+    std::fs::write(contexts.join("rootfs/etc/loops.yml.in"), template).unwrap();
+    let mp = scratch("mp");
+    let started = std::time::Instant::now();
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#"ulimit -v 3000000; exec timeout 60 "$@""#)
+        .arg("bash")
+        .arg(BIN)
+        .arg(&mp)
+        .arg("--k8s")
+        .arg("v1.23.4")
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--contexts")
+        .arg(&contexts)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "accepted");
+    assert!(!common::is_mounted(&mp));
+    assert!(
+        stderr.contains("loops.yml.in") && stderr.contains("renders to more than 32 MiB"),
+        "{stderr}"
+    );
+    assert!(took < std::time::Duration::from_secs(30), "took {took:?}");
+}
+
 /// Listings of tarball members are kept in memory: the cap of 200,000 members holds per
 /// tarball, and all tarballs of a mount together list at most 250,000. Past that, the
 /// tarball that would go over is refused (its members are not shown, logged), the

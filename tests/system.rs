@@ -421,7 +421,10 @@ fn faults_are_logged_to_the_state_folder_file_and_shown_in_status() {
     let m = Mount::with_env(
         &cache,
         &["--k8s", "v1.23.4", "--contexts", &contexts_arg],
-        &[("ROOTFS_MOUNT_JOURNAL_SOCKET", &no_journal)],
+        &[
+            ("ROOTFS_MOUNT_JOURNAL_SOCKET", &no_journal),
+            ("ROOTFS_MOUNT_SYSLOG_SOCKET", &no_journal),
+        ],
     );
     let json = status_json(&m.dir);
     let log_path = PathBuf::from(json["mounts"][0]["parameters"]["log"].as_str().unwrap());
@@ -532,6 +535,75 @@ fn faults_are_logged_to_journald_when_it_runs() {
         assert_eq!(warns.len(), 1, "not one WARN entry for {file}: {entries:?}");
         assert!(warns[0].contains("SYSLOG_IDENTIFIER=rootfs-mount\n"));
     }
+}
+
+/// Without journald but with a syslog daemon (a socket the test owns, speaking for
+/// /dev/log), a background daemon sends syslog messages of the facility `daemon`: one
+/// WARN (`<28>`) message per fault naming the file.
+#[test]
+fn faults_are_logged_to_syslog_without_journald() {
+    let (cache, contexts) = faulty_sources();
+    let contexts_arg = contexts.to_str().unwrap().to_string();
+    let folder = scratch("syslog");
+    let socket_path = folder.join("log");
+    let no_journal = folder.join("no-journal");
+    let syslog = UnixDatagram::bind(&socket_path).unwrap();
+    syslog
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (received, done) = (received.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65536];
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(n) = syslog.recv(&mut buf) {
+                    let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    received.lock().unwrap().push(message);
+                }
+            }
+        })
+    };
+    let m = Mount::with_env(
+        &cache,
+        &["--k8s", "v1.23.4", "--contexts", &contexts_arg],
+        &[
+            ("ROOTFS_MOUNT_JOURNAL_SOCKET", &no_journal),
+            ("ROOTFS_MOUNT_SYSLOG_SOCKET", &socket_path),
+        ],
+    );
+    let json = status_json(&m.dir);
+    assert_eq!(json["mounts"][0]["parameters"]["log"], "syslog");
+    let pid = json["mounts"][0]["pid"].as_u64().unwrap();
+    let files = cause_faults(&m, &cache, &contexts);
+    wait_for_faults(&m.dir, &files);
+    std::thread::sleep(Duration::from_millis(300));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    reader.join().unwrap();
+    let messages = received.lock().unwrap().clone();
+    let ours = format!("rootfs-mount[{pid}]: ");
+    assert!(
+        messages
+            .iter()
+            .any(|e| e.starts_with(&format!("<30>{ours}")) && e.contains("mounted")),
+        "{messages:?}"
+    );
+    for file in &files {
+        let warns: Vec<&String> = messages
+            .iter()
+            .filter(|e| e.starts_with(&format!("<28>{ours}")) && e.contains(file.as_str()))
+            .collect();
+        assert_eq!(
+            warns.len(),
+            1,
+            "not one WARN message for {file}: {messages:?}"
+        );
+    }
+    assert!(
+        !messages.iter().any(|e| e.starts_with("<27>")),
+        "{messages:?}"
+    );
 }
 
 /// `status --json`: every documented field, with its type.
@@ -798,3 +870,158 @@ fn index_builds_every_seek_index_ahead_of_time() {
     let out = common::run(&["index", "--k8s", "v1.24.0", "--cache", "/nonexistent/cache"]);
     assert!(!out.status.success());
 }
+
+/// The signal that ended a child, if one did.
+fn killed_by(status: std::process::ExitStatus) -> Option<i32> {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal()
+}
+
+/// An index build in progress (slowed by the test-only pace knob) shows in `status` and
+/// `status --json` with its file, percent and ETA, and in a log line when it starts and
+/// ends. A request waiting for it gives up with EINTR as soon as its caller has a signal
+/// pending (fuser never passes FUSE_INTERRUPT on), and with EAGAIN after the wait bound
+/// (`ROOTFS_MOUNT_INDEX_WAIT_SECS`); neither is an ERROR line, and the build goes on.
+#[test]
+fn index_build_shows_in_status_and_waiting_requests_give_up() {
+    let cache = common::own_cache();
+    // 8 MiB that do not compress, at 1 s per MiB: an 8 s build.
+    for cri in ["docker", "containerd"] {
+        let gz = cache.join(format!("cri/{cri}/amd64/registry.tar.gz"));
+        let _ = std::fs::remove_file(&gz);
+        common::sh(&format!(
+            "head -c 8388608 /dev/urandom | gzip -1 > '{}'",
+            gz.display()
+        ));
+    }
+    let gz_size = std::fs::metadata(cache.join("cri/docker/amd64/registry.tar.gz"))
+        .unwrap()
+        .len();
+    let log = scratch("index-progress-log").join("daemon.log");
+    let log_arg = log.to_str().unwrap().to_string();
+    let m = Mount::with_env(
+        &cache,
+        &["--k8s", "v1.23.4", "--log-file", &log_arg],
+        &[
+            ("ROOTFS_MOUNT_TEST_INDEX_PACE_MS", Path::new("1000")),
+            ("ROOTFS_MOUNT_INDEX_WAIT_SECS", Path::new("3")),
+        ],
+    );
+    let registry = m.path("amd64/images/registry.tar");
+
+    // The first stat starts the build and waits; SIGTERM ends the wait at once.
+    let started = Instant::now();
+    let mut first = Command::new("stat")
+        .arg(&registry)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // status and status --json show the build while it runs.
+    let building = loop {
+        let json = status_json(&m.dir);
+        let now = json["mounts"][0]["indexing"].as_array().cloned();
+        if let Some(b) = now.and_then(|v| {
+            v.into_iter().find(|b| {
+                b["file"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("amd64/registry.tar.gz")
+                    && b["percent"].as_u64().is_some_and(|p| p > 0)
+                    && b["eta_seconds"].as_u64().is_some()
+            })
+        }) {
+            break b;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "status --json never showed the build: {json}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        building["bytes_total"].as_u64(),
+        Some(gz_size),
+        "{building}"
+    );
+    assert!(building["percent"].as_u64().unwrap() < 100, "{building}");
+    let text = common::run(&["status", m.dir.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.lines().any(|l| l.contains("indexing:")
+            && l.contains("registry.tar.gz")
+            && l.contains("% (")
+            && l.contains("left")),
+        "{text}"
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first stat did not wait for the build"
+    );
+    let sent = Instant::now();
+    kill_with(first.id(), "TERM");
+    let status = first.wait().unwrap();
+    let gave_up_in = sent.elapsed();
+    assert_eq!(killed_by(status), Some(SIGTERM), "{status:?}");
+    assert!(
+        gave_up_in < Duration::from_millis(1500),
+        "a waiting request ignored its caller's signal for {gave_up_in:?}"
+    );
+
+    // A request that waits past the bound gets EAGAIN; the build is still running.
+    let asked = Instant::now();
+    let err = std::fs::metadata(&registry).expect_err("EAGAIN while the build runs");
+    let waited = asked.elapsed();
+    assert_eq!(err.raw_os_error(), Some(11), "{err}");
+    assert!(
+        waited >= Duration::from_millis(2500) && waited < Duration::from_secs(6),
+        "waited {waited:?} for a 3 s bound"
+    );
+    assert!(
+        !status_json(&m.dir)["mounts"][0]["indexing"]
+            .as_array()
+            .unwrap()
+            .is_empty(),
+        "the build stopped with its waiters"
+    );
+
+    // Once the build is done, the file is there.
+    let done = Instant::now();
+    while !status_json(&m.dir)["mounts"][0]["indexing"]
+        .as_array()
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            done.elapsed() < Duration::from_secs(20),
+            "the build never ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::metadata(&registry).unwrap().len(), 8 << 20);
+
+    let log = std::fs::read_to_string(&log).unwrap();
+    let file = format!(
+        "file={}",
+        cache.join("cri/docker/amd64/registry.tar.gz").display()
+    );
+    let file_c = file.replace("/docker/", "/containerd/");
+    for needle in [
+        "indexing the archive (first use)",
+        "indexing the archive ended",
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(needle) && (l.contains(&file) || l.contains(&file_c))),
+            "no {needle:?} line:\n{log}"
+        );
+    }
+    assert!(!log.contains(" ERROR "), "{log}");
+}
+
+/// Sends `signal` (a name for kill(1)) to `pid`.
+fn kill_with(pid: u32, signal: &str) {
+    common::sh(&format!("kill -{signal} {pid}"));
+}
+
+const SIGTERM: i32 = 15;

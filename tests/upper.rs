@@ -396,6 +396,51 @@ fn folder_attribute_changes_show_at_once() {
     );
 }
 
+/// New nodes get the mode the caller asked for, whatever the daemon's own umask: under
+/// `umask 0`, `mkdir -m 0777` is 0777 (pjdfstest rename::write_access_required_subdir
+/// relied on it: its folder came out 0755 and the rename by another user was EACCES,
+/// not allowed as on a kernel file system), and so are files and FIFOs.
+#[test]
+fn new_nodes_keep_the_mode_the_caller_asked_for() {
+    let m = Mount::new(&["--k8s", "v1.23.4", "--allow-other"]);
+    let work = m.path("rootfs/modes");
+    sh(&format!(
+        "umask 0; mkdir -m 0777 '{w}' && mkdir -m 0700 '{w}/subdir' && mkdir -m 0777 '{w}/other' \
+         && (umask 0; : > '{w}/file'; chmod 0666 '{w}/file'; mkfifo -m 0666 '{w}/fifo') \
+         && python3 -c 'import os; os.umask(0); fd = os.open(\"{w}/made\", os.O_CREAT | os.O_WRONLY, 0o666); os.close(fd)'",
+        w = work.display()
+    ));
+    let mode = |rel: &str| std::fs::metadata(work.join(rel)).unwrap().mode() & 0o7777;
+    assert_eq!(mode(""), 0o777);
+    assert_eq!(mode("subdir"), 0o700);
+    assert_eq!(mode("made"), 0o666);
+    assert_eq!(mode("fifo"), 0o666);
+    // As pjdfstest does it: another user (effective ids only) renames the 0700 subfolder
+    // within the 0777 folder (allowed), back, then into another folder (EACCES: moving a
+    // folder to a new parent needs write access to the folder itself).
+    let script = format!(
+        "import os\n\
+         os.setgroups([65534]); os.setresgid(-1, 65534, -1); os.setresuid(-1, 65534, -1)\n\
+         w = '{w}'\n\
+         os.rename(w + '/subdir', w + '/moved')\n\
+         os.rename(w + '/moved', w + '/subdir')\n\
+         try:\n    os.rename(w + '/subdir', w + '/other/subdir'); print('moved')\n\
+         except PermissionError:\n    print('EACCES')\n",
+        w = work.display()
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "EACCES");
+}
+
 /// An open fd keeps working on its file after the name is gone, as on ext4: unlinked
 /// (an upper file, and a lower file opened `O_RDWR` before its first write), or replaced
 /// by a rename over it. Writes read back in full, `ftruncate` and `fstat` work.
@@ -666,6 +711,32 @@ fn folders_of_the_upper_layer_count_their_links() {
     assert_eq!(nlink("rootfs/e"), 3);
     std::fs::remove_dir(m.path("rootfs/d/b")).unwrap();
     assert_eq!(nlink("rootfs/d"), 2);
+    // Merged and made-up folders are not counted: 1 ("not counted"), never a count that
+    // claims fewer subfolders than they have. find walks them whole either way.
+    for merged in ["", "rootfs", "amd64", "amd64/bin", "rootfs/etc"] {
+        let path = m.path(merged);
+        let subfolders = std::fs::read_dir(&path)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+            .count() as u64;
+        let links = std::fs::metadata(&path).unwrap().nlink();
+        assert!(
+            links == 1 || links == 2 + subfolders,
+            "{merged:?}: st_nlink {links} with {subfolders} subfolders"
+        );
+    }
+    assert_eq!(nlink("rootfs"), 1);
+    // A made-up folder that layers are rooted below, copied up by a new subfolder.
+    std::fs::create_dir(m.path("amd64/new")).unwrap();
+    assert_eq!(nlink("amd64"), 1);
+    assert_eq!(nlink(""), 1);
+    let found = sh(&format!("find '{}' -type d | wc -l", m.dir.display()));
+    let walked = common::walk(&m.dir)
+        .iter()
+        .filter(|p| m.dir.join(p).is_dir())
+        .count()
+        + 1;
+    assert_eq!(found.trim(), walked.to_string());
 }
 
 /// Hard links are one file, as on a local disk: both names have one inode number (in
@@ -711,4 +782,48 @@ fn hard_links_share_one_inode() {
         std::fs::symlink_metadata(&q).unwrap(),
     );
     assert_eq!((mp.ino(), mp.nlink()), (mq.ino(), 2));
+}
+
+/// Hard links inside the layers below: on a read-only mount their names are one inode
+/// (one `st_ino`, the on-disk `st_nlink`), so `tar` stores the second name as a link to
+/// the first. On a writable mount each name keeps its own number (a copy-up would split
+/// them, as on overlayfs without its index), and a chmod of one leaves the other alone.
+#[test]
+fn hard_links_of_the_layers_below_are_one_inode_on_a_read_only_mount() {
+    let cache = common::own_cache();
+    let bin = cache.join("oss/amd64/bin");
+    std::fs::hard_link(bin.join("conntrack"), bin.join("conntrack-link")).unwrap();
+    let m = Mount::with_cache(&cache, &["--k8s", "v1.23.4", "--read-only"]);
+    let a = std::fs::metadata(m.path("amd64/bin/conntrack")).unwrap();
+    let b = std::fs::metadata(m.path("amd64/bin/conntrack-link")).unwrap();
+    assert_eq!(a.ino(), b.ino());
+    assert_eq!((a.nlink(), b.nlink()), (2, 2));
+    let other = std::fs::metadata(m.path("amd64/bin/seautil")).unwrap();
+    assert_ne!(other.ino(), a.ino());
+    let listed = sh(&format!(
+        "tar -cf - -C '{}' amd64/bin/conntrack amd64/bin/conntrack-link | tar -tvf -",
+        m.dir.display()
+    ));
+    assert!(
+        listed.contains("amd64/bin/conntrack-link link to amd64/bin/conntrack"),
+        "{listed}"
+    );
+    drop(m);
+
+    let w = Mount::with_cache(&cache, &["--k8s", "v1.23.4"]);
+    let a = std::fs::metadata(w.path("amd64/bin/conntrack")).unwrap();
+    let b = std::fs::metadata(w.path("amd64/bin/conntrack-link")).unwrap();
+    assert_ne!(a.ino(), b.ino());
+    sh(&format!(
+        "chmod 0700 '{}'",
+        w.path("amd64/bin/conntrack").display()
+    ));
+    let b_mode = std::fs::metadata(w.path("amd64/bin/conntrack-link"))
+        .unwrap()
+        .mode();
+    assert_eq!(b_mode & 0o777, b.mode() & 0o777);
+    assert_eq!(
+        std::fs::read(w.path("amd64/bin/conntrack")).unwrap(),
+        std::fs::read(w.path("amd64/bin/conntrack-link")).unwrap()
+    );
 }

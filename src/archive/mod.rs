@@ -24,13 +24,17 @@ pub mod gzip_index;
 pub mod index_file;
 pub mod progress;
 pub mod tar_listing;
+pub mod waiting;
 
 use std::fmt;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use waiting::{GaveUp, Waiter};
 
 pub use gzip_index::{GzipIndex, InflateCursor, ReadAt, SeekPoint};
 pub use index_file::{ArchiveIdentity, BuildError, IndexOrigin, IndexStore};
@@ -41,13 +45,16 @@ pub use tar_listing::{MemberKind, TarListing, TarMember};
 pub const CURSORS_PER_ARCHIVE: usize = 4;
 
 /// An error that has already been logged (once, where it was found): the adapter
-/// answers it without logging it again.
+/// answers it (EIO unless it carries another errno) without logging it again.
 #[derive(Debug)]
-pub struct ReportedFault(pub String);
+pub struct ReportedFault {
+    pub message: String,
+    pub errno: i32,
+}
 
 impl fmt::Display for ReportedFault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.message)
     }
 }
 
@@ -55,12 +62,24 @@ impl std::error::Error for ReportedFault {}
 
 /// An EIO whose cause was logged already.
 pub fn reported(message: String) -> io::Error {
-    io::Error::other(ReportedFault(message))
+    reported_errno(libc::EIO, message)
 }
 
-/// Whether `e` was made by [`reported`].
+/// An error answered with `errno` whose cause was logged already.
+pub fn reported_errno(errno: i32, message: String) -> io::Error {
+    io::Error::other(ReportedFault { message, errno })
+}
+
+/// Whether `e` was made by [`reported`] or [`reported_errno`].
 pub fn is_reported(e: &io::Error) -> bool {
-    e.get_ref().is_some_and(|inner| inner.is::<ReportedFault>())
+    reported_errno_of(e).is_some()
+}
+
+/// The errno of an error made by [`reported`] or [`reported_errno`].
+pub fn reported_errno_of(e: &io::Error) -> Option<i32> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<ReportedFault>())
+        .map(|r| r.errno)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -178,20 +197,47 @@ pub struct ArchiveFault {
 
 type Opener = Box<dyn Fn() -> io::Result<File> + Send + Sync>;
 
-/// An archive indexed on first need. A fault is logged once and remembered: the
-/// archive's entries give EIO until the next mount.
-pub struct LazyArchive {
+/// What an archive's index build has come to.
+type Outcome = Result<Arc<IndexedArchive>, Arc<ArchiveFault>>;
+
+/// Where an archive's index build stands; shared with the thread that builds it.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<Phase>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+enum Phase {
+    #[default]
+    NotStarted,
+    Building,
+    Done(Outcome),
+}
+
+/// What the build thread needs of a [`LazyArchive`].
+struct Builder {
     path: PathBuf,
     open: Opener,
     store: Arc<IndexStore>,
     with_listing: bool,
-    state: Mutex<Option<Result<Arc<IndexedArchive>, Arc<ArchiveFault>>>>,
+}
+
+/// An archive indexed on first need. A fault is logged once and remembered: the
+/// archive's entries give EIO until the next mount.
+///
+/// The build runs on a thread of its own; the requests that need it wait as
+/// [`waiting`] says (a kernel request gives up on a signal of its caller, or after a
+/// bound), and the build goes on when they give up.
+pub struct LazyArchive {
+    builder: Arc<Builder>,
+    slot: Arc<Slot>,
 }
 
 impl fmt::Debug for LazyArchive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LazyArchive")
-            .field("path", &self.path)
+            .field("path", &self.builder.path)
             .finish_non_exhaustive()
     }
 }
@@ -201,25 +247,100 @@ impl LazyArchive {
     /// `with_listing` for a tarball whose members are listed.
     pub fn new(path: PathBuf, open: Opener, store: Arc<IndexStore>, with_listing: bool) -> Self {
         LazyArchive {
-            path,
-            open,
-            store,
-            with_listing,
-            state: Mutex::new(None),
+            builder: Arc::new(Builder {
+                path,
+                open,
+                store,
+                with_listing,
+            }),
+            slot: Arc::default(),
         }
     }
 
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.builder.path
     }
 
-    /// The indexed archive, indexing it now if this is the first need. Concurrent
-    /// callers wait for the one that indexes.
-    pub fn get(&self) -> Result<Arc<IndexedArchive>, Arc<ArchiveFault>> {
-        let mut state = lock(&self.state);
-        if let Some(done) = &*state {
-            return done.clone();
+    /// The indexed archive, indexing it now if this is the first need; waits for the
+    /// build however long it takes. Concurrent callers wait for the one build.
+    pub fn get(&self) -> Outcome {
+        match self.wait(&Waiter::with(None, Duration::ZERO)) {
+            Ok(outcome) => outcome,
+            // A waiter without a request never gives up.
+            Err(gave_up) => Err(Arc::new(ArchiveFault {
+                message: format!("{gave_up:?}"),
+                partial: None,
+            })),
         }
+    }
+
+    /// As [`LazyArchive::get`], waiting as the request on this thread may (see
+    /// [`waiting`]): the outer error is EINTR or EAGAIN when the request gave up.
+    pub fn get_for_request(&self) -> io::Result<Outcome> {
+        let waiter = Waiter::for_this_thread();
+        self.wait(&waiter).map_err(|gave_up| {
+            let file = self.path().display();
+            let message = match gave_up {
+                GaveUp::Interrupted => {
+                    format!("{file}: the caller was interrupted while it waited for the index build")
+                }
+                GaveUp::TooLong(bound) => {
+                    let message = format!(
+                        "{file}: a request gave up waiting for the index build after {} s (EAGAIN); the build goes on",
+                        bound.as_secs()
+                    );
+                    tracing::warn!("{message}");
+                    message
+                }
+            };
+            reported_errno(gave_up.errno(), message)
+        })
+    }
+
+    fn wait(&self, waiter: &Waiter) -> Result<Outcome, GaveUp> {
+        let mut state = lock(&self.slot.state);
+        loop {
+            match &*state {
+                Phase::Done(outcome) => return Ok(outcome.clone()),
+                Phase::NotStarted => {
+                    *state = Phase::Building;
+                    let (builder, slot) = (self.builder.clone(), self.slot.clone());
+                    let spawned = std::thread::Builder::new()
+                        .name("index-build".into())
+                        .spawn(move || builder.build_into(&slot));
+                    if spawned.is_err() {
+                        // No thread to spare: build on this one.
+                        drop(state);
+                        self.builder.build_into(&self.slot);
+                        state = lock(&self.slot.state);
+                        continue;
+                    }
+                }
+                Phase::Building => {}
+            }
+            waiter.check()?;
+            state = match waiter.next_wait() {
+                None => self
+                    .slot
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    self.slot
+                        .changed
+                        .wait_timeout(state, d)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+    }
+}
+
+impl Builder {
+    /// Builds (or loads) the index, logs what is wrong with it, and hands the outcome to
+    /// the waiters.
+    fn build_into(&self, slot: &Slot) {
         let result = self.load();
         match &result {
             Ok(a) => {
@@ -245,11 +366,11 @@ impl LazyArchive {
                 "corrupt archive: its entries give EIO"
             ),
         }
-        *state = Some(result.clone());
-        result
+        *lock(&slot.state) = Phase::Done(result);
+        slot.changed.notify_all();
     }
 
-    fn load(&self) -> Result<Arc<IndexedArchive>, Arc<ArchiveFault>> {
+    fn load(&self) -> Outcome {
         let fault = |message: String, partial: Option<TarListing>| {
             Arc::new(ArchiveFault { message, partial })
         };

@@ -81,9 +81,30 @@ pub struct Counting<'a> {
     indexing: &'a Indexing,
 }
 
+/// Test-only: `ROOTFS_MOUNT_TEST_INDEX_PACE_MS=N` makes an index build sleep N ms per
+/// MiB it reads, so that tests can watch a build in progress (its status, waiting
+/// requests) with a small archive. Not for use outside tests.
+pub const TEST_PACE_ENV: &str = "ROOTFS_MOUNT_TEST_INDEX_PACE_MS";
+
+fn test_pace_ms_per_mib() -> u64 {
+    static PACE: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *PACE.get_or_init(|| {
+        std::env::var(TEST_PACE_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    })
+}
+
 impl ReadAt for Counting<'_> {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
         let n = self.inner.read_at(buf, offset)?;
+        let pace = test_pace_ms_per_mib();
+        if pace > 0 {
+            std::thread::sleep(std::time::Duration::from_micros(
+                pace * 1000 * n as u64 / (1 << 20),
+            ));
+        }
         self.indexing
             .done
             .fetch_max(offset + n as u64, Ordering::Relaxed);

@@ -30,6 +30,20 @@ pub fn file_type(kind: EntryKind) -> FileType {
     }
 }
 
+/// A folder's link count. One only in the upper layer (no layer has it, none is rooted
+/// below it) counts its links as on disk (2 plus one per subfolder). Any other folder merges layers or is made up (archive
+/// members, embedded and rendered contexts): counting its subfolders would mean listing
+/// every layer at each `stat`, so it answers 1, the count that means "not counted" (as
+/// btrfs answers for every folder). A fixed 2 would claim "no subfolders", which a
+/// walker that trusts link counts (find's leaf optimisation) takes as leave to skip
+/// them; with 1 it does not (GNU find and fts check for 1 before they count).
+fn folder_links(node: &Node) -> u32 {
+    match node.entry.nlink {
+        Some(links) if node.upper == InUpper::Yes && node.branches.is_empty() => links,
+        _ => 1,
+    }
+}
+
 pub fn file_attr(ino: u64, node: &Node) -> FileAttr {
     let e = &node.entry;
     FileAttr {
@@ -42,15 +56,8 @@ pub fn file_attr(ino: u64, node: &Node) -> FileAttr {
         crtime: e.mtime,
         kind: file_type(e.kind),
         perm: e.perm,
-        // A folder only in the upper layer counts its links as on disk (2 plus one per
-        // subfolder); a merged one would need its layers listed: 2, as many FUSE file
-        // systems answer.
         nlink: if e.kind == EntryKind::Dir {
-            if node.upper == InUpper::Yes && node.branches.is_empty() {
-                e.nlink.unwrap_or(2)
-            } else {
-                2
-            }
+            folder_links(node)
         } else {
             e.nlink.unwrap_or(1)
         },

@@ -103,6 +103,13 @@ impl BuildFs {
         Ok(items)
     }
 
+    /// Counts a request that may wait for an archive's index build, and lets it give up
+    /// on a signal of its caller (see [`crate::archive::waiting`]) while the scope lives.
+    fn request(&self, req: &Request) -> crate::archive::waiting::RequestScope {
+        self.stats.request();
+        crate::archive::waiting::RequestScope::enter(req.pid())
+    }
+
     /// The counters of this file system (`rootfs-mount status`).
     pub fn stats(&self) -> Arc<Stats> {
         self.stats.clone()
@@ -198,8 +205,8 @@ impl Filesystem for BuildFs {
         }
     }
 
-    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.stats.request();
+    fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let _waits = self.request(req);
         match self.tree.lookup(parent.0, name) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("lookup", parent.0, e)),
@@ -211,8 +218,8 @@ impl Filesystem for BuildFs {
         self.tree.forget(ino.0, nlookup);
     }
 
-    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.stats.request();
+    fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        let _waits = self.request(req);
         match self.tree.getattr(ino.0) {
             Ok(node) => reply.attr(&ttl(&node), &file_attr(ino.0, &node)),
             Err(e) => reply.error(self.errno("getattr", ino.0, e)),
@@ -227,8 +234,8 @@ impl Filesystem for BuildFs {
         }
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.request();
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        let _waits = self.request(req);
         let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if writes {
             if !self.tree.is_writable() {
@@ -320,13 +327,13 @@ impl Filesystem for BuildFs {
 
     fn readdir(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.stats.request();
+        let _waits = self.request(req);
         let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdir", ino.0, e)),
@@ -350,13 +357,13 @@ impl Filesystem for BuildFs {
 
     fn readdirplus(
         &self,
-        _req: &Request,
+        req: &Request,
         ino: INodeNo,
         _fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        self.stats.request();
+        let _waits = self.request(req);
         let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdirplus", ino.0, e)),

@@ -263,11 +263,13 @@ impl Flattened {
         Flattened { entries }
     }
 
-    fn of_archive(archive: &LazyArchive) -> Self {
-        match archive.get() {
+    /// The members of `archive`; an error when the request gave up waiting for its
+    /// index (EINTR, EAGAIN).
+    fn of_archive(archive: &LazyArchive) -> io::Result<Self> {
+        Ok(match archive.get_for_request()? {
             Ok(indexed) => {
                 let Some(listing) = indexed.listing() else {
-                    return Flattened::default();
+                    return Ok(Flattened::default());
                 };
                 let meta = indexed.metadata();
                 let content = |m: &TarMember| {
@@ -281,7 +283,7 @@ impl Flattened {
             }
             Err(fault) => {
                 let Some(listing) = &fault.partial else {
-                    return Flattened::default();
+                    return Ok(Flattened::default());
                 };
                 let fault: &ArchiveFault = &fault;
                 let message: Arc<str> =
@@ -289,7 +291,7 @@ impl Flattened {
                 let content = |_: &TarMember| Content::Faulty(message.clone());
                 Flattened::new(listing, archive.path(), &content, (0, 0))
             }
-        }
+        })
     }
 }
 
@@ -300,9 +302,14 @@ struct Tarball {
 }
 
 impl Tarball {
-    fn flattened(&self) -> &Flattened {
-        self.flattened
-            .get_or_init(|| Flattened::of_archive(&self.archive))
+    /// The members, once the index is there (a request that gave up waiting for it
+    /// leaves nothing behind: the next one asks again).
+    fn flattened(&self) -> io::Result<&Flattened> {
+        if let Some(done) = self.flattened.get() {
+            return Ok(done);
+        }
+        let made = Flattened::of_archive(&self.archive)?;
+        Ok(self.flattened.get_or_init(|| made))
     }
 }
 
@@ -379,7 +386,7 @@ impl Layer for TarballMembers {
         // before the tarball failed): then a good one of a later tarball is served.
         let mut faulty = None;
         for tarball in self.tarballs()? {
-            match tarball.flattened().entries.get(name) {
+            match tarball.flattened()?.entries.get(name) {
                 Some(e) if matches!(e.content, Content::Faulty(_)) => {
                     faulty.get_or_insert_with(|| e.clone());
                 }
@@ -398,7 +405,7 @@ impl Layer for TarballMembers {
         let mut seen = std::collections::HashSet::new();
         for tarball in self.tarballs()? {
             let mut names: Vec<(&OsString, &LayerEntry)> =
-                tarball.flattened().entries.iter().collect();
+                tarball.flattened()?.entries.iter().collect();
             names.sort_by(|a, b| a.0.cmp(b.0));
             for (name, e) in names {
                 if seen.insert(name.clone()) {
@@ -497,7 +504,7 @@ impl Layer for GunzippedFile {
         if rel.as_os_str() != self.name || !self.exists()? {
             return Ok(None);
         }
-        match self.archive.get() {
+        match self.archive.get_for_request()? {
             Ok(indexed) => Ok(Some(self.file_entry(indexed))),
             // Its size is unknown: the entry itself fails (EIO), logged once already.
             Err(fault) => Err(reported(format!(

@@ -34,7 +34,12 @@ impl Root {
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))?;
         if rel.as_os_str().is_empty() {
             if sys::fstat(fd)?.st_nlink == 0 {
-                return Err(io::Error::from_raw_os_error(libc::ENOENT));
+                // A single-file layer whose file was deleted or renamed over: say so
+                // (the file at that path may well exist: it is another one).
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "deleted or replaced under the mount; remount to serve the file now there",
+                ));
             }
             return sys::reopen_readonly(fd);
         }
@@ -170,9 +175,10 @@ impl DiskTree {
             EntryKind::File => Content::Disk(DiskFile {
                 tree: self.root.clone(),
                 rel: rel.clone(),
-                // Only the upper layer's hard links (made through the mount) are one
-                // inode in the tree; the layers below keep a number per path.
-                link_id: (self.special && st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
+                // Hard links are one inode in the tree (`tree::inodes` decides where:
+                // the upper layer's always, the layers below' on a read-only mount); a
+                // layer edited while mounted is left out (an edit may split a link).
+                link_id: (st.st_nlink > 1 && !self.mutable).then_some((st.st_dev, st.st_ino)),
             }),
         };
         let time = sys::system_time;

@@ -124,7 +124,8 @@ pub struct LayerEntry {
     /// Status change time of a file on disk; `None` (entries with no inode of their own:
     /// embedded, rendered, archive members, synthetic folders) shows the mtime.
     pub ctime: Option<SystemTime>,
-    /// Link count of a regular file on disk; `None` shows 1. Folders always show 2.
+    /// Link count of a file or folder on disk; `None` shows 1 (see `fuse::attr` for
+    /// which folders show theirs).
     pub nlink: Option<u32>,
     pub uid: u32,
     pub gid: u32,

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use super::{read_all, Child, Content, EntryKind, Layer, LayerEntry, Source};
-use crate::render::{render, TemplateError, Vars};
+use crate::render::{render_bounded, TemplateError, Vars};
 
 const SUFFIX: &[u8] = b".in";
 
@@ -169,7 +169,7 @@ impl TemplatedTree {
             line: 0,
             message: e.to_string(),
         })?;
-        render(&file, &src, &self.vars)
+        render_bounded(&file, &src, &self.vars, self.budget.per_rendering)
     }
 
     /// The rendering of `template` (at `rel`), from the cache while the template is

@@ -3,4 +3,4 @@
 
 pub mod template;
 
-pub use template::{quote, render, TemplateError, Value, Vars};
+pub use template::{quote, render, render_bounded, TemplateError, Value, Vars};

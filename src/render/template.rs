@@ -151,15 +151,35 @@ impl Open {
 /// Every line is checked, also in branches that are not emitted and in loops over empty
 /// lists, so an error in a rarely taken branch still refuses the mount.
 pub fn render(file: &str, src: &[u8], vars: &Vars) -> Result<Vec<u8>, TemplateError> {
+    render_bounded(file, src, vars, usize::MAX)
+}
+
+/// As [`render`], stopping with an error as soon as the output would pass `max_bytes`
+/// (also within one line): a template that expands (loops in loops, a list on every
+/// line) never takes more memory than the bound, however far it would go.
+pub fn render_bounded(
+    file: &str,
+    src: &[u8],
+    vars: &Vars,
+    max_bytes: usize,
+) -> Result<Vec<u8>, TemplateError> {
     let err = |line: usize, message: String| TemplateError {
         file: file.to_string(),
         line,
         message,
     };
     let (nodes, _) = parse(src).map_err(|(line, m)| err(line, m))?;
-    let mut out = Vec::with_capacity(src.len());
-    emit(&nodes, vars, Some(&mut out)).map_err(|(line, m)| err(line, m))?;
+    let mut out = Vec::with_capacity(src.len().min(max_bytes));
+    emit(&nodes, vars, Some(&mut out), max_bytes).map_err(|(line, m)| err(line, m))?;
     Ok(out)
+}
+
+/// The error of a rendering past its bound.
+fn too_big(max_bytes: usize) -> String {
+    format!(
+        "renders to more than {} MiB (stopped there); renderings are kept in memory",
+        max_bytes >> 20
+    )
 }
 
 type Located<T> = Result<T, (usize, String)>;
@@ -267,12 +287,19 @@ fn parse(src: &[u8]) -> Located<(Vec<Node>, usize)> {
     Ok((top, line_no))
 }
 
-/// Emits `nodes` into `out`, or only checks them when `out` is `None`.
-fn emit(nodes: &[Node], vars: &Vars, mut out: Option<&mut Vec<u8>>) -> Located<()> {
+/// Emits `nodes` into `out`, or only checks them when `out` is `None`; `out` never grows
+/// past `max_bytes`.
+fn emit(
+    nodes: &[Node],
+    vars: &Vars,
+    mut out: Option<&mut Vec<u8>>,
+    max_bytes: usize,
+) -> Located<()> {
     for node in nodes {
         match node {
             Node::Text { line, bytes } => {
-                let rendered = substitute(bytes, vars).map_err(|m| (*line, m))?;
+                let room = max_bytes - out.as_deref().map_or(0, Vec::len);
+                let rendered = substitute(bytes, vars, room, max_bytes).map_err(|m| (*line, m))?;
                 if let Some(out) = out.as_deref_mut() {
                     out.extend_from_slice(&rendered);
                 }
@@ -283,9 +310,19 @@ fn emit(nodes: &[Node], vars: &Vars, mut out: Option<&mut Vec<u8>>) -> Located<(
                     let holds = eval(condition, vars).map_err(|m| (*line, m))?;
                     let emit_this = holds && !taken;
                     taken |= holds;
-                    emit(body, vars, out.as_deref_mut().filter(|_| emit_this))?;
+                    emit(
+                        body,
+                        vars,
+                        out.as_deref_mut().filter(|_| emit_this),
+                        max_bytes,
+                    )?;
                 }
-                emit(otherwise, vars, out.as_deref_mut().filter(|_| !taken))?;
+                emit(
+                    otherwise,
+                    vars,
+                    out.as_deref_mut().filter(|_| !taken),
+                    max_bytes,
+                )?;
             }
             Node::For {
                 line,
@@ -321,10 +358,10 @@ fn emit(nodes: &[Node], vars: &Vars, mut out: Option<&mut Vec<u8>>) -> Located<(
                     scope
                 };
                 // The body is checked once even when the list is empty.
-                emit(body, &bind("", ""), None)?;
+                emit(body, &bind("", ""), None, max_bytes)?;
                 if let Some(out) = out.as_deref_mut() {
                     for (key, value) in &items {
-                        emit(body, &bind(key, value), Some(out))?;
+                        emit(body, &bind(key, value), Some(out), max_bytes)?;
                     }
                 }
             }
@@ -449,11 +486,20 @@ fn check_path(path: &str) -> Result<(), String> {
     }
 }
 
-/// `@{ path | filter | ... }`: the value, through the escaping filters.
-fn substitute(line: &[u8], vars: &Vars) -> Result<Vec<u8>, String> {
-    let mut out = Vec::with_capacity(line.len());
+/// `@{ path | filter | ... }`: the value, through the escaping filters; an error as soon
+/// as the line would pass `room` bytes (what is left of `max_bytes`).
+fn substitute(line: &[u8], vars: &Vars, room: usize, max_bytes: usize) -> Result<Vec<u8>, String> {
+    let mut out = Vec::with_capacity(line.len().min(room));
     let mut rest = line;
+    let fits = |out: &Vec<u8>, more: usize| {
+        if out.len().saturating_add(more) > room {
+            Err(too_big(max_bytes))
+        } else {
+            Ok(())
+        }
+    };
     while let Some(pos) = rest.windows(2).position(|w| w == b"@{") {
+        fits(&out, pos)?;
         out.extend_from_slice(&rest[..pos]);
         let after = &rest[pos + 2..];
         let end = after
@@ -469,9 +515,11 @@ fn substitute(line: &[u8], vars: &Vars) -> Result<Vec<u8>, String> {
         for filter in parts {
             text = apply_filter(filter.trim(), &text)?;
         }
+        fits(&out, text.len())?;
         out.extend_from_slice(text.as_bytes());
         rest = &after[end + 1..];
     }
+    fits(&out, rest.len())?;
     out.extend_from_slice(rest);
     Ok(out)
 }
@@ -540,6 +588,40 @@ mod tests {
 
     fn fails(src: &str) -> TemplateError {
         render("t.in", src.as_bytes(), &vars()).unwrap_err()
+    }
+
+    #[test]
+    fn a_rendering_stops_at_its_bound() {
+        // Loops in loops: 3^10 lines if rendered whole; stopped at 4 KiB.
+        let mut v = vars();
+        v.insert(
+            "three".into(),
+            Value::List(vec!["a".into(), "b".into(), "c".into()]),
+        );
+        let depth = 10;
+        let mut src = String::new();
+        for i in 0..depth {
+            src.push_str(&format!("#@for x{i} in three\n"));
+        }
+        src.push_str("@{x0} @{cri}\n");
+        for _ in 0..depth {
+            src.push_str("#@end\n");
+        }
+        let whole = render_bounded("t.in", src.as_bytes(), &v, usize::MAX).map(|o| o.len());
+        assert_eq!(
+            whole.unwrap(),
+            3usize.pow(depth as u32) * "a docker\n".len()
+        );
+        let e = render_bounded("t.in", src.as_bytes(), &v, 4096).unwrap_err();
+        assert!(e.message.contains("renders to more than"), "{e}");
+        // Within one line too.
+        let line = "@{cri}".repeat(10_000);
+        let e = render_bounded("t.in", line.as_bytes(), &v, 4096).unwrap_err();
+        assert!(e.message.contains("renders to more than"), "{e}");
+        assert_eq!(
+            render_bounded("t.in", b"@{cri}\n", &v, 7).unwrap(),
+            b"docker\n".to_vec()
+        );
     }
 
     #[test]

@@ -30,6 +30,8 @@ impl FsError {
                 | libc::ENOTDIR
                 | libc::EISDIR
                 | libc::ERANGE
+                // A request whose caller was interrupted while it waited.
+                | libc::EINTR
         )
     }
 }
@@ -57,10 +59,11 @@ impl From<io::Error> for FsError {
     fn from(e: io::Error) -> Self {
         // Faults of a backing file that are not plain errnos (short reads, bad data)
         // become EIO for that file only.
+        let reported = crate::archive::reported_errno_of(&e);
         FsError {
-            errno: e.raw_os_error().unwrap_or(libc::EIO),
+            errno: e.raw_os_error().or(reported).unwrap_or(libc::EIO),
             message: e.to_string(),
-            logged: crate::archive::is_reported(&e),
+            logged: reported.is_some(),
         }
     }
 }

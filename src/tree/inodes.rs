@@ -15,7 +15,7 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
-use super::Node;
+use super::{InUpper, Node};
 use crate::layers::Content;
 
 pub const ROOT_INO: u64 = 1;
@@ -35,14 +35,26 @@ pub struct InodeTable {
     /// Paths whose number is not where hashing would find it (renamed entries, and
     /// the other names of hard-linked files).
     moved: DashMap<Arc<Path>, u64>,
-    /// The number of each hard-linked upper file, by `(st_dev, st_ino)`.
+    /// The number of each hard-linked file, by `(st_dev, st_ino)`.
     by_link: DashMap<(u64, u64), u64>,
+    /// Whether hard links inside the layers below are one inode too: on a read-only
+    /// mount. On a writable one a copy-up breaks them apart (as on overlayfs without its
+    /// index), which one shared number in the kernel could not follow; there each name
+    /// keeps its own number.
+    lower_links: bool,
 }
 
-fn link_id(node: &Node) -> Option<(u64, u64)> {
+/// The file `node` is a name of, when it has other names that share its number.
+fn link_id(node: &Node, lower_links: bool) -> Option<(u64, u64)> {
+    let shared = match node.upper {
+        InUpper::Yes => true,
+        InUpper::No => lower_links,
+        // The bytes below, the metadata above: a file of its own.
+        InUpper::Metadata => false,
+    };
     match &node.entry.content {
-        Content::Disk(f) => f.link_id,
-        Content::Special { link_id } => *link_id,
+        Content::Disk(f) if shared => f.link_id,
+        Content::Special { link_id } if shared => *link_id,
         _ => None,
     }
 }
@@ -82,6 +94,12 @@ impl InodeTable {
         table
     }
 
+    /// Hard links inside the layers below share one number (a read-only mount).
+    pub fn sharing_lower_links(mut self, share: bool) -> Self {
+        self.lower_links = share;
+        self
+    }
+
     /// The number `path` has (or would get at its next lookup).
     pub fn ino_of(&self, path: &Path) -> u64 {
         if path.as_os_str().is_empty() {
@@ -110,7 +128,7 @@ impl InodeTable {
             return ROOT_INO;
         }
         // Another name of a hard-linked file already known: the same number.
-        if let Some(id) = link_id(&node) {
+        if let Some(id) = link_id(&node, self.lower_links) {
             if let Some(known) = self.by_link.get(&id).map(|v| *v) {
                 if self.add_alias(known, &path, node.clone()) {
                     return known;
@@ -119,7 +137,7 @@ impl InodeTable {
             }
         }
         let ino = self.remember_path(path, node.clone());
-        if let Some(id) = link_id(&node) {
+        if let Some(id) = link_id(&node, self.lower_links) {
             self.by_link.insert(id, ino);
         }
         ino
@@ -128,7 +146,7 @@ impl InodeTable {
     /// Records `path` as a name of the file numbered `ino` (a hard link made or looked
     /// up), with one more lookup; false when `ino` is not known.
     pub fn add_alias(&self, ino: u64, path: &Path, node: Arc<Node>) -> bool {
-        let id = link_id(&node);
+        let id = link_id(&node, self.lower_links);
         let Some(mut i) = self.map.get_mut(&ino) else {
             return false;
         };
@@ -204,7 +222,7 @@ impl InodeTable {
                 for alias in &gone.aliases {
                     self.moved.remove_if(alias, |_, moved| *moved == ino);
                 }
-                if let Some(id) = link_id(&gone.node) {
+                if let Some(id) = link_id(&gone.node, self.lower_links) {
                     self.by_link.remove_if(&id, |_, known| *known == ino);
                 }
             }

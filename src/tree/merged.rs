@@ -56,10 +56,11 @@ pub struct MergedTree {
 impl MergedTree {
     pub fn new(ns: Namespace, statfs_path: PathBuf) -> Result<Self, FsError> {
         let root = ns.root()?;
+        let read_only = ns.upper().is_none();
         let copy = ns.upper().cloned().map(CopyUp::new);
         Ok(MergedTree {
             ns,
-            inodes: InodeTable::new(root),
+            inodes: InodeTable::new(root).sharing_lower_links(read_only),
             handles: Handles::new(),
             listings: DashMap::new(),
             statfs_path,

@@ -271,7 +271,15 @@ impl Namespace {
                         None => continue,
                     }
                 }
-                Relation::Above(_) => None,
+                Relation::Above(_) => {
+                    // A layer rooted below this folder adds subfolders that the upper
+                    // folder's own link count does not know: not counted (see
+                    // `fuse::attr`).
+                    if let Some(node) = found.as_mut() {
+                        node.entry.nlink = None;
+                    }
+                    None
+                }
                 Relation::Unrelated => continue,
             };
             let mutable = branch.layer.is_mutable();

@@ -203,13 +203,17 @@ impl UpperDir {
 
     pub fn mkdir(&self, rel: &Path, mode: u32) -> io::Result<()> {
         let (parent, name) = split(rel)?;
-        at::mkdirat(&self.dir_fd(parent)?, name, mode)
+        let dir = self.dir_fd(parent)?;
+        at::mkdirat(&dir, name, mode)?;
+        give_back_umasked_at(&dir, name, mode)
     }
 
     /// Creates a new regular file and opens it with `flags`.
     pub fn create(&self, rel: &Path, flags: i32, mode: u32) -> io::Result<File> {
         let (parent, name) = split(rel)?;
-        at::create_at(&self.dir_fd(parent)?, name, flags, mode)
+        let file = at::create_at(&self.dir_fd(parent)?, name, flags, mode)?;
+        give_back_umasked(&file, mode)?;
+        Ok(file)
     }
 
     pub fn open_file(&self, rel: &Path, flags: i32) -> io::Result<File> {
@@ -220,7 +224,9 @@ impl UpperDir {
     /// Makes a FIFO or a socket node (`mode` with its `S_IF*` type).
     pub fn mknod(&self, rel: &Path, mode: u32) -> io::Result<()> {
         let (parent, name) = split(rel)?;
-        at::mknodat(&self.dir_fd(parent)?, name, mode)
+        let dir = self.dir_fd(parent)?;
+        at::mknodat(&dir, name, mode)?;
+        give_back_umasked_at(&dir, name, mode)
     }
 
     pub fn symlink(&self, target: &Path, rel: &Path) -> io::Result<()> {
@@ -355,4 +361,32 @@ impl UpperDir {
     pub fn xattr_handle(&self, rel: &Path) -> io::Result<OwnedFd> {
         sys::open_beneath(&self.root, rel, libc::O_RDONLY | libc::O_NONBLOCK)
     }
+}
+
+/// The mode a caller creates with is final: the kernel applied the caller's umask already
+/// (the mount does not ask for FUSE_DONT_MASK), so the permission bits the daemon's own
+/// umask took from the new node are given back (as on a kernel file system, a `mkdir -m
+/// 0777` under `umask 0` is 0777). Set-id and sticky bits are left as the kernel made
+/// them (a folder inherits set-group-id from its parent).
+fn give_back_umasked(file: &File, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let have = file.metadata()?.permissions().mode() & 0o7777;
+    let lost = mode & 0o777 & !have;
+    if lost != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(have | lost))?;
+    }
+    Ok(())
+}
+
+/// [`give_back_umasked`] for the node `name` in `dir` (a folder, FIFO or socket, which
+/// are not opened for it).
+fn give_back_umasked_at(dir: &OwnedFd, name: &OsStr, mode: u32) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let node = at::open_at(dir, name, libc::O_PATH)?;
+    let have = node.metadata()?.permissions().mode() & 0o7777;
+    let lost = mode & 0o777 & !have;
+    if lost != 0 {
+        at::fchmodat(dir, name, have | lost)?;
+    }
+    Ok(())
 }
