@@ -172,7 +172,7 @@ impl InodeTable {
         loop {
             match self.map.entry(ino) {
                 Entry::Occupied(mut o)
-                    if o.get().path == path || o.get().aliases.iter().any(|a| *a == path) =>
+                    if o.get().path == path || o.get().aliases.contains(&path) =>
                 {
                     let inode = o.get_mut();
                     if inode.path == path {

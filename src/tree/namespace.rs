@@ -34,12 +34,51 @@ pub enum InUpper {
     Metadata,
 }
 
+/// Which branches a folder is merged from, by index: a bit each for the first 64 (a
+/// node is kept per entry the kernel holds, so this stays small and off the heap), a
+/// list for any beyond.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BranchSet {
+    low: u64,
+    more: Option<Box<[usize]>>,
+}
+
+impl BranchSet {
+    pub fn of(index: usize) -> Self {
+        let mut set = BranchSet::default();
+        set.push(index);
+        set
+    }
+
+    pub fn push(&mut self, index: usize) {
+        match u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.low |= bit,
+            None => {
+                let mut more = self.more.take().map(Vec::from).unwrap_or_default();
+                more.push(index);
+                self.more = Some(more.into_boxed_slice());
+            }
+        }
+    }
+
+    pub fn contains(&self, index: &usize) -> bool {
+        match u32::try_from(*index).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.low & bit != 0,
+            None => self.more.as_ref().is_some_and(|m| m.contains(index)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.low == 0 && self.more.is_none()
+    }
+}
+
 /// A resolved entry of the virtual tree.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub entry: LayerEntry,
     /// For folders: the branches whose layer has this folder, highest first.
-    pub branches: Vec<usize>,
+    pub branches: BranchSet,
     /// True when a layer it comes from may change while mounted.
     pub mutable: bool,
     pub upper: InUpper,
@@ -54,7 +93,7 @@ impl Node {
     pub fn of(entry: LayerEntry) -> Self {
         Node {
             entry,
-            branches: Vec::new(),
+            branches: BranchSet::default(),
             mutable: false,
             upper: InUpper::No,
             opaque: false,
@@ -286,7 +325,11 @@ impl Namespace {
             match (&mut *found, entry) {
                 (None, Some(e)) => {
                     let is_dir = e.kind == EntryKind::Dir;
-                    let branches = if is_dir { vec![index] } else { Vec::new() };
+                    let branches = if is_dir {
+                        BranchSet::of(index)
+                    } else {
+                        BranchSet::default()
+                    };
                     *found = Some(Node {
                         branches,
                         mutable,
@@ -402,6 +445,19 @@ mod tests {
             .collect();
         n.sort();
         n
+    }
+
+    #[test]
+    fn branch_sets_hold_any_index() {
+        let mut set = BranchSet::default();
+        assert!(set.is_empty());
+        for i in [0, 5, 63, 64, 200] {
+            assert!(!set.contains(&i));
+            set.push(i);
+            assert!(set.contains(&i) && !set.is_empty());
+        }
+        assert!(!set.contains(&1) && !set.contains(&65));
+        assert!(!BranchSet::of(64).is_empty());
     }
 
     #[test]
