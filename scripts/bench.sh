@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# bench.sh -- rootfs-mount side by side with native reads, mergerfs and fuse-overlayfs
-# (SPEC.md section 7), in one run on one machine.
+# bench.sh -- rootfs-mount side by side with native reads, the kernel's overlayfs,
+# mergerfs and fuse-overlayfs (docs/DESIGN.md §7), in one run on one machine.
 #
 # Usage: sudo scripts/bench.sh
 #
-# 1. Makes (or reuses) a large fixture in BENCH_DIR: an OSS cache in the SPEC section 4
+# 1. Makes (or reuses) a large fixture in BENCH_DIR: an OSS cache in the docs/DESIGN.md §4
 #    layout (scripts/demo-cache.sh for the skeleton), plus a registry v2 tree of
 #    BENCH_BLOBS small blobs (two files each: blob data and a layer link, so 40k+ files
 #    by default), six 256 MiB layer blobs and one 2 GiB blob, and binaries of 24-120 MB
@@ -18,18 +18,25 @@
 #      rootfs-mount         --read-only: FUSE passthrough where the kernel has it
 #      rootfs-mount-pread   --read-only --no-passthrough: the daemon reads (pread), the
 #                           kernel opens files without asking it
-#      rootfs-mount-rw      the default, writable mount (scratch upper layer): the
-#                           daemon reads, files are opened through it
+#      rootfs-mount-rw      the default mount, the one users get without flags
+#      (default mount)      (writable, scratch upper layer): the daemon reads, files
+#                           are opened through it
+#      overlayfs            the kernel's overlayfs over the same folders, read-only:
+#                           the ceiling (`mount -t overlay -o ro,lowerdir=...` at each
+#                           place a branch is mounted, on a tmpfs skeleton: overlayfs
+#                           does not cross the branches' bind mounts)
 #      mergerfs             with its caching options on (see MERGERFS_OPTS)
 #      fuse-overlayfs       lower layers only (read-only)
 #    rows: mount ready time, `find | wc -l` over the registry (cold: caches dropped with
-#    `echo 3 > /proc/sys/vm/drop_caches`; warm), `ls -lR` (warm), sequential read of the
+#    `echo 3 > /proc/sys/vm/drop_caches`; first walk: on a fresh mount, remounted
+#    before each run, with the backing folders' caches warm, as every build starts;
+#    warm), `ls -lR` (warm), sequential read of the
 #    2 GiB blob (cold and warm), parallel random 4 KiB reads of it (fio, 4 jobs, warm),
 #    `tar -cf - rootfs/registry amd64/bin | wc -c` (warm), `sha256sum` of amd64/bin
 #    (warm), and the daemon's RSS after the `ls -lR` walks.
 # 4. Prints one table of medians, each with its speed relative to native (x1.00 = as
 #    fast as native; times are inverted so that higher is better everywhere), then the
-#    SPEC section 7 targets as met or missed. The table is also saved in
+#    docs/DESIGN.md §7 targets as met or missed. The table is also saved in
 #    BENCH_DIR/results/table.txt, raw numbers in results.tsv, hyperfine/fio JSON beside.
 #
 # Needs root (mounts, drop_caches, passthrough), /dev/fuse, python3, cargo (unless
@@ -43,9 +50,11 @@
 #   BENCH_BLOBS    small registry blobs (default 20000)
 #   BENCH_RUNS     timed runs per cold cell, median shown (default 3)
 #   BENCH_WARM_RUNS  timed runs per warm cell, after one untimed (default 5)
-#   BENCH_SYSTEMS  which columns to run (default: all six; names as in the table:
-#                  native rootfs-mount rootfs-mount-pread rootfs-mount-rw mergerfs
-#                  fuse-overlayfs)
+#   BENCH_SYSTEMS  which columns to run (default: all seven; names as in the table:
+#                  native rootfs-mount rootfs-mount-pread rootfs-mount-rw overlayfs
+#                  mergerfs fuse-overlayfs)
+#   BENCH_ROWS     which rows to measure (default: all: mount find_cold find_first
+#                  find_warm lslr seq_cold seq_warm rand4k tar sha); the others show "-"
 #   ROOTFS_MOUNT   the binary to measure (default: `cargo build --release` here)
 #
 # Exit status: 0 when every measurement ran (targets missed are reported, not fatal).
@@ -60,7 +69,15 @@ B=${BENCH_DIR:-/var/tmp/rootfs-mount-bench}
 BLOBS=${BENCH_BLOBS:-20000}
 RUNS=${BENCH_RUNS:-3}
 WARM_RUNS=${BENCH_WARM_RUNS:-5}
-SYSTEMS=${BENCH_SYSTEMS:-native rootfs-mount rootfs-mount-pread rootfs-mount-rw mergerfs fuse-overlayfs}
+SYSTEMS=${BENCH_SYSTEMS:-native rootfs-mount rootfs-mount-pread rootfs-mount-rw overlayfs mergerfs fuse-overlayfs}
+ROWS=${BENCH_ROWS:-mount find_cold find_first find_warm lslr seq_cold seq_warm rand4k tar sha}
+for row in $ROWS; do
+    case $row in
+    mount | find_cold | find_first | find_warm | lslr | seq_cold | seq_warm | rand4k | tar | sha) ;;
+    *) echo "${0##*/}: error: unknown row '$row' in BENCH_ROWS" >&2 && exit 1 ;;
+    esac
+done
+want() { [[ " $ROWS " == *" $1 "* ]]; }
 VERSION=v1.23.4
 MERGERFS_OPTS=ro,category.search=ff,cache.files=full,cache.attr=86400,cache.entry=86400,cache.negative_entry=86400,cache.readdir=true,cache.statfs=86400,xattr=nosys,dropcacheonclose=false
 
@@ -215,6 +232,7 @@ for spec in "${branches[@]}"; do
     branch_dirs+=("$dir")
 done
 lower=$(IFS=:; echo "${branch_dirs[*]}")
+mkdir -p "$B/empty"
 mergerfs_branches=$(printf '%s=RO:' "${branch_dirs[@]}")
 mergerfs_branches=${mergerfs_branches%:}
 
@@ -250,6 +268,15 @@ mount_cmd() { # SYSTEM MOUNTPOINT
     rootfs-mount) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log --read-only" ;;
     rootfs-mount-pread) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log --read-only --no-passthrough" ;;
     rootfs-mount-rw) echo "$BIN $mnt --k8s $VERSION --arch amd64 --cache $cache --log-file $logs/$sys.log" ;;
+    overlayfs) # overlayfs does not cross the bind mounts of the branches' folders: one
+        # overlay per place a branch is mounted (the walked registry, amd64/bin and
+        # amd64/cri), on an empty tmpfs skeleton
+        echo "mount -t tmpfs -o size=1m,mode=755 bench-overlay-top $mnt &&" \
+            "mkdir -p $mnt/rootfs/registry $mnt/amd64/bin $mnt/amd64/cri &&" \
+            "mount -t overlay -o ro,lowerdir=$B/layers/registry/rootfs/registry:$B/empty bench-overlay $mnt/rootfs/registry &&" \
+            "mount -t overlay -o ro,lowerdir=$B/layers/kube/amd64/bin:$B/layers/bin/amd64/bin bench-overlay $mnt/amd64/bin &&" \
+            "mount -t overlay -o ro,lowerdir=$B/layers/cri/amd64/cri:$B/empty bench-overlay $mnt/amd64/cri"
+        ;;
     mergerfs) echo "mergerfs -o $MERGERFS_OPTS,fsname=bench-mergerfs $mergerfs_branches $mnt" ;;
     fuse-overlayfs) echo "fuse-overlayfs -o lowerdir=$lower $mnt" ;;
     esac
@@ -280,52 +307,83 @@ measure() { # SYSTEM
         mcmd=$(mount_cmd "$sys" "$mnt")
         # Mount ready: the command returns once the mount answers; unmounted before
         # each run, and left mounted by the last one.
-        hf "$sys-mount" "umount $mnt 2>/dev/null || true" 0 5 "$mcmd"
-        record "$sys" mount_ms "$(awk -v t="$T" 'BEGIN { printf "%.1f", t * 1000 }')"
+        if want mount; then
+            hf "$sys-mount" "umount -R $mnt 2>/dev/null || true" 0 5 "$mcmd"
+            record "$sys" mount_ms "$(awk -v t="$T" 'BEGIN { printf "%.1f", t * 1000 }')"
+        else
+            eval "$mcmd" || die "$sys: '$mcmd' failed"
+        fi
         mountpoint -q "$mnt" || die "$sys did not mount on $mnt"
         walk=$mnt/rootfs/registry
         seq=$mnt/rootfs/registry/$seq_rel
         tar_args=(-C "$mnt" rootfs/registry amd64/bin)
         for n in "${bin_names[@]}"; do bins+=("$mnt/amd64/bin/$n"); done
     fi
+    if want find_cold; then
+        hf "$sys-find-cold" "$drop_caches_cmd" 0 "$RUNS" "find $walk | wc -l"
+        record "$sys" find_cold_s "$(secs)"
+    fi
+    if want find_first; then
+        # The backing folders' caches warm, the mount fresh: remounted before each run
+        # (native: nothing to remount, a warm find).
+        local remount=""
+        if [[ $sys != native ]]; then
+            find "$cache/registry" >/dev/null
+            remount="umount -R $mnt && $(mount_cmd "$sys" "$mnt")"
+        fi
+        hf "$sys-find-first" "$remount" 1 "$WARM_RUNS" "find $walk | wc -l"
+        record "$sys" find_first_s "$(secs)"
+    fi
     record "$sys" entries "$(find "$walk" | wc -l)"
-    hf "$sys-find-cold" "$drop_caches_cmd" 0 "$RUNS" "find $walk | wc -l"
-    record "$sys" find_cold_s "$(secs)"
-    hf "$sys-find-warm" "" 1 "$WARM_RUNS" "find $walk | wc -l"
-    record "$sys" find_warm_s "$(secs)"
-    hf "$sys-lslr-warm" "" 1 "$WARM_RUNS" "ls -lR $walk > /dev/null"
-    record "$sys" lslr_warm_s "$(secs)"
-    if [[ $sys != native ]]; then
+    if want find_warm; then
+        hf "$sys-find-warm" "" 1 "$WARM_RUNS" "find $walk | wc -l"
+        record "$sys" find_warm_s "$(secs)"
+    fi
+    if want lslr; then
+        hf "$sys-lslr-warm" "" 1 "$WARM_RUNS" "ls -lR $walk > /dev/null"
+        record "$sys" lslr_warm_s "$(secs)"
+    fi
+    if [[ $sys != native && $sys != overlayfs ]]; then
         local pid
         pid=$(daemon_pid "$sys" "$mnt")
         record "$sys" rss_mb "$(awk '/^VmRSS/ { printf "%.0f", $2 / 1024 }' "/proc/$pid/status" 2>/dev/null || echo '?')"
     fi
     bytes=$(stat -L -c %s "$seq")
-    hf "$sys-seq-cold" "$drop_caches_cmd" 0 "$RUNS" "dd if=$seq of=/dev/null bs=1M status=none"
-    record "$sys" seq_cold_gbs "$(rate "$bytes")"
-    hf "$sys-seq-warm" "" 1 "$WARM_RUNS" "dd if=$seq of=/dev/null bs=1M status=none"
-    record "$sys" seq_warm_gbs "$(rate "$bytes")"
-    fio --name=rand4k --filename="$seq" --readonly --rw=randread --bs=4k --ioengine=psync \
-        --numjobs=4 --iodepth=1 --invalidate=0 --time_based --runtime=5 --group_reporting \
-        --output-format=json --output="$results/$sys-fio.json" >/dev/null ||
-        die "$sys: fio failed"
-    record "$sys" rand4k_kiops "$(jq -r '.jobs[0].read.iops / 1000 | . * 10 | round / 10' "$results/$sys-fio.json")"
-    local tar_cmd
-    tar_cmd=$(printf '%q ' tar -cf - "${tar_args[@]}")
-    bytes=$(eval "$tar_cmd" | wc -c)
-    hf "$sys-tar" "" 1 "$WARM_RUNS" "$tar_cmd | wc -c"
-    record "$sys" tar_gbs "$(rate "$bytes")"
-    hf "$sys-sha" "" 1 "$WARM_RUNS" "$(printf '%q ' sha256sum "${bins[@]}") > /dev/null"
-    record "$sys" sha_bin_s "$(secs)"
+    if want seq_cold; then
+        hf "$sys-seq-cold" "$drop_caches_cmd" 0 "$RUNS" "dd if=$seq of=/dev/null bs=1M status=none"
+        record "$sys" seq_cold_gbs "$(rate "$bytes")"
+    fi
+    if want seq_warm; then
+        hf "$sys-seq-warm" "" 1 "$WARM_RUNS" "dd if=$seq of=/dev/null bs=1M status=none"
+        record "$sys" seq_warm_gbs "$(rate "$bytes")"
+    fi
+    if want rand4k; then
+        fio --name=rand4k --filename="$seq" --readonly --rw=randread --bs=4k --ioengine=psync \
+            --numjobs=4 --iodepth=1 --invalidate=0 --time_based --runtime=5 --group_reporting \
+            --output-format=json --output="$results/$sys-fio.json" >/dev/null ||
+            die "$sys: fio failed"
+        record "$sys" rand4k_kiops "$(jq -r '.jobs[0].read.iops / 1000 | . * 10 | round / 10' "$results/$sys-fio.json")"
+    fi
+    if want tar; then
+        local tar_cmd
+        tar_cmd=$(printf '%q ' tar -cf - "${tar_args[@]}")
+        bytes=$(eval "$tar_cmd" | wc -c)
+        hf "$sys-tar" "" 1 "$WARM_RUNS" "$tar_cmd | wc -c"
+        record "$sys" tar_gbs "$(rate "$bytes")"
+    fi
+    if want sha; then
+        hf "$sys-sha" "" 1 "$WARM_RUNS" "$(printf '%q ' sha256sum "${bins[@]}") > /dev/null"
+        record "$sys" sha_bin_s "$(secs)"
+    fi
     if [[ $sys != native ]]; then
-        umount "$mnt" 2>/dev/null || umount -l "$mnt"
+        umount -R "$mnt" 2>/dev/null || umount -R -l "$mnt"
     fi
 }
 
 : >"$results/results.tsv"
 for sys in $SYSTEMS; do
     case $sys in
-    native | rootfs-mount | rootfs-mount-pread | rootfs-mount-rw | mergerfs | fuse-overlayfs) measure "$sys" ;;
+    native | rootfs-mount | rootfs-mount-pread | rootfs-mount-rw | overlayfs | mergerfs | fuse-overlayfs) measure "$sys" ;;
     *) die "unknown system '$sys' in BENCH_SYSTEMS" ;;
     esac
 done
@@ -345,7 +403,7 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
     for sys in $SYSTEMS; do printf '%21s' "$sys"; done
     echo
     # row label, unit kind: t = time (lower is better), r = rate (higher is better), n = no ratio
-    for row in "mount_ms:mount ready (ms):n" "find_cold_s:find cold (s):t" "find_warm_s:find warm (s):t" \
+    for row in "mount_ms:mount ready (ms):n" "find_cold_s:find cold (s):t" "find_first_s:find first walk (s):t" "find_warm_s:find warm (s):t" \
         "lslr_warm_s:ls -lR warm (s):t" "seq_cold_gbs:seq read cold (GB/s):r" "seq_warm_gbs:seq read warm (GB/s):r" \
         "rand4k_kiops:rand 4k x4 (kIOPS):r" "tar_gbs:tar | wc -c (GB/s):r" "sha_bin_s:sha256sum bin/ (s):t" \
         "rss_mb:daemon RSS (MB):n" "entries:entries walked:n"; do
@@ -365,7 +423,7 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
     echo
     echo "(xN.NN) = speed relative to native: native time / time, or rate / native rate."
     echo
-    echo "SPEC section 7 targets (rootfs-mount with passthrough):"
+    echo "docs/DESIGN.md §7 targets (rootfs-mount with passthrough):"
     ratio() { awk -v v="${R[rootfs-mount,$1]:-0}" -v n="${R[native,$1]:-0}" -v k="$2" 'BEGIN { if (v == 0 || n == 0) { print "nan"; exit } r = (k == "t") ? n / v : v / n; printf "%.2f", r }'; }
     verdict() { # LABEL RATIO MIN
         awk -v l="$1" -v r="$2" -v m="$3" 'BEGIN { if (r == "nan") { printf "  %-44s not measured\n", l; exit } printf "  %-44s x%.2f of native (target >= x%.2f): %s\n", l, r, m, (r + 0 >= m ? "met" : "MISSED") }'

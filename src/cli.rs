@@ -9,6 +9,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use rootfs_mount::layout::{MountParams, Upper, KNOWN_ARCHES};
 use rootfs_mount::mounts::FS_NAME;
+use rootfs_mount::remote::{Location, RemoteOptions};
 use rootfs_mount::versions::KubeVersion;
 
 #[derive(Debug, Parser)]
@@ -297,11 +298,16 @@ pub struct FetchArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CacheCommand {
-    /// Write a mirror folder (the layout plus SHA256SUMS) that `fetch --mirror` can use.
+    /// Write a mirror folder (the layout plus SHA256SUMS) that `fetch --mirror` can use and
+    /// mounts can read (`--cache https://...`), or upload the cache to s3://BUCKET/PREFIX.
     Publish {
+        #[arg(value_name = "DIR|s3://BUCKET/PREFIX")]
         dir: PathBuf,
         #[arg(long, value_name = "DIR")]
         cache: Option<PathBuf>,
+        /// Endpoint of an S3-compatible store [default: AWS, or AWS_ENDPOINT_URL].
+        #[arg(long, value_name = "URL")]
+        s3_endpoint: Option<String>,
     },
     /// Re-hash every file recorded in CACHE/SHA256SUMS; non-zero exit on a mismatch.
     Verify {
@@ -445,8 +451,13 @@ pub struct BuildArgs {
     pub sealer: Option<String>,
 
     /// OSS download cache [default: $XDG_CACHE_HOME/rootfs-mount, or /var/cache/rootfs-mount for root].
-    #[arg(long, value_name = "DIR", help_heading = "Sources")]
+    /// Or a cache published to an object store: s3://BUCKET/PREFIX (credentials from the
+    /// AWS environment and files), or https://HOST/PATH/ (a mirror from `cache publish DIR`).
+    #[arg(long, value_name = "DIR|URL", help_heading = "Sources")]
     pub cache: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub remote: RemoteArgs,
 
     /// Serve contexts from this folder instead of the ones embedded in the binary.
     #[arg(long, value_name = "DIR", help_heading = "Sources")]
@@ -463,6 +474,72 @@ pub struct BuildArgs {
     /// Mount even when cache entries the tree needs are missing.
     #[arg(long, help_heading = "Sources")]
     pub allow_missing: bool,
+}
+
+/// Options of a cache held in an object store (`--cache s3://...` or `https://...`).
+#[derive(Debug, Args)]
+pub struct RemoteArgs {
+    /// Endpoint of an S3-compatible store (Garage, MinIO, Ceph RGW, OSS) [default: AWS, or AWS_ENDPOINT_URL].
+    #[arg(long, value_name = "URL", help_heading = "Remote cache")]
+    pub s3_endpoint: Option<String>,
+
+    /// Where blocks read from the store are kept, verified, across mounts [default: $XDG_CACHE_HOME/rootfs-mount/remote, or /var/cache/rootfs-mount/remote for root].
+    #[arg(long, value_name = "DIR", help_heading = "Remote cache")]
+    pub local_cache: Option<PathBuf>,
+
+    /// Most bytes the local block cache keeps (least recently used evicted first): 10G, 500M, 0 (keep none).
+    #[arg(long, value_name = "SIZE", default_value = "10G", value_parser = parse_size, help_heading = "Remote cache")]
+    pub local_cache_size: u64,
+
+    /// Longest a read waits for a store that does not answer (retries included) before it fails with EIO.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, help_heading = "Remote cache")]
+    pub remote_timeout: std::time::Duration,
+}
+
+impl RemoteArgs {
+    /// The remote cache `--cache` names, if it is a URL.
+    pub fn options(&self, cache: Option<&Path>) -> Result<Option<RemoteOptions>, String> {
+        let Some(location) = cache.and_then(|c| Location::parse(&c.to_string_lossy())) else {
+            return Ok(None);
+        };
+        let local_cache = match &self.local_cache {
+            Some(dir) => absolute(dir)?,
+            None => default_cache().join("remote"),
+        };
+        Ok(Some(RemoteOptions {
+            location: location?,
+            endpoint: self.s3_endpoint.clone(),
+            local_cache,
+            local_cache_size: self.local_cache_size,
+            timeout: self.remote_timeout,
+        }))
+    }
+}
+
+/// `10G`, `500M`, `64K`, plain bytes (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let shift = match unit
+        .trim_end_matches(['B', 'b', 'i'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("bad size {text:?}: expected e.g. 10G, 500M, 0")),
+    };
+    number
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| format!("bad size {text:?}: expected e.g. 10G, 500M, 0"))
 }
 
 #[derive(Debug, Args)]
@@ -636,8 +713,13 @@ impl BuildArgs {
                 rootfs_mount::render::quote(&self.registry_domain)
             ));
         }
-        let cache = cache_dir(self.cache.as_deref())?;
+        let remote = self.remote.options(self.cache.as_deref())?;
+        let cache = match &remote {
+            Some(r) => PathBuf::from(r.location.to_string()),
+            None => cache_dir(self.cache.as_deref())?,
+        };
         Ok(MountParams {
+            remote,
             version,
             cri: self.cri.clone(),
             cni: self.cni.clone(),

@@ -6,10 +6,12 @@ use std::sync::Arc;
 
 use crate::archive::IndexStore;
 use crate::layers::{
-    embedded_file, DiskTree, EmbeddedTree, EmptyDir, GunzippedFile, Layer, RenderBudget,
-    TarballMembers, TemplatedTree,
+    embedded_file, CacheObjects, DiskTree, EmbeddedTree, EmptyDir, GunzippedFile, Layer,
+    RenderBudget, TarballMembers, TemplatedTree,
 };
 use crate::mount_vars::template_vars;
+use crate::remote::layer::RemoteTree;
+use crate::remote::{RemoteCache, RemoteOptions};
 use crate::sealer::SealerFacts;
 use crate::sources::{CacheEntry, Sources};
 use crate::tree::{Branch, Namespace};
@@ -123,6 +125,9 @@ pub struct MountParams {
     pub index_dir: Option<PathBuf>,
     pub allow_missing: bool,
     pub upper: Upper,
+    /// The cache is in an object store (`--cache s3://...` or `https://...`); `cache`
+    /// then only names it.
+    pub remote: Option<RemoteOptions>,
 }
 
 /// Where changes made through the mount go (docs/DESIGN.md §8).
@@ -159,6 +164,7 @@ impl MountParams {
             index_dir: None,
             allow_missing: true,
             upper: Upper::None,
+            remote: None,
         }
     }
 
@@ -170,16 +176,22 @@ impl MountParams {
 
     /// Where gzip seek indexes are kept: the only folder of the cache the daemon writes.
     pub fn index_dir(&self) -> PathBuf {
-        self.index_dir
-            .clone()
-            .unwrap_or_else(|| self.cache.join("index"))
+        match (&self.index_dir, &self.remote) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(remote)) => remote.local_cache.join("index"),
+            (None, None) => self.cache.join("index"),
+        }
     }
 
     /// Folders the mount reads from (or keeps its indexes in) and never changes through
     /// the mount: a mountpoint inside one of them would be a loop, and so would an upper
     /// layer.
     pub fn source_roots(&self) -> Vec<PathBuf> {
-        let mut roots = vec![self.cache.clone(), self.registry_dir(), self.index_dir()];
+        let mut roots = match &self.remote {
+            Some(remote) => vec![remote.local_cache.clone(), self.index_dir()],
+            None => vec![self.cache.clone(), self.registry_dir(), self.index_dir()],
+        };
+        roots.extend(self.registry_data.clone().filter(|_| self.remote.is_some()));
         roots.extend(self.contexts.clone());
         roots
     }
@@ -311,19 +323,23 @@ pub fn plan(params: &MountParams) -> Result<BuildLayout, String> {
         .ok_or("the contexts have no base rootfs/ folder")?;
     context_layers.push(("rootfs".into(), base));
 
-    let mut branches = arch_branches(params, &profile)?;
-    let missing = missing_entries(params, &profile, &sources)?;
+    let source = match &params.remote {
+        Some(options) => CacheSource::Remote(RemoteCache::open(options, &params.index_dir())?),
+        None => CacheSource::Disk(params.cache.clone()),
+    };
+    let mut branches = arch_branches(params, &profile, &source)?;
+    let missing = missing_entries(params, &profile, &sources, &source)?;
     check_missing(params, &profile, &missing)?;
     // --registry-data is a folder the user named; CACHE/registry is inside the cache.
     let registry = match &params.registry_data {
-        Some(dir) => DiskTree::open(dir),
-        None => DiskTree::open_in(&params.cache, Path::new("registry")),
+        Some(dir) => CacheSource::Disk(dir.clone()).tree("", false),
+        None => source.tree("registry", false),
     }
     .map_err(|e| format!("cannot read {}: {e}", params.registry_dir().display()))?;
-    if registry.exists() {
+    if let Some(registry) = registry {
         branches.push(Branch {
             at: "rootfs/registry".into(),
-            layer: Arc::new(registry),
+            layer: registry,
         });
     }
     branches.push(Branch {
@@ -445,62 +461,139 @@ pub fn value_specs(dir: Option<&Path>) -> Result<ValueSpecs, String> {
     .data("values.yaml", ValueSpecs::parse)
 }
 
+/// Where the cache's layout is read from: a folder, or an object store.
+enum CacheSource {
+    Disk(PathBuf),
+    Remote(Arc<RemoteCache>),
+}
+
+impl CacheSource {
+    /// The folder or file `rel` of the cache as a layer (`None` when absent); with
+    /// `hide_tarballs`, its top-level `.tar.gz` files are left out.
+    fn tree(&self, rel: &str, hide_tarballs: bool) -> std::io::Result<Option<Arc<dyn Layer>>> {
+        Ok(match self {
+            CacheSource::Disk(cache) => {
+                let tree = if rel.is_empty() {
+                    DiskTree::open(cache)?
+                } else {
+                    DiskTree::open_in(cache, Path::new(rel))?
+                };
+                let tree = if hide_tarballs {
+                    tree.hiding_suffix(".tar.gz")
+                } else {
+                    tree
+                };
+                tree.exists().then(|| Arc::new(tree) as Arc<dyn Layer>)
+            }
+            CacheSource::Remote(remote) => {
+                let tree = RemoteTree::new(remote.clone(), rel);
+                let tree = if hide_tarballs {
+                    tree.hiding_suffix(".tar.gz")
+                } else {
+                    tree
+                };
+                tree.exists().then(|| Arc::new(tree) as Arc<dyn Layer>)
+            }
+        })
+    }
+
+    fn tarball_members(&self, rel: &str, indexes: &Arc<IndexStore>) -> TarballMembers {
+        match self {
+            CacheSource::Disk(cache) => TarballMembers::new(cache, Path::new(rel), indexes.clone()),
+            CacheSource::Remote(remote) => {
+                TarballMembers::remote(remote.clone(), Path::new(rel), indexes.clone())
+            }
+        }
+    }
+
+    fn gunzipped(&self, rel: &str, name: &str, indexes: &Arc<IndexStore>) -> GunzippedFile {
+        match self {
+            CacheSource::Disk(cache) => {
+                GunzippedFile::new(cache, Path::new(rel), name, indexes.clone())
+            }
+            CacheSource::Remote(remote) => {
+                GunzippedFile::remote(remote.clone(), Path::new(rel), name, indexes.clone())
+            }
+        }
+    }
+
+    /// Whether the required entry `rel` is there as a regular file or folder: `Err`
+    /// says why not.
+    fn check_entry(&self, rel: &str) -> Result<(), String> {
+        match self {
+            CacheSource::Disk(cache) => {
+                let found = DiskTree::open_in(cache, Path::new(rel))
+                    .map_err(|e| format!("cannot read {}: {e}", cache.join(rel).display()))?;
+                if !found.exists() {
+                    Err(rel.to_string())
+                } else if !found.is_usable() {
+                    // A fifo, socket or device of that name is never shown: as good as missing.
+                    Err(format!("{rel} (not a regular file)"))
+                } else {
+                    Ok(())
+                }
+            }
+            CacheSource::Remote(remote) => {
+                let path = Path::new(rel);
+                if remote.is_file(path) || remote.is_dir(path) {
+                    Ok(())
+                } else {
+                    Err(rel.to_string())
+                }
+            }
+        }
+    }
+}
+
 /// The `<arch>/` folders: kube binaries, the OSS cache and the CRI artifacts.
-fn arch_branches(params: &MountParams, profile: &Profile) -> Result<Vec<Branch>, String> {
-    let cache = &params.cache;
+fn arch_branches(
+    params: &MountParams,
+    profile: &Profile,
+    source: &CacheSource,
+) -> Result<Vec<Branch>, String> {
     let cri = &profile.cri;
     let mut branches = Vec::new();
     // Indexed on first need, never at mount time; shared by every archive of the mount.
     let indexes = Arc::new(IndexStore::new(params.index_dir()));
     for arch in &params.arches {
-        let cri_dir = cache.join(format!("cri/{cri}/{arch}"));
-        let mut wanted: Vec<(String, PathBuf)> = KUBE_BINARIES
+        let cri_dir = format!("cri/{cri}/{arch}");
+        let mut wanted: Vec<(String, String)> = KUBE_BINARIES
             .iter()
             .map(|bin| {
                 (
                     format!("{arch}/bin/{bin}"),
-                    cache.join(format!("kube/{}/{arch}/{bin}", profile.version)),
+                    format!("kube/{}/{arch}/{bin}", profile.version),
                 )
             })
             .collect();
-        wanted.push((format!("{arch}/bin"), cache.join(format!("oss/{arch}/bin"))));
+        wanted.push((format!("{arch}/bin"), format!("oss/{arch}/bin")));
         wanted.push((
             format!("{arch}/cri/{cri}.tar.gz"),
-            cri_dir.join(format!("{cri}.tar.gz")),
+            format!("{cri_dir}/{cri}.tar.gz"),
         ));
-        wanted.push((format!("{arch}/cri/lib64"), cri_dir.join("lib64")));
-        for (at, path) in wanted {
-            let rel = path.strip_prefix(cache).unwrap_or(&path);
-            let tree = DiskTree::open_in(cache, rel)
-                .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        wanted.push((format!("{arch}/cri/lib64"), format!("{cri_dir}/lib64")));
+        for (at, rel) in wanted {
             // Release tarballs in oss/<arch>/bin/ are shown through their members.
-            let tree = if at == format!("{arch}/bin") {
-                tree.hiding_suffix(".tar.gz")
-            } else {
-                tree
-            };
-            if tree.exists() {
+            let hide = at == format!("{arch}/bin");
+            let layer = source
+                .tree(&rel, hide)
+                .map_err(|e| format!("cannot read {}: {e}", params.cache.join(&rel).display()))?;
+            if let Some(layer) = layer {
                 branches.push(Branch {
                     at: at.into(),
-                    layer: Arc::new(tree),
+                    layer,
                 });
             }
         }
         // Members of the release tarballs, below the plain files of oss/<arch>/bin/.
         branches.push(Branch {
             at: format!("{arch}/bin").into(),
-            layer: Arc::new(TarballMembers::new(
-                cache,
-                Path::new(&format!("oss/{arch}/bin")),
-                indexes.clone(),
-            )),
+            layer: Arc::new(source.tarball_members(&format!("oss/{arch}/bin"), &indexes)),
         });
-        let registry_rel = format!("cri/{cri}/{arch}/registry.tar.gz");
-        let registry = GunzippedFile::new(
-            cache,
-            Path::new(&registry_rel),
+        let registry = source.gunzipped(
+            &format!("{cri_dir}/registry.tar.gz"),
             "registry.tar",
-            indexes.clone(),
+            &indexes,
         );
         // A symlink out of the cache refuses the mount here; absence is check_missing's.
         registry.probe()?;
@@ -523,20 +616,18 @@ fn missing_entries(
     params: &MountParams,
     profile: &Profile,
     sources: &Sources,
+    source: &CacheSource,
 ) -> Result<Vec<String>, String> {
-    let cache = &params.cache;
     let mut missing: Vec<String> = Vec::new();
     for entry in cache_entries(sources, profile, &params.arches)? {
         if !entry.required {
             continue;
         }
-        let found = DiskTree::open_in(cache, Path::new(&entry.path))
-            .map_err(|e| format!("cannot read {}: {e}", cache.join(&entry.path).display()))?;
-        if !found.exists() {
-            missing.push(entry.path);
-        } else if !found.is_usable() {
-            // A fifo, socket or device of that name is never shown: as good as missing.
-            missing.push(format!("{} (not a regular file)", entry.path));
+        if let Err(why) = source.check_entry(&entry.path) {
+            if why.starts_with("cannot read") {
+                return Err(why);
+            }
+            missing.push(why);
         }
     }
     Ok(missing)

@@ -6,7 +6,9 @@
 //! Adapter: [`fuse`]. Lifecycle: [`daemon`] (the running daemon), [`mounts`] (the mount
 //! table, mountpoint checks, `status`, `umount`), [`scratch`] (the scratch upper layer),
 //! [`state`] (state files). Registry
-//! images (pulled over the OCI distribution API): [`oci`]. All `unsafe` code is in `sys`:
+//! images (pulled over the OCI distribution API): [`oci`]. A cache held in an object store
+//! (S3, an HTTP mirror), read by range through a verified local block cache: [`remote`].
+//! All `unsafe` code is in `sys`:
 //! the compiler refuses it anywhere else.
 #![deny(unsafe_code)]
 
@@ -24,11 +26,13 @@ pub mod mounts;
 pub mod notify;
 pub mod oci;
 pub mod pack;
+pub mod remote;
 pub mod render;
 pub mod scratch;
 pub mod sealer;
 pub mod sources;
 pub mod state;
+pub mod sums;
 #[allow(unsafe_code)]
 pub mod sys;
 #[cfg(test)]

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use rootfs_mount::fetch::{self, FetchOptions, ImageOptions};
 use rootfs_mount::fuse::passthrough::PassthroughPolicy;
 use rootfs_mount::layout::{self, Upper};
+use rootfs_mount::remote;
 use rootfs_mount::state::MountDescription;
 use rootfs_mount::tree::MergedTree;
 use rootfs_mount::upper::UpperDir;
@@ -194,8 +195,31 @@ fn yaml_scalar(text: &str) -> String {
 
 fn cache_command(command: &CacheCommand) -> Result<(), String> {
     let out = match command {
-        CacheCommand::Publish { dir, cache } => {
-            fetch::cache::publish(&cache_dir(cache.as_deref())?, dir)?
+        CacheCommand::Publish {
+            dir,
+            cache,
+            s3_endpoint,
+        } => {
+            let cache = cache_dir(cache.as_deref())?;
+            match remote::Location::parse(&dir.to_string_lossy()) {
+                Some(Ok(location @ remote::Location::S3 { .. })) => remote::publish::to_store(
+                    &cache,
+                    location,
+                    s3_endpoint.as_deref(),
+                    remote::DEFAULT_TIMEOUT,
+                )?,
+                Some(Ok(_)) => {
+                    return Err(
+                        "an HTTP mirror is published into a folder its server serves: `rootfs-mount cache publish DIR`".into(),
+                    )
+                }
+                Some(Err(e)) => return Err(e),
+                None => {
+                    let done = fetch::cache::publish(&cache, dir)?;
+                    let extras = remote::publish::mirror_extras(&cache, dir)?;
+                    format!("{done}; {extras}")
+                }
+            }
         }
         CacheCommand::Verify { cache } => fetch::cache::verify(&cache_dir(cache.as_deref())?)?,
         CacheCommand::Ls { cache, contexts } => {

@@ -90,6 +90,8 @@ pub struct MountRecord {
     pub faults_total: u64,
     /// Archives being indexed now (a slow first read), with progress.
     pub indexing: Vec<IndexingStatus>,
+    /// The object store of a mount from a remote cache, with its counters.
+    pub remote: Option<crate::remote::RemoteStatus>,
     /// When the counters were written, in seconds since the epoch.
     pub updated: u64,
 }
@@ -333,6 +335,22 @@ impl MountRecord {
         for (key, value) in rows {
             let _ = writeln!(out, "  {:<16}{value}", format!("{key}:"));
         }
+        if let Some(r) = &self.remote {
+            let rows = [
+                ("store", r.store.clone()),
+                ("fetched", format!("{} bytes", r.fetched_bytes)),
+                ("local hits", r.hits.to_string()),
+                ("local misses", r.misses.to_string()),
+                ("local cache", r.local_cache.clone()),
+                (
+                    "local size",
+                    format!("{} of {} bytes", r.local_cache_bytes, r.local_cache_limit),
+                ),
+            ];
+            for (key, value) in rows {
+                let _ = writeln!(out, "  {:<16}{value}", format!("{key}:"));
+            }
+        }
         for i in &self.indexing {
             let eta = i.eta_seconds.map_or_else(|| "unknown".to_string(), uptime);
             let _ = writeln!(
@@ -397,6 +415,7 @@ impl StateFile {
             mountpoint: mountpoint.to_path_buf(),
             description,
             updated: started,
+            remote: crate::remote::status(),
             ..MountRecord::default()
         };
         let file = StateFile {
@@ -424,12 +443,15 @@ impl StateFile {
         let Some(record) = guard.as_mut() else {
             return Ok(());
         };
+        let remote = crate::remote::status();
         if record.counters == counters
             && record.faults_total == faults.1
             && record.indexing == indexing
+            && record.remote == remote
         {
             return Ok(());
         }
+        record.remote = remote;
         record.counters = counters;
         (record.faults, record.faults_total) = faults;
         record.indexing = indexing;
@@ -561,6 +583,7 @@ mod tests {
             },
             counters: Counters {
                 requests: 9,
+                by_op: [("lookup".to_string(), 9)].into_iter().collect(),
                 bytes_read: 1 << 40,
                 errors: 1,
                 read_path: ReadPath::Passthrough,
@@ -579,6 +602,15 @@ mod tests {
                 elapsed_seconds: 2,
                 eta_seconds: Some(2),
             }],
+            remote: Some(crate::remote::RemoteStatus {
+                store: "s3://builds/cache".into(),
+                fetched_bytes: 5,
+                hits: 2,
+                misses: 1,
+                local_cache: "/var/cache/rootfs-mount/remote".into(),
+                local_cache_bytes: 5,
+                local_cache_limit: 10,
+            }),
             format: FORMAT,
             updated: 101,
         };
@@ -589,6 +621,7 @@ mod tests {
         assert_eq!(json["parameters"]["cache"], "/var/cache/rootfs-mount");
         assert_eq!(json["parameters"]["contexts"], "/src/contexts");
         assert_eq!(json["counters"]["read_path"], "passthrough");
+        assert_eq!(json["counters"]["by_op"]["lookup"], 9);
         assert_eq!(json["faults"][0]["file"], "/c/x.tar.gz");
         assert_eq!(MountRecord::parse(&text), Some(record.clone()));
         assert!(MountRecord::parse("pid=1\n").is_none());

@@ -68,12 +68,17 @@ impl Fixture {
 
     fn read(&self, path: &str) -> Vec<u8> {
         let ino = self.ino(path);
-        let opened = self.tree.open(ino).unwrap();
-        let bytes = self
-            .tree
-            .read(opened.fh, 0, 1 << 20, |r| r.map(|b| b.to_vec()))
-            .unwrap();
-        self.tree.release(opened.fh);
+        // Opened now (as for passthrough) and opened by the first read: the same bytes.
+        let [bytes, eager] = [false, true].map(|backing| {
+            let opened = self.tree.open(ino, backing).unwrap();
+            let bytes = self
+                .tree
+                .read(opened.fh, 0, 1 << 20, |r| r.map(|b| b.to_vec()))
+                .unwrap();
+            self.tree.release(opened.fh);
+            bytes
+        });
+        assert_eq!(bytes, eager, "both opens of {path}");
         // The read of a file the kernel did not open gives the same bytes.
         let unopened = self
             .tree

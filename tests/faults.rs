@@ -5,6 +5,7 @@
 
 mod common;
 
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -371,9 +372,11 @@ fn fifos_in_the_cache_never_block_the_mount() {
     assert_still_serving(&m, pid, &["amd64/bin/conntrack"]);
 }
 
-/// When the daemon runs out of file descriptors, opens get EMFILE (the caller can wait
-/// and retry), never EIO, and work again once files are closed. The daemon is started
-/// with a hard limit of 256 so the test can reach it.
+/// When the daemon runs out of file descriptors, opens or reads get EMFILE (the caller
+/// can wait and retry), never EIO, and work again once files are closed. The daemon is
+/// started with a hard limit of 256 so the test can reach it. A layer's file is opened
+/// on disk by its first read (an open costs the daemon no descriptor until then), so
+/// each file is read as well.
 #[test]
 fn fd_exhaustion_answers_emfile_not_eio() {
     let mp = scratch("mnt-fds");
@@ -395,7 +398,16 @@ fn fd_exhaustion_answers_emfile_not_eio() {
     let mut open = Vec::new();
     let mut failure = None;
     for _ in 0..600 {
-        match std::fs::File::open(m.path("amd64/bin/conntrack")) {
+        // O_DIRECT: every read reaches the daemon, not the pages an earlier one cached.
+        let opened = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(m.path("amd64/bin/conntrack"))
+            .and_then(|mut f| {
+                let mut byte = [0u8; 1];
+                std::io::Read::read(&mut f, &mut byte).map(|_| f)
+            });
+        match opened {
             Ok(f) => open.push(f),
             Err(e) => {
                 failure = Some(e);

@@ -11,11 +11,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use common::nginx::Nginx;
 use common::{demo_cache, scratch, sh, Mount, BIN};
 
 /// Runs rootfs-mount without any proxy from the environment (everything is loopback).
@@ -70,74 +71,6 @@ fn mirror_sums(dir: &Path) -> BTreeMap<String, String> {
             (path.to_string(), hex.to_string())
         })
         .collect()
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16) {
-    common::wait_for("the server to listen", || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-}
-
-// ---------------------------------------------------------------- nginx
-
-/// Debian's nginx in the foreground on its own port, serving `root`; killed on drop.
-struct Nginx {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Nginx {
-    fn serve(root: &Path) -> Nginx {
-        let dir = scratch("nginx");
-        let port = free_port();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log {dir}/access.log;\n  default_type application/octet-stream;\n  \
-             client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n  \
-             fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n  \
-             sendfile on;\n  server {{\n    listen 127.0.0.1:{port};\n    root {root};\n  }}\n}}\n",
-            dir = dir.display(),
-            root = root.display(),
-        );
-        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-        let child = Command::new("nginx")
-            .arg("-p")
-            .arg(&dir)
-            .arg("-c")
-            .arg(dir.join("nginx.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start nginx (Debian package nginx-light)");
-        let nginx = Nginx { child, port, dir };
-        wait_for_port(port);
-        nginx
-    }
-
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/", self.port)
-    }
-
-    fn access_log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("access.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------- the fault-injecting server

@@ -22,7 +22,11 @@ const LAYERS: &[&str] = &[
     "versions",
     "values",
     "sources",
+    // SHA256SUMS files: the cache's record, mirrors, a remote cache's listing.
+    "sums",
     "mount_vars",
+    // A cache held in an object store (a source of the layout, read by range).
+    "remote",
     // The filesystem without FUSE, then the FUSE adapter.
     "upper",
     "tree",

@@ -52,11 +52,20 @@ pub struct ArchiveIdentity {
 
 impl ArchiveIdentity {
     pub fn of(file: &File) -> io::Result<Self> {
-        let meta = file.metadata()?;
-        let mut head = vec![0u8; HEAD_BYTES.min(meta.len() as usize)];
+        super::ArchiveSource::identity(file)
+    }
+
+    /// The identity of `size` bytes read from `src`, with the mtime given.
+    pub fn of_bytes(
+        src: &dyn ReadAt,
+        size: u64,
+        mtime_sec: i64,
+        mtime_nsec: u32,
+    ) -> io::Result<Self> {
+        let mut head = vec![0u8; HEAD_BYTES.min(size as usize)];
         let mut done = 0;
         while done < head.len() {
-            match ReadAt::read_at(file, &mut head[done..], done as u64)? {
+            match src.read_at(&mut head[done..], done as u64)? {
                 0 => break,
                 n => done += n,
             }
@@ -64,9 +73,9 @@ impl ArchiveIdentity {
         let mut crc = Crc::new();
         crc.update(&head[..done]);
         Ok(ArchiveIdentity {
-            size: meta.len(),
-            mtime_sec: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec().clamp(0, 999_999_999) as u32,
+            size,
+            mtime_sec,
+            mtime_nsec,
             head_crc: crc.sum(),
         })
     }
@@ -101,12 +110,16 @@ pub enum BuildError {
     },
     /// The index could not be written (the folder, the disk).
     Sink(io::Error),
+    /// Reading the archive's bytes failed (the disk, a remote store): no verdict on the
+    /// archive itself, so a later build may succeed.
+    Read(io::Error),
 }
 
 impl From<ScanError> for BuildError {
     fn from(e: ScanError) -> Self {
         match e {
             ScanError::Sink(e) => BuildError::Sink(e),
+            ScanError::Read(e) => BuildError::Read(e),
             other => BuildError::Archive {
                 message: other.to_string(),
                 partial: None,
@@ -183,7 +196,7 @@ pub fn write_index<W: Write + Seek>(
         Some(Ok(listing)) => Some(listing),
         Some(Err((message, partial))) => {
             return Err(match scanned {
-                Err(e @ ScanError::Sink(_)) => e.into(),
+                Err(e @ (ScanError::Sink(_) | ScanError::Read(_))) => e.into(),
                 Err(e) => BuildError::Archive {
                     message: e.to_string(),
                     partial: Some(partial),
@@ -476,19 +489,15 @@ impl IndexStore {
     pub fn load_or_build(
         &self,
         archive: &Path,
-        file: &File,
+        file: &dyn super::ArchiveSource,
         with_listing: bool,
     ) -> Result<(LoadedIndex, IndexOrigin), BuildError> {
-        let identity = ArchiveIdentity::of(file).map_err(|e| BuildError::Archive {
-            message: format!("reading the archive: {e}"),
-            partial: None,
-        })?;
+        let identity = file.identity().map_err(BuildError::Read)?;
         let path = self.index_path(archive);
         if let Some(found) = Self::reuse(&path, &identity, with_listing) {
             return Ok((found, IndexOrigin::Reused));
         }
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        let registration = super::progress::start(archive, size);
+        let registration = super::progress::start(archive, identity.size);
         let file = &registration.reader(file);
         if !self.memory_only.load(Ordering::Relaxed) {
             match self.build_file(&path, file, &identity, with_listing) {

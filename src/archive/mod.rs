@@ -23,21 +23,22 @@
 pub mod gzip_index;
 pub mod index_file;
 pub mod progress;
+mod source;
 pub mod tar_listing;
 pub mod waiting;
 
 use std::fmt;
-use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use waiting::{GaveUp, Waiter};
 
 pub use gzip_index::{GzipIndex, InflateCursor, ReadAt, SeekPoint};
 pub use index_file::{ArchiveIdentity, BuildError, IndexOrigin, IndexStore};
+pub use source::{ArchiveSource, SourceAttrs};
 pub use tar_listing::{MemberKind, TarListing, TarMember};
 
 /// Idle inflate cursors kept per archive: sequential readers (and the kernel's
@@ -86,39 +87,63 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// An archive whose index is ready.
+/// An archive whose index is ready; or, with no gzip index, bytes served as they are
+/// (a plain file of a remote cache, `crate::remote`).
 #[derive(Debug)]
 pub struct IndexedArchive {
     path: PathBuf,
-    file: File,
-    meta: std::fs::Metadata,
+    file: Box<dyn ArchiveSource>,
+    attrs: SourceAttrs,
     identity: ArchiveIdentity,
-    gzip: GzipIndex,
+    /// `None`: stored, not compressed; [`IndexedArchive::stored`].
+    gzip: Option<GzipIndex>,
     listing: Option<TarListing>,
     cursors: Mutex<Vec<InflateCursor>>,
     read_fault_logged: AtomicBool,
 }
 
 impl IndexedArchive {
+    /// Bytes served as they are, with no index: `size` bytes of `source` at `path`.
+    pub fn stored(path: PathBuf, source: Box<dyn ArchiveSource>, size: u64) -> io::Result<Self> {
+        Ok(IndexedArchive {
+            path,
+            attrs: source.attrs()?,
+            file: source,
+            identity: ArchiveIdentity {
+                size,
+                mtime_sec: 0,
+                mtime_nsec: 0,
+                head_crc: 0,
+            },
+            gzip: None,
+            listing: None,
+            cursors: Mutex::new(Vec::new()),
+            read_fault_logged: AtomicBool::new(false),
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
 
     /// The archive file's own attributes (owner, mode, mtime), as indexed.
-    pub fn metadata(&self) -> &std::fs::Metadata {
-        &self.meta
+    pub fn attrs(&self) -> &SourceAttrs {
+        &self.attrs
     }
 
     pub fn decompressed_size(&self) -> u64 {
-        self.gzip.decompressed_size()
+        match &self.gzip {
+            Some(gzip) => gzip.decompressed_size(),
+            None => self.identity.size,
+        }
     }
 
     pub fn listing(&self) -> Option<&TarListing> {
         self.listing.as_ref()
     }
 
-    pub fn gzip_index(&self) -> &GzipIndex {
-        &self.gzip
+    pub fn gzip_index(&self) -> Option<&GzipIndex> {
+        self.gzip.as_ref()
     }
 
     /// The first read fault is logged; later ones are answered quietly.
@@ -132,11 +157,11 @@ impl IndexedArchive {
     /// EIO when the archive file was changed in place since it was indexed (a file
     /// replaced by a rename is fine: the open file is still the indexed one).
     pub fn check_unchanged(&self) -> io::Result<()> {
-        let meta = self
+        let same = self
             .file
-            .metadata()
+            .unchanged(&self.identity)
             .map_err(|e| self.read_fault(e.to_string()))?;
-        if self.identity.same_stat(&meta) {
+        if same {
             Ok(())
         } else {
             Err(self.read_fault(
@@ -145,13 +170,13 @@ impl IndexedArchive {
         }
     }
 
-    fn take_cursor(&self, pos: u64) -> io::Result<InflateCursor> {
+    fn take_cursor(&self, gzip: &GzipIndex, pos: u64) -> io::Result<InflateCursor> {
         let mut idle = lock(&self.cursors);
         let best = idle
             .iter()
             .enumerate()
             .filter_map(|(i, c)| {
-                gzip_index::cursor_distance(&self.gzip, c.position(), pos).map(|d| (d, i))
+                gzip_index::cursor_distance(gzip, c.position(), pos).map(|d| (d, i))
             })
             .min();
         match best {
@@ -175,10 +200,13 @@ impl IndexedArchive {
 
     /// Reads decompressed bytes at `pos`; fills `buf` unless the stream ends first.
     pub fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let Some(gzip) = &self.gzip else {
+            return self.read_stored(pos, buf);
+        };
         let mut cursor = self
-            .take_cursor(pos)
+            .take_cursor(gzip, pos)
             .map_err(|e| self.read_fault(e.to_string()))?;
-        match self.gzip.read_at(&self.file, &mut cursor, pos, buf) {
+        match gzip.read_at(&*self.file, &mut cursor, pos, buf) {
             Ok(n) => {
                 self.return_cursor(cursor);
                 Ok(n)
@@ -188,14 +216,46 @@ impl IndexedArchive {
     }
 }
 
+impl IndexedArchive {
+    /// Stored bytes: read as they are, up to the end of the source.
+    fn read_stored(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        let want = (buf.len() as u64).min(self.identity.size.saturating_sub(pos)) as usize;
+        let mut done = 0;
+        while done < want {
+            match self.file.read_at(&mut buf[done..want], pos + done as u64) {
+                Ok(0) => break,
+                Ok(n) => done += n,
+                // A remote source logs its own faults (once per object).
+                Err(e) if is_reported(&e) => return Err(e),
+                Err(e) => return Err(self.read_fault(e.to_string())),
+            }
+        }
+        Ok(done)
+    }
+}
+
 /// Why an archive cannot be served; what was listed before the fault comes along.
 #[derive(Debug)]
 pub struct ArchiveFault {
     pub message: String,
     pub partial: Option<TarListing>,
+    /// Set when reading the archive's bytes failed (the disk, a remote store that is
+    /// down) rather than the archive being bad: the first request after this instant
+    /// builds again instead of getting the remembered fault.
+    pub retry_at: Option<Instant>,
 }
 
-type Opener = Box<dyn Fn() -> io::Result<File> + Send + Sync>;
+/// How long a read failure of an archive's bytes is remembered before a request tries
+/// the build again (a store that is down is not asked again for every request).
+/// (Shorter in unit tests, which wait it out.)
+const RETRY_READ_FAULT_AFTER: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(5)
+};
+
+/// Opens an archive's bytes (a file of the cache, or an object of a remote store).
+pub type Opener = Box<dyn Fn() -> io::Result<Box<dyn ArchiveSource>> + Send + Sync>;
 
 /// What an archive's index build has come to.
 type Outcome = Result<Arc<IndexedArchive>, Arc<ArchiveFault>>;
@@ -223,8 +283,10 @@ struct Builder {
     with_listing: bool,
 }
 
-/// An archive indexed on first need. A fault is logged once and remembered: the
-/// archive's entries give EIO until the next mount.
+/// An archive indexed on first need. A fault of the archive itself is logged once and
+/// remembered: its entries give EIO until the next mount. A failure to read its bytes
+/// (the disk, a remote store that is down) gives EIO too, and the first request
+/// [`RETRY_READ_FAULT_AFTER`] later builds again.
 ///
 /// The build runs on a thread of its own; the requests that need it wait as
 /// [`waiting`] says (a kernel request gives up on a signal of its caller, or after a
@@ -270,6 +332,7 @@ impl LazyArchive {
             Err(gave_up) => Err(Arc::new(ArchiveFault {
                 message: format!("{gave_up:?}"),
                 partial: None,
+                retry_at: None,
             })),
         }
     }
@@ -301,17 +364,21 @@ impl LazyArchive {
         let mut state = lock(&self.slot.state);
         loop {
             match &*state {
+                Phase::Done(Err(f)) if f.retry_at.is_some_and(|at| Instant::now() >= at) => {
+                    *state = Phase::NotStarted;
+                    continue;
+                }
                 Phase::Done(outcome) => return Ok(outcome.clone()),
                 Phase::NotStarted => {
                     *state = Phase::Building;
                     let (builder, slot) = (self.builder.clone(), self.slot.clone());
                     let spawned = std::thread::Builder::new()
                         .name("index-build".into())
-                        .spawn(move || builder.build_into(&slot));
+                        .spawn(move || builder.build_guarded(&slot));
                     if spawned.is_err() {
                         // No thread to spare: build on this one.
                         drop(state);
-                        self.builder.build_into(&self.slot);
+                        self.builder.build_guarded(&self.slot);
                         state = lock(&self.slot.state);
                         continue;
                     }
@@ -338,6 +405,26 @@ impl LazyArchive {
 }
 
 impl Builder {
+    /// [`Builder::build_into`], and if the build panics, a fault for the waiters instead
+    /// of a build that never ends.
+    fn build_guarded(&self, slot: &Slot) {
+        let built =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build_into(slot)));
+        if built.is_err() {
+            tracing::warn!(
+                target: crate::fault::TARGET,
+                file = %self.path.display(),
+                "the index build panicked: the archive's entries give EIO"
+            );
+            *lock(&slot.state) = Phase::Done(Err(Arc::new(ArchiveFault {
+                message: "the index build panicked".into(),
+                partial: None,
+                retry_at: None,
+            })));
+            slot.changed.notify_all();
+        }
+    }
+
     /// Builds (or loads) the index, logs what is wrong with it, and hands the outcome to
     /// the waiters.
     fn build_into(&self, slot: &Slot) {
@@ -359,6 +446,13 @@ impl Builder {
                     );
                 }
             }
+            Err(f) if f.retry_at.is_some() => tracing::warn!(
+                target: crate::fault::TARGET,
+                file = %self.path.display(),
+                error = %f.message,
+                "reading the archive failed: its entries give EIO; the build is tried again by a request {} s later",
+                RETRY_READ_FAULT_AFTER.as_secs()
+            ),
             Err(f) => tracing::warn!(
                 target: crate::fault::TARGET,
                 file = %self.path.display(),
@@ -372,19 +466,31 @@ impl Builder {
 
     fn load(&self) -> Outcome {
         let fault = |message: String, partial: Option<TarListing>| {
-            Arc::new(ArchiveFault { message, partial })
+            Arc::new(ArchiveFault {
+                message,
+                partial,
+                retry_at: None,
+            })
         };
-        let file = (self.open)().map_err(|e| fault(format!("opening the archive: {e}"), None))?;
-        let meta = file
-            .metadata()
-            .map_err(|e| fault(format!("stat of the archive: {e}"), None))?;
+        let read_fault = |message: String| {
+            Arc::new(ArchiveFault {
+                message,
+                partial: None,
+                retry_at: Some(Instant::now() + RETRY_READ_FAULT_AFTER),
+            })
+        };
+        let file = (self.open)().map_err(|e| read_fault(format!("opening the archive: {e}")))?;
+        let attrs = file
+            .attrs()
+            .map_err(|e| read_fault(format!("stat of the archive: {e}")))?;
         let started = std::time::Instant::now();
         let (index, origin) = self
             .store
-            .load_or_build(&self.path, &file, self.with_listing)
+            .load_or_build(&self.path, &*file, self.with_listing)
             .map_err(|e| match e {
                 BuildError::Archive { message, partial } => fault(message, partial),
                 BuildError::Sink(e) => fault(format!("building the index: {e}"), None),
+                BuildError::Read(e) => read_fault(format!("reading the archive: {e}")),
             })?;
         if let Some(offset) = index.trailing_garbage {
             tracing::warn!(
@@ -409,9 +515,9 @@ impl Builder {
         Ok(Arc::new(IndexedArchive {
             path: self.path.clone(),
             file,
-            meta,
+            attrs,
             identity: index.identity,
-            gzip: index.gzip,
+            gzip: Some(index.gzip),
             listing: index.listing,
             cursors: Mutex::new(Vec::new()),
             read_fault_logged: AtomicBool::new(false),

@@ -1,6 +1,7 @@
 //! Unit tests of the archive core: random reads against the reference bytes, multi-member
 //! gzip, listings through the index, persistence, corrupt and hostile archives.
 
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -337,7 +338,7 @@ fn lazy(path: &Path, store: &Arc<IndexStore>, with_listing: bool) -> LazyArchive
     let p = path.to_path_buf();
     LazyArchive::new(
         path.to_path_buf(),
-        Box::new(move || File::open(&p)),
+        Box::new(move || Ok(Box::new(File::open(&p)?) as Box<dyn super::ArchiveSource>)),
         store.clone(),
         with_listing,
     )
@@ -467,6 +468,46 @@ fn lazy_archives_serve_concurrent_readers_and_remember_faults() {
         len: data.len() as u64,
     };
     assert!(slice.read(2_000_000, 1000).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_read_failure_is_tried_again_and_a_content_fault_is_not() {
+    let dir = scratch("retry");
+    let data = mixed_data(500_000, 3);
+    let path = dir.join("registry.tar.gz");
+    std::fs::write(&path, gzip(&data, 6)).unwrap();
+    let store = Arc::new(IndexStore::with_span(dir.join("index"), 128 * 1024));
+    // The first two opens fail as a store that is down would.
+    let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (p, counter) = (path.clone(), opens.clone());
+    let archive = LazyArchive::new(
+        path.clone(),
+        Box::new(move || {
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                return Err(io::Error::other("store down"));
+            }
+            Ok(Box::new(File::open(&p)?) as Box<dyn super::ArchiveSource>)
+        }),
+        store,
+        false,
+    );
+    let first = archive.get().unwrap_err();
+    assert!(first.retry_at.is_some(), "{}", first.message);
+    // Remembered for a while: no second open at once.
+    assert!(Arc::ptr_eq(&first, &archive.get().unwrap_err()));
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1);
+    std::thread::sleep(super::RETRY_READ_FAULT_AFTER);
+    assert!(archive.get().is_err());
+    std::thread::sleep(super::RETRY_READ_FAULT_AFTER);
+    let served = archive.get().unwrap();
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let slice = ArchiveSlice {
+        archive: served,
+        start: 0,
+        len: data.len() as u64,
+    };
+    assert_eq!(slice.read(1000, 5000).unwrap(), data[1000..6000]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -14,7 +14,9 @@
 pub mod cache;
 pub mod http;
 pub mod progress;
-pub mod sums;
+/// The SHA256SUMS format and the cache's record (`crate::sums`, below the remote cache
+/// that reads it too).
+pub use crate::sums;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::fs::PermissionsExt;

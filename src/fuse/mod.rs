@@ -15,13 +15,22 @@
 //! opens, and reads by inode. Per file that saves the OPEN and RELEASE round trips (what
 //! `tar` over many small files pays for); per byte passthrough is faster (no copy through
 //! the daemon, one page cache). A writable mount needs open handles for its writes: its
-//! files are opened through the daemon and read with pread.
+//! files are opened through the daemon and read with pread. Such an open of a layer's
+//! file opens nothing on disk until the first read (`OpenFile::Lower` in the tree), and
+//! neither it nor its RELEASE makes a syscall when the kernel has the pages already; no
+//! open is followed by a FLUSH (`FOPEN_NOFLUSH`).
+//!
+//! Folders: a READDIRPLUS of a folder that comes from one layer on disk (the registry's
+//! blob and link folders) is answered from one pass over that folder, one `fstatat` per
+//! name, instead of a lookup from the layer's root per entry. Every folder still costs a
+//! second, empty READDIR on its first listing: an empty answer is the kernel's only sign
+//! that a listing ended (it then caches the listing, `FOPEN_CACHE_DIR`).
 
 mod attr;
 pub mod passthrough;
 mod stats;
 
-pub use stats::{Counters, ReadPath, Stats};
+pub use stats::{Counters, Op, ReadPath, Stats};
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
@@ -105,8 +114,8 @@ impl BuildFs {
 
     /// Counts a request that may wait for an archive's index build, and lets it give up
     /// on a signal of its caller (see [`crate::archive::waiting`]) while the scope lives.
-    fn request(&self, req: &Request) -> crate::archive::waiting::RequestScope {
-        self.stats.request();
+    fn request(&self, req: &Request, op: Op) -> crate::archive::waiting::RequestScope {
+        self.stats.request(op);
         crate::archive::waiting::RequestScope::enter(req.pid())
     }
 
@@ -206,7 +215,7 @@ impl Filesystem for BuildFs {
     }
 
     fn lookup(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let _waits = self.request(req);
+        let _waits = self.request(req, Op::Lookup);
         match self.tree.lookup(parent.0, name) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("lookup", parent.0, e)),
@@ -214,12 +223,12 @@ impl Filesystem for BuildFs {
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
-        self.stats.request();
+        self.stats.request(Op::Forget);
         self.tree.forget(ino.0, nlookup);
     }
 
     fn getattr(&self, req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        let _waits = self.request(req);
+        let _waits = self.request(req, Op::Getattr);
         match self.tree.getattr(ino.0) {
             Ok(node) => reply.attr(&ttl(&node), &file_attr(ino.0, &node)),
             Err(e) => reply.error(self.errno("getattr", ino.0, e)),
@@ -227,7 +236,7 @@ impl Filesystem for BuildFs {
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        self.stats.request();
+        self.stats.request(Op::Readlink);
         match self.tree.readlink(ino.0) {
             Ok(target) => reply.data(target.as_os_str().as_bytes()),
             Err(e) => reply.error(self.errno("readlink", ino.0, e)),
@@ -235,7 +244,7 @@ impl Filesystem for BuildFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let _waits = self.request(req);
+        let _waits = self.request(req, Op::Open);
         let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         if writes {
             if !self.tree.is_writable() {
@@ -249,7 +258,7 @@ impl Filesystem for BuildFs {
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
-        let opened = match self.tree.open(ino.0) {
+        let opened = match self.tree.open(ino.0, self.passthrough.is_enabled()) {
             Ok(opened) => opened,
             Err(e) => return reply.error(self.errno("open", ino.0, e)),
         };
@@ -261,10 +270,11 @@ impl Filesystem for BuildFs {
         }
         // Content never changes while a file is open: keep the page cache across opens
         // (not for entries of a layer edited while mounted).
+        // FOPEN_NOFLUSH: nothing to flush at close (see `flush`), not even the first time.
         let flags = if opened.keep_cache {
-            FopenFlags::FOPEN_KEEP_CACHE
+            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
         } else {
-            FopenFlags::empty()
+            FopenFlags::FOPEN_NOFLUSH
         };
         reply.opened(fh, flags)
     }
@@ -280,7 +290,7 @@ impl Filesystem for BuildFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: ReplyData,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Read);
         let answer = |read: Result<&[u8], FsError>| match read {
             Ok(data) => {
                 self.stats.read(data.len());
@@ -306,7 +316,7 @@ impl Filesystem for BuildFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Release);
         self.passthrough.release(fh.0);
         self.tree.release(fh.0);
         reply.ok();
@@ -315,7 +325,7 @@ impl Filesystem for BuildFs {
     /// Folders need no handle (listings are by inode): where the kernel can do without
     /// opendir, ENOSYS tells it so, and it stops sending opendir and releasedir.
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.stats.request();
+        self.stats.request(Op::Opendir);
         if self.no_opendir {
             return reply.error(Errno::ENOSYS);
         }
@@ -323,6 +333,18 @@ impl Filesystem for BuildFs {
             Ok(()) => reply.opened(FileHandle(0), DIR_OPEN_FLAGS),
             Err(e) => reply.error(self.errno("opendir", ino.0, e)),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.stats.request(Op::Releasedir);
+        reply.ok();
     }
 
     fn readdir(
@@ -333,11 +355,16 @@ impl Filesystem for BuildFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let _waits = self.request(req);
+        let _waits = self.request(req, Op::Readdir);
         let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdir", ino.0, e)),
         };
+        // The call past the last entry (every folder gets one: an empty answer is the
+        // kernel's only end of listing) costs nothing more.
+        if offset >= items.len() as u64 + 2 {
+            return reply.ok();
+        }
         let dots = [(ino.0, "."), (self.tree.parent_of(ino.0), "..")];
         let dot_entries = dots
             .iter()
@@ -363,7 +390,7 @@ impl Filesystem for BuildFs {
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
-        let _waits = self.request(req);
+        let _waits = self.request(req, Op::Readdirplus);
         let items = match self.listing(ino.0, offset) {
             Ok(items) => items,
             Err(e) => return reply.error(self.errno("readdirplus", ino.0, e)),
@@ -390,7 +417,7 @@ impl Filesystem for BuildFs {
                 }
             } else {
                 let item = &items[index - 2];
-                match self.tree.lookup(ino.0, &item.name) {
+                match self.tree.lookup_listed(ino.0, item) {
                     Ok((child, node)) => {
                         let full = reply.add(
                             INodeNo(child),
@@ -418,7 +445,7 @@ impl Filesystem for BuildFs {
     }
 
     fn statfs(&self, _req: &Request, ino: INodeNo, reply: ReplyStatfs) {
-        self.stats.request();
+        self.stats.request(Op::Statfs);
         match self.tree.statfs() {
             Ok(st) => reply.statfs(
                 st.f_blocks,
@@ -438,7 +465,7 @@ impl Filesystem for BuildFs {
     /// are cached by the kernel (`FUSE_POSIX_ACL`), and "not supported" for an absent
     /// security label makes `ls` stop asking for the rest of the device.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.stats.request();
+        self.stats.request(Op::Getxattr);
         let value = if name == SOURCE_XATTR {
             self.tree.source(ino.0).map(String::into_bytes)
         } else {
@@ -456,7 +483,7 @@ impl Filesystem for BuildFs {
     /// Never lists the provenance attribute: it is get-only, so `tar --xattrs` and image
     /// builders never pack it. Attributes set on upper entries are listed.
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.stats.request();
+        self.stats.request(Op::Listxattr);
         match self.tree.listxattr(ino.0) {
             Ok(names) => {
                 let mut bytes = Vec::new();
@@ -471,7 +498,7 @@ impl Filesystem for BuildFs {
     }
 
     fn access(&self, _req: &Request, _ino: INodeNo, mask: fuser::AccessFlags, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Access);
         if mask.contains(fuser::AccessFlags::W_OK) && !self.tree.is_writable() {
             reply.error(read_only("access"));
         } else {
@@ -497,7 +524,7 @@ impl Filesystem for BuildFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Setattr);
         let time = |t: fuser::TimeOrNow| match t {
             fuser::TimeOrNow::SpecificTime(at) => SetTime::At(at),
             fuser::TimeOrNow::Now => SetTime::Now,
@@ -526,7 +553,7 @@ impl Filesystem for BuildFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Mknod);
         match self.tree.mknod(parent.0, name, mode, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("mknod", parent.0, e)),
@@ -542,7 +569,7 @@ impl Filesystem for BuildFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Mkdir);
         match self.tree.mkdir(parent.0, name, mode, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("mkdir", parent.0, e)),
@@ -550,7 +577,7 @@ impl Filesystem for BuildFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Unlink);
         match self.tree.unlink(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("unlink", parent.0, e)),
@@ -558,7 +585,7 @@ impl Filesystem for BuildFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Rmdir);
         match self.tree.rmdir(parent.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("rmdir", parent.0, e)),
@@ -573,7 +600,7 @@ impl Filesystem for BuildFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Symlink);
         match self.tree.symlink(parent.0, link_name, target, caller(req)) {
             Ok((ino, node)) => reply.entry(&ttl(&node), &file_attr(ino, &node), Generation(0)),
             Err(e) => reply.error(self.errno("symlink", parent.0, e)),
@@ -590,7 +617,7 @@ impl Filesystem for BuildFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Rename);
         match self
             .tree
             .rename(parent.0, name, new_parent.0, new_name, flags.bits())
@@ -608,7 +635,7 @@ impl Filesystem for BuildFs {
         new_name: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Link);
         match self.tree.link(ino.0, new_parent.0, new_name) {
             Ok((child, node)) => reply.entry(&ttl(&node), &file_attr(child, &node), Generation(0)),
             Err(e) => reply.error(self.errno("link", ino.0, e)),
@@ -625,7 +652,7 @@ impl Filesystem for BuildFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Create);
         match self.tree.create(parent.0, name, mode, flags, caller(req)) {
             Ok((ino, node, fh)) => reply.created(
                 &ttl(&node),
@@ -650,7 +677,7 @@ impl Filesystem for BuildFs {
         _lock_owner: Option<fuser::LockOwner>,
         reply: fuser::ReplyWrite,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Write);
         match self.tree.write(fh.0, offset, data) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(self.errno("write", ino.0, e)),
@@ -667,7 +694,7 @@ impl Filesystem for BuildFs {
         _lock_owner: fuser::LockOwner,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Flush);
         reply.error(Errno::ENOSYS);
     }
 
@@ -679,7 +706,7 @@ impl Filesystem for BuildFs {
         datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Fsync);
         match self.tree.fsync(fh.0, datasync) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("fsync", ino.0, e)),
@@ -694,7 +721,7 @@ impl Filesystem for BuildFs {
         _datasync: bool,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Fsyncdir);
         reply.ok();
     }
 
@@ -708,7 +735,7 @@ impl Filesystem for BuildFs {
         mode: i32,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Fallocate);
         match self.tree.fallocate(fh.0, offset, length, mode) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("fallocate", ino.0, e)),
@@ -725,7 +752,7 @@ impl Filesystem for BuildFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.stats.request();
+        self.stats.request(Op::Setxattr);
         match self.tree.setxattr(ino.0, name, value, flags) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("setxattr", ino.0, e)),
@@ -733,7 +760,7 @@ impl Filesystem for BuildFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.stats.request();
+        self.stats.request(Op::Removexattr);
         match self.tree.removexattr(ino.0, name) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(self.errno("removexattr", ino.0, e)),

@@ -30,11 +30,9 @@
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
-use std::fs::File;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -42,8 +40,8 @@ use std::time::{Duration, SystemTime};
 
 use super::{Child, Content, EntryKind, Layer, LayerEntry, Source};
 use crate::archive::{
-    reported, ArchiveFault, ArchiveSlice, IndexStore, IndexedArchive, LazyArchive, MemberKind,
-    TarListing, TarMember,
+    reported, ArchiveFault, ArchiveSlice, ArchiveSource, IndexStore, IndexedArchive, LazyArchive,
+    MemberKind, Opener, TarListing, TarMember,
 };
 use crate::sys;
 
@@ -65,12 +63,30 @@ fn time_of(secs: i64) -> SystemTime {
 struct InCache {
     cache: PathBuf,
     rel: PathBuf,
+    /// A cache held in a remote store instead of the folder `cache`.
+    objects: Option<Arc<dyn CacheObjects>>,
+}
+
+/// A cache held in a remote store (`crate::remote`): what the archive layers need of it.
+/// Paths are cache-relative.
+pub trait CacheObjects: Send + Sync + std::fmt::Debug {
+    fn is_file(&self, rel: &Path) -> bool;
+    fn is_dir(&self, rel: &Path) -> bool;
+    /// The names of the files directly in the folder `rel`, sorted.
+    fn files_in(&self, rel: &Path) -> Vec<OsString>;
+    fn open(&self, rel: &Path) -> io::Result<Box<dyn ArchiveSource>>;
+    /// How the path is shown (`s3://bucket/prefix/rel`): messages, provenance, index key.
+    fn shown(&self, rel: &Path) -> PathBuf;
 }
 
 /// What an [`InCache`] path is.
 enum Found {
     /// Opened `O_PATH`.
     At(OwnedFd),
+    /// An object of a remote cache.
+    RemoteFile,
+    /// A folder of a remote cache.
+    RemoteDir,
     Missing,
     /// A symlink on the way leads out of the cache: never followed.
     Escapes,
@@ -78,17 +94,30 @@ enum Found {
 
 impl InCache {
     fn path(&self) -> PathBuf {
-        self.cache.join(&self.rel)
+        match &self.objects {
+            Some(objects) => objects.shown(&self.rel),
+            None => self.cache.join(&self.rel),
+        }
     }
 
     fn join(&self, name: &OsStr) -> InCache {
         InCache {
             cache: self.cache.clone(),
             rel: self.rel.join(name),
+            objects: self.objects.clone(),
         }
     }
 
     fn find(&self) -> io::Result<Found> {
+        if let Some(objects) = &self.objects {
+            return Ok(if objects.is_file(&self.rel) {
+                Found::RemoteFile
+            } else if objects.is_dir(&self.rel) {
+                Found::RemoteDir
+            } else {
+                Found::Missing
+            });
+        }
         let cache = match sys::open_path(&self.cache) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Found::Missing),
@@ -104,29 +133,32 @@ impl InCache {
         }
     }
 
-    /// The regular file there, if it is one (`Ok(None)` for anything else).
-    fn regular_file(&self) -> io::Result<Option<OwnedFd>> {
+    /// Whether a regular file is there.
+    fn is_regular_file(&self) -> io::Result<bool> {
         match self.find()? {
-            Found::At(fd) if sys::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                Ok(Some(fd))
-            }
-            _ => Ok(None),
+            Found::At(fd) => Ok(sys::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFREG),
+            Found::RemoteFile => Ok(true),
+            _ => Ok(false),
         }
     }
 
     /// Opens the archive for reading.
-    fn open(&self) -> io::Result<File> {
+    fn open(&self) -> io::Result<Box<dyn ArchiveSource>> {
         match self.find()? {
             Found::At(fd) if sys::fstat(&fd)?.st_mode & libc::S_IFMT == libc::S_IFREG => {
-                sys::reopen_readonly(&fd)
+                Ok(Box::new(sys::reopen_readonly(&fd)?))
             }
-            Found::At(_) => Err(io::Error::other("not a regular file")),
+            Found::RemoteFile => match &self.objects {
+                Some(objects) => objects.open(&self.rel),
+                None => Err(io::Error::from_raw_os_error(libc::ENOENT)),
+            },
+            Found::At(_) | Found::RemoteDir => Err(io::Error::other("not a regular file")),
             Found::Missing => Err(io::Error::from_raw_os_error(libc::ENOENT)),
             Found::Escapes => Err(io::Error::other(ESCAPES)),
         }
     }
 
-    fn opener(&self) -> Box<dyn Fn() -> io::Result<File> + Send + Sync> {
+    fn opener(&self) -> Opener {
         let at = self.clone();
         Box::new(move || at.open())
     }
@@ -271,7 +303,7 @@ impl Flattened {
                 let Some(listing) = indexed.listing() else {
                     return Ok(Flattened::default());
                 };
-                let meta = indexed.metadata();
+                let attrs = *indexed.attrs();
                 let content = |m: &TarMember| {
                     Content::Archive(ArchiveSlice {
                         archive: indexed.clone(),
@@ -279,7 +311,7 @@ impl Flattened {
                         len: m.size,
                     })
                 };
-                Flattened::new(listing, archive.path(), &content, (meta.uid(), meta.gid()))
+                Flattened::new(listing, archive.path(), &content, (attrs.uid, attrs.gid))
             }
             Err(fault) => {
                 let Some(listing) = &fault.partial else {
@@ -326,11 +358,31 @@ pub struct TarballMembers {
 impl TarballMembers {
     /// The tarballs in the folder `rel` of the cache folder `cache` (`oss/<arch>/bin`).
     pub fn new(cache: &Path, rel: &Path, store: Arc<IndexStore>) -> Self {
-        TarballMembers {
-            dir: InCache {
+        Self::in_cache(
+            InCache {
                 cache: cache.to_path_buf(),
                 rel: rel.to_path_buf(),
+                objects: None,
             },
+            store,
+        )
+    }
+
+    /// The tarballs in the folder `rel` of a remote cache.
+    pub fn remote(objects: Arc<dyn CacheObjects>, rel: &Path, store: Arc<IndexStore>) -> Self {
+        Self::in_cache(
+            InCache {
+                cache: PathBuf::new(),
+                rel: rel.to_path_buf(),
+                objects: Some(objects),
+            },
+            store,
+        )
+    }
+
+    fn in_cache(dir: InCache, store: Arc<IndexStore>) -> Self {
+        TarballMembers {
+            dir,
             store,
             tarballs: OnceLock::new(),
         }
@@ -341,7 +393,19 @@ impl TarballMembers {
             return Ok(found);
         }
         let mut found = Vec::new();
-        if let Found::At(dir) = self.dir.find()? {
+        if let (Found::RemoteDir, Some(objects)) = (self.dir.find()?, &self.dir.objects) {
+            for name in objects.files_in(&self.dir.rel) {
+                if name.as_bytes().ends_with(b".tar.gz") {
+                    let at = self.dir.join(&name);
+                    let archive =
+                        LazyArchive::new(at.path(), at.opener(), self.store.clone(), true);
+                    found.push(Tarball {
+                        archive,
+                        flattened: OnceLock::new(),
+                    });
+                }
+            }
+        } else if let Found::At(dir) = self.dir.find()? {
             let mut names: Vec<OsString> = Vec::new();
             for (name, kind) in sys::read_dir_fd(&dir)? {
                 if !name.as_bytes().ends_with(b".tar.gz")
@@ -356,7 +420,7 @@ impl TarballMembers {
                         file = %at.path().display(),
                         "{ESCAPES}: its members are not shown"
                     ),
-                    _ if at.regular_file()?.is_some() => names.push(name),
+                    _ if at.is_regular_file()? => names.push(name),
                     _ => {}
                 }
             }
@@ -435,10 +499,36 @@ impl GunzippedFile {
     /// Shows the gzip file `rel` of the cache folder `cache` as `name` in the layer's
     /// root folder.
     pub fn new(cache: &Path, rel: &Path, name: &str, store: Arc<IndexStore>) -> Self {
-        let gz = InCache {
-            cache: cache.to_path_buf(),
-            rel: rel.to_path_buf(),
-        };
+        Self::in_cache(
+            InCache {
+                cache: cache.to_path_buf(),
+                rel: rel.to_path_buf(),
+                objects: None,
+            },
+            name,
+            store,
+        )
+    }
+
+    /// Shows the gzip object `rel` of a remote cache as `name`.
+    pub fn remote(
+        objects: Arc<dyn CacheObjects>,
+        rel: &Path,
+        name: &str,
+        store: Arc<IndexStore>,
+    ) -> Self {
+        Self::in_cache(
+            InCache {
+                cache: PathBuf::new(),
+                rel: rel.to_path_buf(),
+                objects: Some(objects),
+            },
+            name,
+            store,
+        )
+    }
+
+    fn in_cache(gz: InCache, name: &str, store: Arc<IndexStore>) -> Self {
         let archive = LazyArchive::new(gz.path(), gz.opener(), store, false);
         GunzippedFile {
             gz,
@@ -459,7 +549,7 @@ impl GunzippedFile {
         {
             Found::Escapes => Err(format!("cannot read {}: {ESCAPES}", shown())),
             Found::Missing => Ok(false),
-            Found::At(_) => Ok(true),
+            Found::At(_) | Found::RemoteFile | Found::RemoteDir => Ok(true),
         }
     }
 
@@ -470,22 +560,21 @@ impl GunzippedFile {
             }
             return Ok(false);
         }
-        Ok(self.gz.regular_file()?.is_some())
+        self.gz.is_regular_file()
     }
 
     fn file_entry(&self, indexed: Arc<IndexedArchive>) -> LayerEntry {
-        let meta = indexed.metadata();
+        let attrs = *indexed.attrs();
         let size = indexed.decompressed_size();
-        let mtime = crate::sys::system_time(meta.mtime(), meta.mtime_nsec());
         LayerEntry {
             kind: EntryKind::File,
-            perm: (meta.mode() & 0o7777) as u16,
+            perm: attrs.perm as u16,
             size,
-            mtime,
+            mtime: attrs.mtime,
             ctime: None,
             nlink: None,
-            uid: meta.uid(),
-            gid: meta.gid(),
+            uid: attrs.uid,
+            gid: attrs.gid,
             content: Content::Archive(ArchiveSlice {
                 archive: indexed.clone(),
                 start: 0,

@@ -155,7 +155,16 @@ impl DiskTree {
     }
 
     fn entry_of(&self, rel: &SharedRel, fd: &OwnedFd) -> io::Result<LayerEntry> {
-        let st = sys::fstat(fd)?;
+        self.entry_from_stat(rel, sys::fstat(fd)?, || sys::readlink_fd(fd))
+    }
+
+    /// The entry at `rel` whose `lstat` is `st`; `read_link` reads a symlink's target.
+    fn entry_from_stat(
+        &self,
+        rel: &SharedRel,
+        st: libc::stat,
+        read_link: impl FnOnce() -> io::Result<std::ffi::OsString>,
+    ) -> io::Result<LayerEntry> {
         let kind = match st.st_mode & libc::S_IFMT {
             libc::S_IFDIR => EntryKind::Dir,
             libc::S_IFLNK => EntryKind::Symlink,
@@ -171,7 +180,7 @@ impl DiskTree {
                 link_id: (st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
             },
             EntryKind::Dir => Content::Dir,
-            EntryKind::Symlink => Content::Link(PathBuf::from(sys::readlink_fd(fd)?)),
+            EntryKind::Symlink => Content::Link(PathBuf::from(read_link()?)),
             EntryKind::File => Content::Disk(DiskFile {
                 tree: self.root.clone(),
                 rel: rel.clone(),
@@ -268,6 +277,35 @@ impl Layer for DiskTree {
                 continue;
             }
             out.push(Child { name, kind });
+        }
+        Ok(out)
+    }
+
+    fn child_entries(
+        &self,
+        folder: &SharedRel,
+    ) -> io::Result<Vec<(std::ffi::OsString, LayerEntry)>> {
+        let rel = folder.get();
+        let Some(root) = self.root.fd.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let dir = sys::open_beneath(root, rel, libc::O_RDONLY | libc::O_DIRECTORY)?;
+        let top = rel.as_os_str().is_empty();
+        let mut out = Vec::new();
+        for (name, _) in sys::read_open_dir(&dir)? {
+            if top && self.hidden(Path::new(&name)) {
+                continue;
+            }
+            let entry = sys::at::lstat_at(&dir, &name).and_then(|st| {
+                let child = folder.child(&name);
+                self.entry_from_stat(&child, st, || sys::at::readlink_at(&dir, &name))
+            });
+            match entry {
+                Ok(entry) => out.push((name, entry)),
+                // Gone since listed, or a kind never shown (a device, a FIFO below).
+                Err(e) if is_absent(&e) => {}
+                Err(e) => return Err(e),
+            }
         }
         Ok(out)
     }

@@ -7,7 +7,7 @@ mod embedded;
 mod empty;
 mod templated;
 
-pub use archive::{GunzippedFile, TarballMembers};
+pub use archive::{CacheObjects, GunzippedFile, TarballMembers};
 pub use disk::DiskTree;
 pub use embedded::{embedded_file, export_contexts, EmbeddedTree};
 pub use empty::EmptyDir;
@@ -82,6 +82,25 @@ impl SharedRel {
             path: Arc::from(rel),
             skip: 0,
         }
+    }
+
+    /// The whole path this is the tail of (the tree's path, or the layer's own).
+    pub fn tree_path(&self) -> &Arc<Path> {
+        &self.path
+    }
+
+    /// The entry `name` of the folder this names: one new allocation of the child's
+    /// whole path, with the same layer root.
+    pub fn child(&self, name: &OsStr) -> Self {
+        let skip = self.skip as usize;
+        let joined = self.path.join(name);
+        // Below the layer's root itself the child's tail starts after the `/` added.
+        let skip = if skip > 0 && skip == self.path.as_os_str().len() {
+            skip + 1
+        } else {
+            skip
+        };
+        SharedRel::new(Arc::from(joined), skip)
     }
 
     pub fn get(&self) -> &Path {
@@ -192,6 +211,21 @@ pub trait Layer: Send + Sync + fmt::Debug {
 
     /// The children of the folder at `rel`.
     fn children(&self, rel: &Path) -> io::Result<Vec<Child>>;
+
+    /// The children of the folder at `rel` with their entries, as [`Layer::entry`] gives
+    /// each (a name gone in between is left out). A layer on disk answers from one open
+    /// folder, one `fstatat` per name, where `entry` resolves each path from the root.
+    /// `folder` is the folder's path as the tree keeps it: each entry keeps its child's
+    /// path (see [`Layer::entry_shared`]).
+    fn child_entries(&self, folder: &SharedRel) -> io::Result<Vec<(OsString, LayerEntry)>> {
+        let mut out = Vec::new();
+        for child in self.children(folder.get())? {
+            if let Some(entry) = self.entry_shared(&folder.child(&child.name))? {
+                out.push((child.name, entry));
+            }
+        }
+        Ok(out)
+    }
 
     /// True when the layer can change while mounted (an on-disk `--contexts` tree), so its
     /// entries must not be cached for long by the kernel.

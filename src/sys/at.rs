@@ -266,3 +266,42 @@ pub fn flistxattr(file: &impl AsRawFd) -> io::Result<Vec<OsString>> {
         .map(|n| OsString::from_vec(n.to_vec()))
         .collect())
 }
+
+/// `lstat` of the single name `name` in the folder `dir` (`fstatat` with
+/// `AT_SYMLINK_NOFOLLOW`): a name listed by `getdents` is one component, so nothing is
+/// resolved beyond `dir`. `dir` may be an `O_PATH` fd.
+pub fn lstat_at(dir: &impl AsRawFd, name: &OsStr) -> io::Result<libc::stat> {
+    let c = c_name(name)?;
+    // SAFETY: zeroed `stat` is a valid out-buffer for fstatat.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid fd and NUL-terminated name; `st` is a valid pointer for the call.
+    check(unsafe {
+        libc::fstatat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &mut st,
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    })?;
+    Ok(st)
+}
+
+/// The target of the symlink `name` in the folder `dir`.
+pub fn readlink_at(dir: &impl AsRawFd, name: &OsStr) -> io::Result<OsString> {
+    let c = c_name(name)?;
+    let mut buf = vec![0u8; libc::PATH_MAX as usize];
+    // SAFETY: valid fd and NUL-terminated name; `buf` is writable for its whole length.
+    let n = unsafe {
+        libc::readlinkat(
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    buf.truncate(n as usize);
+    Ok(OsString::from_vec(buf))
+}

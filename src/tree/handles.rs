@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use dashmap::DashMap;
 
@@ -24,10 +24,53 @@ pub(super) enum Readable {
         file: Arc<File>,
         size: u64,
     },
+    /// A file of an immutable layer, opened on disk at its first read only: an open
+    /// that the kernel serves from its page cache (`FOPEN_KEEP_CACHE`, the second `tar`
+    /// of a tree) costs no syscall at all.
+    Lower(Arc<LowerFile>),
     Bytes(Arc<[u8]>),
     /// Archive bytes, inflated on read through the archive's seek index.
     Archive(ArchiveSlice),
     Upper(Arc<File>),
+}
+
+/// A layer's file not opened on disk yet (see [`Readable::Lower`]).
+#[derive(Debug)]
+pub(super) struct LowerFile {
+    node: Arc<Node>,
+    file: OnceLock<Arc<File>>,
+}
+
+impl LowerFile {
+    /// The file of `node` to be opened by its first read, where that is allowed: a file
+    /// on disk of an immutable layer, nothing of it in the upper layer.
+    pub(super) fn of(node: &Arc<Node>) -> Option<Readable> {
+        let lazy = matches!(node.entry.content, Content::Disk(_))
+            && node.upper == InUpper::No
+            && !node.mutable;
+        lazy.then(|| {
+            Readable::Lower(Arc::new(LowerFile {
+                node: node.clone(),
+                file: OnceLock::new(),
+            }))
+        })
+    }
+
+    /// The file on disk, opened (and checked against what its lookup reported) by the
+    /// first read.
+    fn file(&self) -> Result<Arc<File>, FsError> {
+        if let Some(file) = self.file.get() {
+            return Ok(file.clone());
+        }
+        let Content::Disk(f) = &self.node.entry.content else {
+            return Err(fs_err!(EIO, "not a file on disk"));
+        };
+        let file = f
+            .open()
+            .map_err(|e| FsError::opening(&e, format!("opening {}: {e}", f.path().display())))?;
+        check_unchanged(&file, &self.node.entry, &f.path(), true)?;
+        Ok(self.file.get_or_init(|| Arc::new(file)).clone())
+    }
 }
 
 /// An open file.
@@ -266,6 +309,13 @@ pub(super) fn read<R>(
             let want = (size as u64).min(stat.saturating_sub(offset)) as usize;
             with_buffer(file, offset, want, true, answer)
         }
+        Readable::Lower(lower) => match lower.file() {
+            Ok(file) => {
+                let want = (size as u64).min(lower.node.entry.size.saturating_sub(offset)) as usize;
+                with_buffer(&file, offset, want, true, answer)
+            }
+            Err(e) => answer(Err(e)),
+        },
         Readable::Upper(file) => with_buffer(file, offset, size as usize, false, answer),
         Readable::Bytes(b) => {
             let start = (offset as usize).min(b.len());

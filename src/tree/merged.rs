@@ -12,7 +12,7 @@ use dashmap::DashMap;
 
 use super::changes::FolderChanges;
 use super::copy_up::CopyUp;
-use super::handles::{self, open_content, Handles, OpenFile, Readable};
+use super::handles::{self, open_content, Handles, LowerFile, OpenFile, Readable};
 use super::{FsError, InUpper, InodeTable, Namespace, Node, ROOT_INO};
 use crate::fs_err;
 use crate::layers::{is_plain_name, Content, EntryKind};
@@ -36,6 +36,9 @@ pub struct DirItem {
     pub name: OsString,
     pub kind: EntryKind,
     pub ino: u64,
+    /// The entry as a lookup would resolve it, where the listing already did (see
+    /// [`Namespace::child_nodes`]); `None`: resolve it by name.
+    pub node: Option<Arc<Node>>,
 }
 
 #[derive(Debug)]
@@ -144,6 +147,27 @@ impl MergedTree {
         Ok((ino, node))
     }
 
+    /// [`MergedTree::lookup`] of a listed entry of the folder `parent`, from the node its
+    /// listing resolved when there is one (no path resolved again).
+    pub fn lookup_listed(&self, parent: u64, item: &DirItem) -> Result<(u64, Arc<Node>), FsError> {
+        let Some(node) = &item.node else {
+            return self.lookup(parent, &item.name);
+        };
+        let (parent_path, _) = self
+            .inodes
+            .get(parent)
+            .ok_or_else(|| fs_err!(ESTALE, "inode {parent} is not known"))?;
+        let path = parent_path.join(&item.name);
+        // A node resolved before a change through the mount there is resolved again.
+        if self.changes.is_stale(&path, node.generation) {
+            return self.lookup(parent, &item.name);
+        }
+        // The listing's node holds its path already: the table keeps that one.
+        let path = node.tree_path().cloned().unwrap_or_else(|| Arc::from(path));
+        let ino = self.inodes.remember(path, node.clone());
+        Ok((ino, node.clone()))
+    }
+
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
         if self.inodes.get(ino).is_none() {
@@ -173,8 +197,22 @@ impl MergedTree {
         Ok((open_content(&path, &node)?, node))
     }
 
-    pub fn open(&self, ino: u64) -> Result<Opened, FsError> {
-        let (open, node) = self.open_content(ino)?;
+    /// Opens `ino` for reading. With `backing` (the kernel may read the file itself) a
+    /// layer's file is opened now, so that it can be handed over; without, a file of an
+    /// immutable layer is opened by its first read (errors of the backing file, such as
+    /// one changed under the mount, are answered there).
+    pub fn open(&self, ino: u64, backing: bool) -> Result<Opened, FsError> {
+        let (path, node) = self.inode(ino)?;
+        if !backing {
+            if let Some(lower) = LowerFile::of(&node) {
+                return Ok(Opened {
+                    fh: self.handles.add(ino, OpenFile::Open(lower)),
+                    backing: None,
+                    keep_cache: true,
+                });
+            }
+        }
+        let open = open_content(&path, &node)?;
         // Passthrough needs bytes that stay the same for as long as the kernel may hold
         // the backing: a lower file of an immutable layer, on a read-only mount (on a
         // writable one, a copy-up or a rename over the file would have to replace the
@@ -244,16 +282,28 @@ impl MergedTree {
         if node.entry.kind != EntryKind::Dir {
             return Err(fs_err!(ENOTDIR, "{} is not a folder", path.display()));
         }
-        let mut items: Vec<DirItem> = self
-            .ns
-            .children(&path, &node)?
-            .into_iter()
-            .map(|c| DirItem {
-                ino: self.inodes.ino_of(&path.join(&c.name)),
-                name: c.name,
-                kind: c.kind,
-            })
-            .collect();
+        let mut items: Vec<DirItem> = match self.ns.child_nodes(&path, &node)? {
+            Some(nodes) => nodes
+                .into_iter()
+                .map(|(name, child)| DirItem {
+                    ino: self.inodes.ino_of(&path.join(&name)),
+                    kind: child.entry.kind,
+                    node: Some(self.stamp(child)),
+                    name,
+                })
+                .collect(),
+            None => self
+                .ns
+                .children(&path, &node)?
+                .into_iter()
+                .map(|c| DirItem {
+                    ino: self.inodes.ino_of(&path.join(&c.name)),
+                    name: c.name,
+                    kind: c.kind,
+                    node: None,
+                })
+                .collect(),
+        };
         items.sort_by(|a, b| a.name.cmp(&b.name));
         let items = Arc::new(items);
         self.listings.insert(ino, items.clone());

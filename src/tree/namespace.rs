@@ -71,6 +71,15 @@ impl BranchSet {
     pub fn is_empty(&self) -> bool {
         self.low == 0 && self.more.is_none()
     }
+
+    /// The index when the set holds exactly one.
+    pub fn single(&self) -> Option<usize> {
+        match &self.more {
+            None if self.low.count_ones() == 1 => Some(self.low.trailing_zeros() as usize),
+            Some(more) if self.low == 0 && more.len() == 1 => Some(more[0]),
+            _ => None,
+        }
+    }
 }
 
 /// A resolved entry of the virtual tree.
@@ -98,6 +107,15 @@ impl Node {
             upper: InUpper::No,
             opaque: false,
             generation: 0,
+        }
+    }
+
+    /// The tree path this node's entry keeps (an entry of a folder on disk resolved by
+    /// path), for the inode table to keep the same allocation.
+    pub fn tree_path(&self) -> Option<&Arc<Path>> {
+        match &self.entry.source {
+            Source::Disk { rel, .. } => Some(rel.tree_path()),
+            _ => None,
         }
     }
 
@@ -364,6 +382,59 @@ impl Namespace {
         Ok(())
     }
 
+    /// The children of the folder `node` at `path` with their nodes, as [`Self::lookup`]
+    /// resolves each, from one pass over one folder on disk. `None` unless the folder
+    /// comes from a single immutable branch with no other branch mounted below it and
+    /// nothing of it in the upper layer (a build's registry and blob folders): anything
+    /// else is resolved name by name.
+    pub fn child_nodes(
+        &self,
+        path: &Path,
+        node: &Node,
+    ) -> io::Result<Option<Vec<(std::ffi::OsString, Node)>>> {
+        let Some(index) = node.branches.single() else {
+            return Ok(None);
+        };
+        let branch = &self.branches[index];
+        let plain = node.entry.kind == EntryKind::Dir
+            && node.upper == InUpper::No
+            && !node.opaque
+            && !node.mutable
+            && !branch.layer.is_mutable()
+            && !self
+                .branches
+                .iter()
+                .any(|b| b.at != path && b.at.starts_with(path));
+        let Relation::Inside(rel) = relation(&branch.at, path) else {
+            return Ok(None);
+        };
+        if !plain {
+            return Ok(None);
+        }
+        let folder = SharedRel::new(
+            Arc::from(path),
+            path.as_os_str().len() - rel.as_os_str().len(),
+        );
+        let nodes = branch
+            .layer
+            .child_entries(&folder)?
+            .into_iter()
+            .map(|(name, entry)| {
+                let branches = if entry.kind == EntryKind::Dir {
+                    BranchSet::of(index)
+                } else {
+                    BranchSet::default()
+                };
+                let node = Node {
+                    branches,
+                    ..Node::of(entry)
+                };
+                (name, node)
+            })
+            .collect();
+        Ok(Some(nodes))
+    }
+
     /// The children of the folder `node` at `path`, each once, with the kind that
     /// [`Namespace::lookup`] gives it.
     pub fn children(&self, path: &Path, node: &Node) -> io::Result<Vec<Child>> {
@@ -458,6 +529,10 @@ mod tests {
         }
         assert!(!set.contains(&1) && !set.contains(&65));
         assert!(!BranchSet::of(64).is_empty());
+        assert_eq!(BranchSet::of(3).single(), Some(3));
+        assert_eq!(BranchSet::of(70).single(), Some(70));
+        assert_eq!(set.single(), None);
+        assert_eq!(BranchSet::default().single(), None);
     }
 
     #[test]
@@ -524,6 +599,51 @@ mod tests {
             EntryKind::Dir
         );
         assert!(ns.resolve_path(Path::new("arm64")).unwrap().is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn child_nodes_match_lookups_of_a_plain_folder() {
+        let dir = scratch("child-nodes");
+        let (reg, other) = (dir.join("reg"), dir.join("other"));
+        std::fs::create_dir_all(reg.join("blobs/ab/sub")).unwrap();
+        std::fs::write(reg.join("blobs/ab/data"), b"12345").unwrap();
+        std::os::unix::fs::symlink("data", reg.join("blobs/ab/link")).unwrap();
+        std::fs::create_dir_all(other.join("etc")).unwrap();
+        let ns = Namespace::new(vec![
+            branch("rootfs", DiskTree::open(&other).unwrap()),
+            branch("rootfs/registry", DiskTree::open(&reg).unwrap()),
+            branch("rootfs/registry/blobs/mounted", EmptyDir),
+        ]);
+        let at = Path::new("rootfs/registry/blobs/ab");
+        let node = ns.resolve_path(at).unwrap().unwrap();
+        let mut nodes = ns.child_nodes(at, &node).unwrap().expect("a plain folder");
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        let names: Vec<_> = nodes.iter().map(|(n, _)| n.to_str().unwrap()).collect();
+        assert_eq!(names, ["data", "link", "sub"]);
+        for (name, listed) in &nodes {
+            let looked = ns.lookup(at, &node, name).unwrap().unwrap();
+            assert_eq!(listed.entry.kind, looked.entry.kind, "{name:?}");
+            assert_eq!(listed.entry.size, looked.entry.size, "{name:?}");
+            assert_eq!(listed.entry.mtime, looked.entry.mtime, "{name:?}");
+            assert_eq!(listed.entry.perm, looked.entry.perm, "{name:?}");
+            assert_eq!(listed.branches, looked.branches, "{name:?}");
+            assert_eq!(listed.upper, looked.upper, "{name:?}");
+            assert_eq!(
+                listed.entry.source.to_string(),
+                looked.entry.source.to_string()
+            );
+        }
+        assert!(matches!(
+            &nodes[1].1.entry.content,
+            crate::layers::Content::Link(t) if t == Path::new("data")
+        ));
+        // A folder with a branch mounted below it, and a merged one, resolve by name.
+        let blobs = Path::new("rootfs/registry/blobs");
+        let node = ns.resolve_path(blobs).unwrap().unwrap();
+        assert!(ns.child_nodes(blobs, &node).unwrap().is_none());
+        let root = ns.root().unwrap();
+        assert!(ns.child_nodes(Path::new(""), &root).unwrap().is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -230,4 +230,6 @@ pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
     }
 }
 pub mod buildah;
+pub mod garage;
+pub mod nginx;
 pub mod registry;
