@@ -149,17 +149,25 @@ impl Shared {
     }
 
     /// Removes the least recently used blocks until the cache fits its limit.
+    /// The files are removed after the LRU lock is let go: readers touching it on a hit
+    /// never wait for an unlink.
     fn evict(&self) {
-        let mut lru = lock(&self.lru);
-        while lru.total > self.limit {
-            let Some(path) = lru.order.values().next().cloned() else {
-                break;
-            };
-            let _ = std::fs::remove_file(&path);
-            lru.forget(&path);
-            if let Some(key) = key_of(&path) {
-                lock(&self.verified).remove(&key);
+        let mut gone = Vec::new();
+        {
+            let mut lru = lock(&self.lru);
+            while lru.total > self.limit {
+                let Some(path) = lru.order.values().next().cloned() else {
+                    break;
+                };
+                lru.forget(&path);
+                if let Some(key) = key_of(&path) {
+                    lock(&self.verified).remove(&key);
+                }
+                gone.push(path);
             }
+        }
+        for path in gone {
+            let _ = std::fs::remove_file(&path);
         }
     }
 
@@ -201,7 +209,21 @@ impl BlockCache {
                 .flatten()
             {
                 if let Ok(meta) = block.metadata() {
-                    if meta.is_file() && !block.file_name().to_string_lossy().starts_with('.') {
+                    let name = block.file_name().to_string_lossy().into_owned();
+                    if name.starts_with('.') && name.ends_with(".tmp") {
+                        // A block a killed mount was writing; an hour old, so not one that
+                        // another live mount sharing this folder is writing now.
+                        let stale = meta
+                            .modified()
+                            .ok()
+                            .and_then(|m| m.elapsed().ok())
+                            .is_some_and(|age| age.as_secs() > 3600);
+                        if stale {
+                            let _ = std::fs::remove_file(block.path());
+                        }
+                        continue;
+                    }
+                    if meta.is_file() && !name.starts_with('.') {
                         let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                         found.push((used, block.path(), meta.len()));
                     }
