@@ -406,7 +406,10 @@ fn run(cli: Cli) -> Result<(), String> {
             passthrough: if args.no_passthrough {
                 PassthroughPolicy::Off
             } else {
-                PassthroughPolicy::for_roots(&params.source_roots())
+                // The upper folder holds backing files too (writable mounts).
+                let mut roots = params.source_roots();
+                roots.extend(upper_dir.clone());
+                PassthroughPolicy::for_roots(&roots)
             },
             mount_lock: lock.map(Arc::new),
         };

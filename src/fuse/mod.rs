@@ -15,10 +15,12 @@
 //! opens, and reads by inode. Per file that saves the OPEN and RELEASE round trips (what
 //! `tar` over many small files pays for); per byte passthrough is faster (no copy through
 //! the daemon, one page cache). A writable mount needs open handles for its writes: its
-//! files are opened through the daemon and read with pread. Such an open of a layer's
-//! file opens nothing on disk until the first read (`OpenFile::Lower` in the tree), and
-//! neither it nor its RELEASE makes a syscall when the kernel has the pages already; no
-//! open is followed by a FLUSH (`FOPEN_NOFLUSH`).
+//! files are opened through the daemon. A file whose bytes are in the upper layer is
+//! then read and written by the kernel (passthrough to the upper file; [`passthrough`]
+//! says when the kernel allows it); a layer's file is read with pread. Such an open of
+//! a layer's file opens nothing on disk until the first read (`OpenFile::Lower` in the
+//! tree), and neither it nor its RELEASE makes a syscall when the kernel has the pages
+//! already; no open is followed by a FLUSH (`FOPEN_NOFLUSH`).
 //!
 //! Folders: a READDIRPLUS of a folder that comes from one layer on disk (the registry's
 //! blob and link folders) is answered from one pass over that folder, one `fstatat` per
@@ -253,12 +255,14 @@ impl Filesystem for BuildFs {
                 return reply.error(read_only("open"));
             }
             let opened = if writes {
-                self.tree.open_for_write(ino.0, flags.0)
+                self.tree.open_for_write(ino.0, flags.0).map(|fh| (fh, false))
             } else {
-                self.tree.open(ino.0, false).map(|opened| opened.fh)
+                self.tree
+                    .open(ino.0, false)
+                    .map(|opened| (opened.fh, opened.keep_cache))
             };
-            let fh = match opened {
-                Ok(fh) => fh,
+            let (fh, keep_cache) = match opened {
+                Ok(opened) => opened,
                 Err(e) => return reply.error(self.errno("open", ino.0, e)),
             };
             // A writable mount: the kernel reads and writes a file whose bytes are in
@@ -275,6 +279,10 @@ impl Filesystem for BuildFs {
                 }
                 // Written through the daemon: no page cache kept across opens.
                 None if writes => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                None if keep_cache => reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                ),
                 None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH),
             };
         }
