@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench-archives.sh -- what serving archives in place costs (issue 3, SPEC section 4).
+# bench-archives.sh -- what serving archives in place costs (issue 3, docs/DESIGN.md §4).
 #
 # Usage: sudo scripts/bench-archives.sh [WORKDIR]     (root and /dev/fuse: it mounts)
 #

@@ -4,7 +4,7 @@
 #
 # Usage: scripts/bench-fetch.sh [WORKDIR]      (needs nginx and curl; no root needed)
 #
-# Makes (once, kept in WORKDIR, default target/bench-fetch) a cache in the SPEC section 4
+# Makes (once, kept in WORKDIR, default target/bench-fetch) a cache in the docs/DESIGN.md §4
 # layout with scripts/demo-cache.sh for v1.23.4, whose six kube binaries are replaced by
 # BENCH_FILE_MB MiB (default 64) of random bytes each, and publishes it as a mirror with
 # `rootfs-mount cache publish`. Debian's nginx serves the mirror on 127.0.0.1 (a free

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # bench.sh -- rootfs-mount side by side with native reads, the kernel's overlayfs,
-# mergerfs and fuse-overlayfs (SPEC.md section 7), in one run on one machine.
+# mergerfs and fuse-overlayfs (docs/DESIGN.md §7), in one run on one machine.
 #
 # Usage: sudo scripts/bench.sh
 #
-# 1. Makes (or reuses) a large fixture in BENCH_DIR: an OSS cache in the SPEC section 4
+# 1. Makes (or reuses) a large fixture in BENCH_DIR: an OSS cache in the docs/DESIGN.md §4
 #    layout (scripts/demo-cache.sh for the skeleton), plus a registry v2 tree of
 #    BENCH_BLOBS small blobs (two files each: blob data and a layer link, so 40k+ files
 #    by default), six 256 MiB layer blobs and one 2 GiB blob, and binaries of 24-120 MB
@@ -36,7 +36,7 @@
 #    (warm), and the daemon's RSS after the `ls -lR` walks.
 # 4. Prints one table of medians, each with its speed relative to native (x1.00 = as
 #    fast as native; times are inverted so that higher is better everywhere), then the
-#    SPEC section 7 targets as met or missed. The table is also saved in
+#    docs/DESIGN.md §7 targets as met or missed. The table is also saved in
 #    BENCH_DIR/results/table.txt, raw numbers in results.tsv, hyperfine/fio JSON beside.
 #
 # Needs root (mounts, drop_caches, passthrough), /dev/fuse, python3, cargo (unless
@@ -423,7 +423,7 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
     echo
     echo "(xN.NN) = speed relative to native: native time / time, or rate / native rate."
     echo
-    echo "SPEC section 7 targets (rootfs-mount with passthrough):"
+    echo "docs/DESIGN.md §7 targets (rootfs-mount with passthrough):"
     ratio() { awk -v v="${R[rootfs-mount,$1]:-0}" -v n="${R[native,$1]:-0}" -v k="$2" 'BEGIN { if (v == 0 || n == 0) { print "nan"; exit } r = (k == "t") ? n / v : v / n; printf "%.2f", r }'; }
     verdict() { # LABEL RATIO MIN
         awk -v l="$1" -v r="$2" -v m="$3" 'BEGIN { if (r == "nan") { printf "  %-44s not measured\n", l; exit } printf "  %-44s x%.2f of native (target >= x%.2f): %s\n", l, r, m, (r + 0 >= m ? "met" : "MISSED") }'

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# demo-cache.sh -- build a demo OSS cache for rootfs-mount (layout: SPEC.md section 4).
+# demo-cache.sh -- build a demo OSS cache for rootfs-mount (layout: docs/DESIGN.md §4).
 #
 # Usage: scripts/demo-cache.sh DIR [VERSION ...]
 #
@@ -170,7 +170,7 @@ standin() {
     cat >"$out" <<EOF
 #!/bin/sh
 # rootfs-mount demo stand-in -- NOT the real $name.
-# Written by scripts/demo-cache.sh into a demo OSS cache (SPEC.md section 4).
+# Written by scripts/demo-cache.sh into a demo OSS cache (docs/DESIGN.md §4).
 # name=$name version=$ver platform=linux/$arch
 echo "rootfs-mount demo stand-in: $name $ver linux/$arch"
 exit 0

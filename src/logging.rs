@@ -66,15 +66,15 @@ pub fn syslog_socket() -> Option<PathBuf> {
     socket_at("ROOTFS_MOUNT_SYSLOG_SOCKET", SYSLOG_SOCKET)
 }
 
-/// `default`, or the path in the environment variable `env`, when it is a socket.
+/// `default`, or the path in the environment variable `env`, when it is a datagram
+/// socket someone listens on (a stream socket, as some syslog-ng set-ups have, would
+/// take no datagram: the daemon would log nowhere).
 fn socket_at(env: &str, default: &str) -> Option<PathBuf> {
     let path = std::env::var_os(env)
         .filter(|v| !v.is_empty())
         .map_or_else(|| PathBuf::from(default), PathBuf::from);
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::metadata(&path)
-        .is_ok_and(|m| m.file_type().is_socket())
-        .then_some(path)
+    let probe = UnixDatagram::unbound().ok()?;
+    probe.connect(&path).is_ok().then_some(path)
 }
 
 /// The log file of a background daemon without journald and without `--log-file`:

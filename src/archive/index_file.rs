@@ -110,12 +110,16 @@ pub enum BuildError {
     },
     /// The index could not be written (the folder, the disk).
     Sink(io::Error),
+    /// Reading the archive's bytes failed (the disk, a remote store): no verdict on the
+    /// archive itself, so a later build may succeed.
+    Read(io::Error),
 }
 
 impl From<ScanError> for BuildError {
     fn from(e: ScanError) -> Self {
         match e {
             ScanError::Sink(e) => BuildError::Sink(e),
+            ScanError::Read(e) => BuildError::Read(e),
             other => BuildError::Archive {
                 message: other.to_string(),
                 partial: None,
@@ -192,7 +196,7 @@ pub fn write_index<W: Write + Seek>(
         Some(Ok(listing)) => Some(listing),
         Some(Err((message, partial))) => {
             return Err(match scanned {
-                Err(e @ ScanError::Sink(_)) => e.into(),
+                Err(e @ (ScanError::Sink(_) | ScanError::Read(_))) => e.into(),
                 Err(e) => BuildError::Archive {
                     message: e.to_string(),
                     partial: Some(partial),
@@ -488,10 +492,7 @@ impl IndexStore {
         file: &dyn super::ArchiveSource,
         with_listing: bool,
     ) -> Result<(LoadedIndex, IndexOrigin), BuildError> {
-        let identity = file.identity().map_err(|e| BuildError::Archive {
-            message: format!("reading the archive: {e}"),
-            partial: None,
-        })?;
+        let identity = file.identity().map_err(BuildError::Read)?;
         let path = self.index_path(archive);
         if let Some(found) = Self::reuse(&path, &identity, with_listing) {
             return Ok((found, IndexOrigin::Reused));

@@ -32,7 +32,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use waiting::{GaveUp, Waiter};
 
@@ -239,7 +239,20 @@ impl IndexedArchive {
 pub struct ArchiveFault {
     pub message: String,
     pub partial: Option<TarListing>,
+    /// Set when reading the archive's bytes failed (the disk, a remote store that is
+    /// down) rather than the archive being bad: the first request after this instant
+    /// builds again instead of getting the remembered fault.
+    pub retry_at: Option<Instant>,
 }
+
+/// How long a read failure of an archive's bytes is remembered before a request tries
+/// the build again (a store that is down is not asked again for every request).
+/// (Shorter in unit tests, which wait it out.)
+const RETRY_READ_FAULT_AFTER: Duration = if cfg!(test) {
+    Duration::from_millis(200)
+} else {
+    Duration::from_secs(5)
+};
 
 /// Opens an archive's bytes (a file of the cache, or an object of a remote store).
 pub type Opener = Box<dyn Fn() -> io::Result<Box<dyn ArchiveSource>> + Send + Sync>;
@@ -270,8 +283,10 @@ struct Builder {
     with_listing: bool,
 }
 
-/// An archive indexed on first need. A fault is logged once and remembered: the
-/// archive's entries give EIO until the next mount.
+/// An archive indexed on first need. A fault of the archive itself is logged once and
+/// remembered: its entries give EIO until the next mount. A failure to read its bytes
+/// (the disk, a remote store that is down) gives EIO too, and the first request
+/// [`RETRY_READ_FAULT_AFTER`] later builds again.
 ///
 /// The build runs on a thread of its own; the requests that need it wait as
 /// [`waiting`] says (a kernel request gives up on a signal of its caller, or after a
@@ -317,6 +332,7 @@ impl LazyArchive {
             Err(gave_up) => Err(Arc::new(ArchiveFault {
                 message: format!("{gave_up:?}"),
                 partial: None,
+                retry_at: None,
             })),
         }
     }
@@ -348,17 +364,21 @@ impl LazyArchive {
         let mut state = lock(&self.slot.state);
         loop {
             match &*state {
+                Phase::Done(Err(f)) if f.retry_at.is_some_and(|at| Instant::now() >= at) => {
+                    *state = Phase::NotStarted;
+                    continue;
+                }
                 Phase::Done(outcome) => return Ok(outcome.clone()),
                 Phase::NotStarted => {
                     *state = Phase::Building;
                     let (builder, slot) = (self.builder.clone(), self.slot.clone());
                     let spawned = std::thread::Builder::new()
                         .name("index-build".into())
-                        .spawn(move || builder.build_into(&slot));
+                        .spawn(move || builder.build_guarded(&slot));
                     if spawned.is_err() {
                         // No thread to spare: build on this one.
                         drop(state);
-                        self.builder.build_into(&self.slot);
+                        self.builder.build_guarded(&self.slot);
                         state = lock(&self.slot.state);
                         continue;
                     }
@@ -385,6 +405,26 @@ impl LazyArchive {
 }
 
 impl Builder {
+    /// [`Builder::build_into`], and if the build panics, a fault for the waiters instead
+    /// of a build that never ends.
+    fn build_guarded(&self, slot: &Slot) {
+        let built =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.build_into(slot)));
+        if built.is_err() {
+            tracing::warn!(
+                target: crate::fault::TARGET,
+                file = %self.path.display(),
+                "the index build panicked: the archive's entries give EIO"
+            );
+            *lock(&slot.state) = Phase::Done(Err(Arc::new(ArchiveFault {
+                message: "the index build panicked".into(),
+                partial: None,
+                retry_at: None,
+            })));
+            slot.changed.notify_all();
+        }
+    }
+
     /// Builds (or loads) the index, logs what is wrong with it, and hands the outcome to
     /// the waiters.
     fn build_into(&self, slot: &Slot) {
@@ -406,6 +446,13 @@ impl Builder {
                     );
                 }
             }
+            Err(f) if f.retry_at.is_some() => tracing::warn!(
+                target: crate::fault::TARGET,
+                file = %self.path.display(),
+                error = %f.message,
+                "reading the archive failed: its entries give EIO; the build is tried again by a request {} s later",
+                RETRY_READ_FAULT_AFTER.as_secs()
+            ),
             Err(f) => tracing::warn!(
                 target: crate::fault::TARGET,
                 file = %self.path.display(),
@@ -419,12 +466,23 @@ impl Builder {
 
     fn load(&self) -> Outcome {
         let fault = |message: String, partial: Option<TarListing>| {
-            Arc::new(ArchiveFault { message, partial })
+            Arc::new(ArchiveFault {
+                message,
+                partial,
+                retry_at: None,
+            })
         };
-        let file = (self.open)().map_err(|e| fault(format!("opening the archive: {e}"), None))?;
+        let read_fault = |message: String| {
+            Arc::new(ArchiveFault {
+                message,
+                partial: None,
+                retry_at: Some(Instant::now() + RETRY_READ_FAULT_AFTER),
+            })
+        };
+        let file = (self.open)().map_err(|e| read_fault(format!("opening the archive: {e}")))?;
         let attrs = file
             .attrs()
-            .map_err(|e| fault(format!("stat of the archive: {e}"), None))?;
+            .map_err(|e| read_fault(format!("stat of the archive: {e}")))?;
         let started = std::time::Instant::now();
         let (index, origin) = self
             .store
@@ -432,6 +490,7 @@ impl Builder {
             .map_err(|e| match e {
                 BuildError::Archive { message, partial } => fault(message, partial),
                 BuildError::Sink(e) => fault(format!("building the index: {e}"), None),
+                BuildError::Read(e) => read_fault(format!("reading the archive: {e}")),
             })?;
         if let Some(offset) = index.trailing_garbage {
             tracing::warn!(

@@ -471,6 +471,46 @@ fn lazy_archives_serve_concurrent_readers_and_remember_faults() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+#[test]
+fn a_read_failure_is_tried_again_and_a_content_fault_is_not() {
+    let dir = scratch("retry");
+    let data = mixed_data(500_000, 3);
+    let path = dir.join("registry.tar.gz");
+    std::fs::write(&path, gzip(&data, 6)).unwrap();
+    let store = Arc::new(IndexStore::with_span(dir.join("index"), 128 * 1024));
+    // The first two opens fail as a store that is down would.
+    let opens = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (p, counter) = (path.clone(), opens.clone());
+    let archive = LazyArchive::new(
+        path.clone(),
+        Box::new(move || {
+            if counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+                return Err(io::Error::other("store down"));
+            }
+            Ok(Box::new(File::open(&p)?) as Box<dyn super::ArchiveSource>)
+        }),
+        store,
+        false,
+    );
+    let first = archive.get().unwrap_err();
+    assert!(first.retry_at.is_some(), "{}", first.message);
+    // Remembered for a while: no second open at once.
+    assert!(Arc::ptr_eq(&first, &archive.get().unwrap_err()));
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 1);
+    std::thread::sleep(super::RETRY_READ_FAULT_AFTER);
+    assert!(archive.get().is_err());
+    std::thread::sleep(super::RETRY_READ_FAULT_AFTER);
+    let served = archive.get().unwrap();
+    assert_eq!(opens.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let slice = ArchiveSlice {
+        archive: served,
+        start: 0,
+        len: data.len() as u64,
+    };
+    assert_eq!(slice.read(1000, 5000).unwrap(), data[1000..6000]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
 /// A seeded stand-in for the fuzz targets (fuzz/), run by every `cargo test`: mutated
 /// tar streams, gzip archives and index files never make the readers panic, and what a
 /// mutated archive still indexes reads back what flate2 decompresses.

@@ -95,6 +95,9 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
         let bad = || format!("{MANIFEST}: line {}: malformed", n + 1);
         let f: Vec<&str> = line.split('\t').collect();
         let num = |i: usize| f.get(i).and_then(|v| v.parse::<i64>().ok()).ok_or_else(bad);
+        // Sizes and ids are never negative nor past their type: malformed, not wrapped.
+        let unsigned = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).ok_or_else(bad);
+        let id = |i: usize| f.get(i).and_then(|v| v.parse::<u32>().ok()).ok_or_else(bad);
         let perm = |i: usize| {
             f.get(i)
                 .and_then(|v| u32::from_str_radix(v, 8).ok())
@@ -103,14 +106,7 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
         };
         let (kind, perm, at, path) = match (f.first().copied(), f.len()) {
             (Some("d"), 7) => (Kind::Dir, perm(1)?, 2, f[6]),
-            (Some("f"), 8) => (
-                Kind::File {
-                    size: num(6)? as u64,
-                },
-                perm(1)?,
-                2,
-                f[7],
-            ),
+            (Some("f"), 8) => (Kind::File { size: unsigned(6)? }, perm(1)?, 2, f[7]),
             (Some("l"), 7) => (
                 Kind::Link {
                     target: f[6].to_string(),
@@ -127,8 +123,8 @@ pub fn parse(text: &str) -> Result<Manifest, String> {
             Entry {
                 kind,
                 perm,
-                uid: num(at)? as u32,
-                gid: num(at + 1)? as u32,
+                uid: id(at)?,
+                gid: id(at + 1)?,
                 mtime_sec: num(at + 2)?,
                 mtime_nsec: num(at + 3)?.clamp(0, 999_999_999) as u32,
             },

@@ -151,9 +151,21 @@ fn seek_index(cache: &Path, rel: &str, scratch: &Path) -> Option<Vec<u8>> {
 struct Scratch(PathBuf);
 
 impl Scratch {
+    /// A new folder of our own, mode 0700: one that exists already (another user's, made
+    /// ahead under a guessable name) is an error, never reused.
     fn new() -> Result<Self, String> {
-        let dir = std::env::temp_dir().join(format!("rootfs-mount-publish-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)
+        use std::os::unix::fs::DirBuilderExt;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let dir = std::env::temp_dir().join(format!(
+            "rootfs-mount-publish-{}.{nanos}",
+            std::process::id()
+        ));
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&dir)
             .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         Ok(Scratch(dir))
     }

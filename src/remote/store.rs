@@ -67,6 +67,11 @@ impl Location {
                 format!("{text}/")
             };
             return Some(match reqwest::Url::parse(&base) {
+                // A user name or password in the address would be shown wherever the
+                // mirror is named (status, logs, xattrs).
+                Ok(url) if !url.username().is_empty() || url.password().is_some() => Err(
+                    "bad --cache: a mirror address must not carry a user name or password (they would show in status and logs)".to_string(),
+                ),
                 Ok(url) if url.host_str().is_some() && url.query().is_none() => {
                     Ok(Location::Mirror { base })
                 }
@@ -366,17 +371,18 @@ impl Store {
             let response = request.send().map_err(|e| describe(&what, e))?;
             self.check_status(&what, &response)?;
             self.check_etag(rel, &what, &response)?;
-            let whole = response.status() == StatusCode::OK;
+            if response.status() == StatusCode::OK && start > 0 {
+                // A server that ignores Range would send the whole object for every
+                // block: refused rather than read (and held) up to the block each time.
+                return Err(StoreError::permanent(format!(
+                    "{what}: the server ignores Range requests (answered 200 to a ranged GET); serve the mirror with a server that answers 206, such as nginx"
+                )));
+            }
             let mut body = Vec::with_capacity(len as usize);
-            let limit = if whole { start + len } else { len };
             response
-                .take(limit)
+                .take(len)
                 .read_to_end(&mut body)
                 .map_err(|e| StoreError::transient(format!("{what}: reading the answer: {e}")))?;
-            if whole {
-                // A server that ignores Range: keep the part asked for.
-                body.drain(..(start as usize).min(body.len()));
-            }
             if body.len() as u64 != len {
                 return Err(StoreError::transient(format!(
                     "{what}: {} bytes at {start} where {len} were asked for (the connection was cut?)",
@@ -571,6 +577,9 @@ mod tests {
             }
         );
         assert!(Location::parse("/var/cache/rootfs-mount").is_none());
+        let with_password = Location::parse("https://u:secret@127.0.0.1/m/").unwrap();
+        assert!(!with_password.unwrap_err().contains("secret"));
+        assert!(Location::parse("https://u@127.0.0.1/m/").unwrap().is_err());
         assert_eq!(encode_path("a b/c+d"), "a%20b/c%2Bd");
     }
 
@@ -605,6 +614,41 @@ mod tests {
         )
         .unwrap();
         assert_eq!(store.get_range("f", 0, 100).unwrap(), body);
+        server.join().unwrap();
+    }
+
+    /// A server that answers a ranged GET with the whole object is refused once, by a
+    /// permanent error, not read up to the block for every block.
+    #[test]
+    fn a_server_that_ignores_range_is_refused() {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let mut conn = listener.incoming().next().unwrap().unwrap();
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 2 {
+                line.clear();
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 100\r\nConnection: close\r\n\r\n";
+            conn.write_all(head.as_bytes()).unwrap();
+            let _ = conn.write_all(&[7u8; 100]);
+        });
+        let store = Store::new(
+            Location::parse(&format!("http://127.0.0.1:{port}/m/"))
+                .unwrap()
+                .unwrap(),
+            None,
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        let err = store.get_range("f", 50, 10).unwrap_err();
+        assert!(
+            err.permanent && err.message.contains("ignores Range"),
+            "{}",
+            err.message
+        );
         server.join().unwrap();
     }
 }

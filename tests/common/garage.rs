@@ -49,6 +49,13 @@ impl Node {
     }
 }
 
+/// A node started by a cluster that fails to form is stopped too.
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
 /// Runs `garage -c CONF ARGS`, asserting success; returns stdout.
 fn garage(conf: &Path, args: &[&str]) -> String {
     let out = Command::new("garage")
