@@ -875,7 +875,10 @@ fn upper_files_are_read_and_written_by_the_kernel() {
     for chunk in payload.chunks(65536) {
         f.write_all(chunk).unwrap();
     }
-    assert_eq!(std::fs::metadata(&path).unwrap().len(), payload.len() as u64);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        payload.len() as u64
+    );
     f.write_all_at(b"middle", 1_000_000).unwrap();
     f.set_len(3_000_000).unwrap();
     f.seek(SeekFrom::End(0)).unwrap();
@@ -906,7 +909,11 @@ fn upper_files_are_read_and_written_by_the_kernel() {
     assert!(delta(&before, &after, "create") >= 1, "{after:?}");
     assert!(delta(&before, &after, "open") >= 2, "{after:?}");
     assert_eq!(delta(&before, &after, "read"), 0, "{before:?} -> {after:?}");
-    assert_eq!(delta(&before, &after, "write"), 0, "{before:?} -> {after:?}");
+    assert_eq!(
+        delta(&before, &after, "write"),
+        0,
+        "{before:?} -> {after:?}"
+    );
     // The bytes are in the upper layer's file, as written.
     let upper = std::fs::read(m.path("rootfs/passthrough-file")).unwrap();
     assert_eq!(upper.len(), wanted.len() + 1);
@@ -965,6 +972,10 @@ fn a_copy_up_under_an_open_reader_keeps_every_open_working() {
     let after = requests_by_op(&m);
     if passes_through(&m) {
         assert_eq!(delta(&before, &after, "read"), 0, "{before:?} -> {after:?}");
-        assert_eq!(delta(&before, &after, "write"), 0, "{before:?} -> {after:?}");
+        assert_eq!(
+            delta(&before, &after, "write"),
+            0,
+            "{before:?} -> {after:?}"
+        );
     }
 }

@@ -255,7 +255,9 @@ impl Filesystem for BuildFs {
                 return reply.error(read_only("open"));
             }
             let opened = if writes {
-                self.tree.open_for_write(ino.0, flags.0).map(|fh| (fh, false))
+                self.tree
+                    .open_for_write(ino.0, flags.0)
+                    .map(|fh| (fh, false))
             } else {
                 self.tree
                     .open(ino.0, false)
@@ -267,12 +269,9 @@ impl Filesystem for BuildFs {
             };
             // A writable mount: the kernel reads and writes a file whose bytes are in
             // the upper layer itself; everything else goes through the daemon.
-            let backing = self.passthrough.open(
-                ino.0,
-                fh,
-                || self.tree.upper_backing(ino.0),
-                register,
-            );
+            let backing =
+                self.passthrough
+                    .open(ino.0, fh, || self.tree.upper_backing(ino.0), register);
             return match backing {
                 Some(backing) => {
                     reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
@@ -295,7 +294,9 @@ impl Filesystem for BuildFs {
         };
         let fh = FileHandle(opened.fh);
         if let Some(file) = opened.backing {
-            if let Some(backing) = self.passthrough.open(ino.0, opened.fh, || Some(file), register)
+            if let Some(backing) = self
+                .passthrough
+                .open(ino.0, opened.fh, || Some(file), register)
             {
                 return reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
             }
@@ -705,7 +706,13 @@ impl Filesystem for BuildFs {
                 FopenFlags::empty(),
                 &backing,
             ),
-            None => reply.created(&ttl, &attr, Generation(0), FileHandle(fh), FopenFlags::empty()),
+            None => reply.created(
+                &ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
         }
     }
 
