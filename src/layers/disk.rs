@@ -7,7 +7,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{Child, Content, DiskFile, EntryKind, Layer, LayerEntry, Source};
+use super::{Child, Content, DiskFile, EntryKind, Layer, LayerEntry, SharedRel, Source};
 use crate::sys;
 
 /// The opened root of a [`DiskTree`].
@@ -154,14 +154,14 @@ impl DiskTree {
         }
     }
 
-    fn entry_of(&self, rel: &Path, fd: &OwnedFd) -> io::Result<LayerEntry> {
+    fn entry_of(&self, rel: &SharedRel, fd: &OwnedFd) -> io::Result<LayerEntry> {
         self.entry_from_stat(rel, sys::fstat(fd)?, || sys::readlink_fd(fd))
     }
 
     /// The entry at `rel` whose `lstat` is `st`; `read_link` reads a symlink's target.
     fn entry_from_stat(
         &self,
-        rel: &Path,
+        rel: &SharedRel,
         st: libc::stat,
         read_link: impl FnOnce() -> io::Result<std::ffi::OsString>,
     ) -> io::Result<LayerEntry> {
@@ -174,6 +174,7 @@ impl DiskTree {
             libc::S_IFSOCK if self.special => EntryKind::Socket,
             _ => return Err(io::Error::from_raw_os_error(libc::ENOENT)),
         };
+        let rel = rel.clone();
         let content = match kind {
             EntryKind::Fifo | EntryKind::Socket => Content::Special {
                 link_id: (st.st_nlink > 1).then_some((st.st_dev, st.st_ino)),
@@ -182,7 +183,7 @@ impl DiskTree {
             EntryKind::Symlink => Content::Link(PathBuf::from(read_link()?)),
             EntryKind::File => Content::Disk(DiskFile {
                 tree: self.root.clone(),
-                rel: rel.to_path_buf(),
+                rel: rel.clone(),
                 // Hard links are one inode in the tree (`tree::inodes` decides where:
                 // the upper layer's always, the layers below' on a read-only mount); a
                 // layer edited while mounted is left out (an edit may split a link).
@@ -202,7 +203,10 @@ impl DiskTree {
             uid: st.st_uid,
             gid: st.st_gid,
             content,
-            source: Source::Path(self.root.absolute(rel)),
+            source: Source::Disk {
+                tree: self.root.clone(),
+                rel,
+            },
         })
     }
 }
@@ -217,6 +221,11 @@ fn is_absent(e: &io::Error) -> bool {
 
 impl Layer for DiskTree {
     fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>> {
+        self.entry_shared(&SharedRel::own(rel))
+    }
+
+    fn entry_shared(&self, shared: &SharedRel) -> io::Result<Option<LayerEntry>> {
+        let rel = shared.get();
         let Some(root) = self.root.fd.as_ref() else {
             return Ok(None);
         };
@@ -228,13 +237,13 @@ impl Layer for DiskTree {
             if st.st_mode & libc::S_IFMT == libc::S_IFREG && st.st_nlink == 0 {
                 return Ok(None);
             }
-            return self.entry_of(rel, root).map(Some);
+            return self.entry_of(shared, root).map(Some);
         }
         if self.hidden(rel) {
             return Ok(None);
         }
         match sys::open_beneath(root, rel, libc::O_PATH) {
-            Ok(fd) => match self.entry_of(rel, &fd) {
+            Ok(fd) => match self.entry_of(shared, &fd) {
                 Ok(e) => Ok(Some(e)),
                 Err(e) if is_absent(&e) => Ok(None),
                 Err(e) => Err(e),
@@ -272,7 +281,11 @@ impl Layer for DiskTree {
         Ok(out)
     }
 
-    fn child_entries(&self, rel: &Path) -> io::Result<Vec<(std::ffi::OsString, LayerEntry)>> {
+    fn child_entries(
+        &self,
+        folder: &SharedRel,
+    ) -> io::Result<Vec<(std::ffi::OsString, LayerEntry)>> {
+        let rel = folder.get();
         let Some(root) = self.root.fd.as_ref() else {
             return Ok(Vec::new());
         };
@@ -284,7 +297,8 @@ impl Layer for DiskTree {
                 continue;
             }
             let entry = sys::at::lstat_at(&dir, &name).and_then(|st| {
-                self.entry_from_stat(&rel.join(&name), st, || sys::at::readlink_at(&dir, &name))
+                let child = folder.child(&name);
+                self.entry_from_stat(&child, st, || sys::at::readlink_at(&dir, &name))
             });
             match entry {
                 Ok(entry) => out.push((name, entry)),

@@ -55,11 +55,68 @@ pub enum Content {
     Faulty(Arc<str>),
 }
 
+/// A path relative to a layer root, as the tail of a path of the virtual tree: the
+/// tree's path (the allocation the inode table also holds) without the first `skip`
+/// bytes (where the layer is mounted). One copy of each path serves the inode table,
+/// the entry's [`DiskFile`] and its [`Source::Disk`].
+#[derive(Clone, Debug)]
+pub struct SharedRel {
+    path: Arc<Path>,
+    skip: u32,
+}
+
+impl SharedRel {
+    /// `path` without its first `skip` bytes, which must end at a component boundary
+    /// (the layer's mount path and its `/`); past the end gives the empty path.
+    pub fn new(path: Arc<Path>, skip: usize) -> Self {
+        let skip = skip.min(path.as_os_str().len());
+        SharedRel {
+            path,
+            skip: u32::try_from(skip).unwrap_or(u32::MAX),
+        }
+    }
+
+    /// A path that is not shared with the tree (the layer asked directly).
+    pub fn own(rel: &Path) -> Self {
+        SharedRel {
+            path: Arc::from(rel),
+            skip: 0,
+        }
+    }
+
+    /// The whole path this is the tail of (the tree's path, or the layer's own).
+    pub fn tree_path(&self) -> &Arc<Path> {
+        &self.path
+    }
+
+    /// The entry `name` of the folder this names: one new allocation of the child's
+    /// whole path, with the same layer root.
+    pub fn child(&self, name: &OsStr) -> Self {
+        let skip = self.skip as usize;
+        let joined = self.path.join(name);
+        // Below the layer's root itself the child's tail starts after the `/` added.
+        let skip = if skip > 0 && skip == self.path.as_os_str().len() {
+            skip + 1
+        } else {
+            skip
+        };
+        SharedRel::new(Arc::from(joined), skip)
+    }
+
+    pub fn get(&self) -> &Path {
+        let bytes = self.path.as_os_str().as_bytes();
+        Path::new(OsStr::from_bytes(
+            bytes.get(self.skip as usize..).unwrap_or_default(),
+        ))
+    }
+}
+
 /// A regular file of a [`DiskTree`], addressed relative to the tree's root.
 #[derive(Clone, Debug)]
 pub struct DiskFile {
     pub tree: Arc<disk::Root>,
-    pub rel: PathBuf,
+    /// Shared with the entry's [`Source::Disk`] and the tree's inode table.
+    pub rel: SharedRel,
     /// `(st_dev, st_ino)` of a file of the upper layer with more than one name (a hard
     /// link): all its names are one inode in the tree.
     pub link_id: Option<(u64, u64)>,
@@ -67,11 +124,11 @@ pub struct DiskFile {
 
 impl DiskFile {
     pub fn open(&self) -> io::Result<File> {
-        self.tree.open_file(&self.rel)
+        self.tree.open_file(self.rel.get())
     }
 
     pub fn path(&self) -> PathBuf {
-        self.tree.absolute(&self.rel)
+        self.tree.absolute(self.rel.get())
     }
 }
 
@@ -101,6 +158,13 @@ pub struct LayerEntry {
 pub enum Source {
     /// A backing path on disk.
     Path(PathBuf),
+    /// An entry of a [`DiskTree`]: its root and the path below it (the same allocation
+    /// as its [`DiskFile::rel`]), shown as the absolute path. Entries resolved from disk
+    /// are what the tree holds most of: they keep no second, absolute copy of the path.
+    Disk {
+        tree: Arc<disk::Root>,
+        rel: SharedRel,
+    },
     /// A file compiled into the binary from the repository's `contexts/`.
     Embedded(String),
     /// Rendered from a template.
@@ -115,6 +179,7 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::Path(p) => write!(f, "{}", p.display()),
+            Source::Disk { tree, rel } => write!(f, "{}", tree.absolute(rel.get()).display()),
             Source::Embedded(p) => write!(f, "embedded:contexts/{p}"),
             Source::Rendered(t) => write!(f, "rendered:{t}"),
             Source::Synthetic => write!(f, "synthetic"),
@@ -138,16 +203,24 @@ pub trait Layer: Send + Sync + fmt::Debug {
     /// The entry at `rel`, without following a trailing symlink; `None` when absent.
     fn entry(&self, rel: &Path) -> io::Result<Option<LayerEntry>>;
 
+    /// [`Layer::entry`] of `rel.get()`, for a layer whose entries keep their path: they
+    /// keep `rel`'s allocation (the tree's) rather than a copy.
+    fn entry_shared(&self, rel: &SharedRel) -> io::Result<Option<LayerEntry>> {
+        self.entry(rel.get())
+    }
+
     /// The children of the folder at `rel`.
     fn children(&self, rel: &Path) -> io::Result<Vec<Child>>;
 
     /// The children of the folder at `rel` with their entries, as [`Layer::entry`] gives
     /// each (a name gone in between is left out). A layer on disk answers from one open
     /// folder, one `fstatat` per name, where `entry` resolves each path from the root.
-    fn child_entries(&self, rel: &Path) -> io::Result<Vec<(OsString, LayerEntry)>> {
+    /// `folder` is the folder's path as the tree keeps it: each entry keeps its child's
+    /// path (see [`Layer::entry_shared`]).
+    fn child_entries(&self, folder: &SharedRel) -> io::Result<Vec<(OsString, LayerEntry)>> {
         let mut out = Vec::new();
-        for child in self.children(rel)? {
-            if let Some(entry) = self.entry(&rel.join(&child.name))? {
+        for child in self.children(folder.get())? {
+            if let Some(entry) = self.entry_shared(&folder.child(&child.name))? {
                 out.push((child.name, entry));
             }
         }

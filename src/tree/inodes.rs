@@ -117,8 +117,10 @@ impl InodeTable {
         }
     }
 
-    /// Records one kernel lookup of `path`, resolved as `node`; returns its number.
-    pub fn remember(&self, path: &Path, node: Arc<Node>) -> u64 {
+    /// Records one kernel lookup of `path`, resolved as `node`; returns its number. The
+    /// table keeps `path` itself (the allocation `node`'s entry shares, see
+    /// `layers::SharedRel`), not a copy.
+    pub fn remember(&self, path: Arc<Path>, node: Arc<Node>) -> u64 {
         if path.as_os_str().is_empty() {
             if let Some(mut root) = self.map.get_mut(&ROOT_INO) {
                 root.node = node;
@@ -128,7 +130,7 @@ impl InodeTable {
         // Another name of a hard-linked file already known: the same number.
         if let Some(id) = link_id(&node, self.lower_links) {
             if let Some(known) = self.by_link.get(&id).map(|v| *v) {
-                if self.add_alias(known, path, node.clone()) {
+                if self.add_alias(known, &path, node.clone()) {
                     return known;
                 }
                 self.by_link.remove(&id);
@@ -162,17 +164,21 @@ impl InodeTable {
         true
     }
 
-    fn remember_path(&self, path: &Path, node: Arc<Node>) -> u64 {
-        let mut ino = match self.moved.get(path) {
+    fn remember_path(&self, path: Arc<Path>, node: Arc<Node>) -> u64 {
+        let mut ino = match self.moved.get(&path) {
             Some(ino) => *ino,
-            None => hash_ino(path),
+            None => hash_ino(&path),
         };
         loop {
             match self.map.entry(ino) {
                 Entry::Occupied(mut o)
-                    if &*o.get().path == path || o.get().aliases.iter().any(|a| &**a == path) =>
+                    if o.get().path == path || o.get().aliases.contains(&path) =>
                 {
                     let inode = o.get_mut();
+                    if inode.path == path {
+                        // The new node shares the new allocation: keep that one only.
+                        inode.path = path;
+                    }
                     inode.node = node;
                     inode.lookups += 1;
                     return ino;
@@ -180,7 +186,7 @@ impl InodeTable {
                 Entry::Occupied(_) => ino = next(ino),
                 Entry::Vacant(v) => {
                     v.insert(Inode {
-                        path: Arc::from(path),
+                        path,
                         node,
                         lookups: 1,
                         aliases: Vec::new(),
@@ -333,17 +339,20 @@ mod tests {
         let table = InodeTable::new((*node()).clone());
         let p = Path::new("rootfs/etc");
         let predicted = table.ino_of(p);
-        let ino = table.remember(p, node());
+        let ino = table.remember(Arc::from(p), node());
         assert_eq!(ino, predicted);
-        assert_eq!(table.remember(p, node()), ino);
-        assert_ne!(table.remember(Path::new("rootfs/etc2"), node()), ino);
+        assert_eq!(table.remember(Arc::from(p), node()), ino);
+        assert_ne!(
+            table.remember(Arc::from(Path::new("rootfs/etc2")), node()),
+            ino
+        );
         assert_eq!(table.len(), 3);
         table.forget(ino, 1);
         assert!(table.get(ino).is_some());
         table.forget(ino, 1);
         assert!(table.get(ino).is_none());
         // Looked up again after FORGET: same number.
-        assert_eq!(table.remember(p, node()), ino);
+        assert_eq!(table.remember(Arc::from(p), node()), ino);
         table.forget(ROOT_INO, 10);
         assert!(table.get(ROOT_INO).is_some());
     }

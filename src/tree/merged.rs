@@ -121,7 +121,7 @@ impl MergedTree {
         if !stale {
             return Ok((path, node));
         }
-        match self.ns.resolve_path(&path)? {
+        match self.ns.resolve_shared(&path)? {
             Some(fresh) => {
                 let fresh = self.stamp(fresh);
                 self.inodes.update(ino, fresh.clone());
@@ -136,12 +136,14 @@ impl MergedTree {
             return Err(fs_err!(ENOENT, "bad name {name:?}"));
         }
         let (parent_path, parent_node) = self.inode(parent)?;
+        // One allocation of the path, kept by the inode table and by the entry.
+        let path: Arc<Path> = Arc::from(parent_path.join(name));
         let node = self
             .ns
-            .lookup(&parent_path, &parent_node, name)?
+            .lookup_shared(&path, &parent_node)?
             .ok_or_else(|| fs_err!(ENOENT, "no {name:?} in {}", parent_path.display()))?;
         let node = self.stamp(node);
-        let ino = self.inodes.remember(&parent_path.join(name), node.clone());
+        let ino = self.inodes.remember(path, node.clone());
         Ok((ino, node))
     }
 
@@ -160,7 +162,9 @@ impl MergedTree {
         if self.changes.is_stale(&path, node.generation) {
             return self.lookup(parent, &item.name);
         }
-        let ino = self.inodes.remember(&path, node.clone());
+        // The listing's node holds its path already: the table keeps that one.
+        let path = node.tree_path().cloned().unwrap_or_else(|| Arc::from(path));
+        let ino = self.inodes.remember(path, node.clone());
         Ok((ino, node.clone()))
     }
 

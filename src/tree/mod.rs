@@ -20,5 +20,5 @@ mod write;
 pub use error::FsError;
 pub use inodes::{InodeTable, ROOT_INO};
 pub use merged::{DirItem, MergedTree, Opened};
-pub use namespace::{Branch, InUpper, Namespace, Node};
+pub use namespace::{Branch, BranchSet, InUpper, Namespace, Node};
 pub use write::{AttrChange, Caller, RENAME_NOREPLACE};

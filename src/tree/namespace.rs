@@ -13,7 +13,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::layers::{Child, EntryKind, Layer, LayerEntry, Source};
+use crate::layers::{Child, EntryKind, Layer, LayerEntry, SharedRel, Source};
 use crate::upper::{UpperDir, UpperLookup};
 
 /// A layer mounted at a path of the virtual tree (relative, empty = the mount root).
@@ -34,12 +34,60 @@ pub enum InUpper {
     Metadata,
 }
 
+/// Which branches a folder is merged from, by index: a bit each for the first 64 (a
+/// node is kept per entry the kernel holds, so this stays small and off the heap), a
+/// list for any beyond.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BranchSet {
+    low: u64,
+    more: Option<Box<[usize]>>,
+}
+
+impl BranchSet {
+    pub fn of(index: usize) -> Self {
+        let mut set = BranchSet::default();
+        set.push(index);
+        set
+    }
+
+    pub fn push(&mut self, index: usize) {
+        match u32::try_from(index).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.low |= bit,
+            None => {
+                let mut more = self.more.take().map(Vec::from).unwrap_or_default();
+                more.push(index);
+                self.more = Some(more.into_boxed_slice());
+            }
+        }
+    }
+
+    pub fn contains(&self, index: &usize) -> bool {
+        match u32::try_from(*index).ok().and_then(|i| 1u64.checked_shl(i)) {
+            Some(bit) => self.low & bit != 0,
+            None => self.more.as_ref().is_some_and(|m| m.contains(index)),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.low == 0 && self.more.is_none()
+    }
+
+    /// The index when the set holds exactly one.
+    pub fn single(&self) -> Option<usize> {
+        match &self.more {
+            None if self.low.count_ones() == 1 => Some(self.low.trailing_zeros() as usize),
+            Some(more) if self.low == 0 && more.len() == 1 => Some(more[0]),
+            _ => None,
+        }
+    }
+}
+
 /// A resolved entry of the virtual tree.
 #[derive(Clone, Debug)]
 pub struct Node {
     pub entry: LayerEntry,
     /// For folders: the branches whose layer has this folder, highest first.
-    pub branches: Vec<usize>,
+    pub branches: BranchSet,
     /// True when a layer it comes from may change while mounted.
     pub mutable: bool,
     pub upper: InUpper,
@@ -54,11 +102,20 @@ impl Node {
     pub fn of(entry: LayerEntry) -> Self {
         Node {
             entry,
-            branches: Vec::new(),
+            branches: BranchSet::default(),
             mutable: false,
             upper: InUpper::No,
             opaque: false,
             generation: 0,
+        }
+    }
+
+    /// The tree path this node's entry keeps (an entry of a folder on disk resolved by
+    /// path), for the inode table to keep the same allocation.
+    pub fn tree_path(&self) -> Option<&Arc<Path>> {
+        match &self.entry.source {
+            Source::Disk { rel, .. } => Some(rel.tree_path()),
+            _ => None,
         }
     }
 
@@ -135,27 +192,41 @@ impl Namespace {
 
     /// The mount root.
     pub fn root(&self) -> io::Result<Node> {
-        self.resolve(Path::new(""), None)
+        self.resolve(&Arc::from(Path::new("")), None)
             .map(|n| n.unwrap_or_else(|| Node::of(synthetic_dir())))
     }
 
     /// Resolves `path` from the root, one component at a time (used to refresh entries
     /// of mutable layers).
     pub fn resolve_path(&self, path: &Path) -> io::Result<Option<Node>> {
+        self.resolve_shared(&Arc::from(path))
+    }
+
+    /// [`Namespace::resolve_path`] of a path the caller keeps (the inode table's): the
+    /// node's entry shares it.
+    pub fn resolve_shared(&self, path: &Arc<Path>) -> io::Result<Option<Node>> {
         let mut node = self.root()?;
         let mut at = PathBuf::new();
-        for part in path.components() {
+        let mut parts = path.components().peekable();
+        while let Some(part) = parts.next() {
             let Component::Normal(name) = part else {
                 return Ok(None);
             };
             if node.entry.kind != EntryKind::Dir {
                 return Ok(None);
             }
-            match self.lookup(&at, &node, name)? {
+            at.push(name);
+            // The caller's path when it is the one built here (no `//` or trailing `/`).
+            let here: Arc<Path> =
+                if parts.peek().is_none() && path.as_os_str().len() == at.as_os_str().len() {
+                    path.clone()
+                } else {
+                    Arc::from(at.as_path())
+                };
+            match self.lookup_shared(&here, &node)? {
                 Some(child) => node = child,
                 None => return Ok(None),
             }
-            at.push(name);
         }
         Ok(Some(node))
     }
@@ -167,14 +238,20 @@ impl Namespace {
         parent: &Node,
         name: &OsStr,
     ) -> io::Result<Option<Node>> {
+        self.lookup_shared(&Arc::from(parent_path.join(name)), parent)
+    }
+
+    /// The entry at `path` (a child of the folder `parent`), whose entry shares `path`
+    /// rather than copying it: the caller keeps `path` in the inode table.
+    pub fn lookup_shared(&self, path: &Arc<Path>, parent: &Node) -> io::Result<Option<Node>> {
         if parent.entry.kind != EntryKind::Dir {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
         }
-        self.resolve(&parent_path.join(name), Some(parent))
+        self.resolve(path, Some(parent))
     }
 
     /// Resolves `path`; `parent` limits which branches may contribute below their root.
-    fn resolve(&self, path: &Path, parent: Option<&Node>) -> io::Result<Option<Node>> {
+    fn resolve(&self, path: &Arc<Path>, parent: Option<&Node>) -> io::Result<Option<Node>> {
         self.resolved.fetch_add(1, Ordering::Relaxed);
         let mut found: Option<Node> = None;
         let mut metadata: Option<LayerEntry> = None;
@@ -232,10 +309,11 @@ impl Namespace {
     /// The branches' part of [`Self::resolve`].
     fn resolve_below(
         &self,
-        path: &Path,
+        path: &Arc<Path>,
         parent: Option<&Node>,
         found: &mut Option<Node>,
     ) -> io::Result<()> {
+        let len = path.as_os_str().len();
         for (index, branch) in self.branches.iter().enumerate() {
             let entry = match relation(&branch.at, path) {
                 Relation::Inside(rel) => {
@@ -244,7 +322,8 @@ impl Namespace {
                     if !rooted_here && !parent.is_some_and(|p| p.branches.contains(&index)) {
                         continue;
                     }
-                    match branch.layer.entry(rel)? {
+                    let rel = SharedRel::new(path.clone(), len - rel.as_os_str().len());
+                    match branch.layer.entry_shared(&rel)? {
                         Some(e) => Some(e),
                         None => continue,
                     }
@@ -264,7 +343,11 @@ impl Namespace {
             match (&mut *found, entry) {
                 (None, Some(e)) => {
                     let is_dir = e.kind == EntryKind::Dir;
-                    let branches = if is_dir { vec![index] } else { Vec::new() };
+                    let branches = if is_dir {
+                        BranchSet::of(index)
+                    } else {
+                        BranchSet::default()
+                    };
                     *found = Some(Node {
                         branches,
                         mutable,
@@ -309,7 +392,7 @@ impl Namespace {
         path: &Path,
         node: &Node,
     ) -> io::Result<Option<Vec<(std::ffi::OsString, Node)>>> {
-        let [index] = node.branches[..] else {
+        let Some(index) = node.branches.single() else {
             return Ok(None);
         };
         let branch = &self.branches[index];
@@ -328,15 +411,19 @@ impl Namespace {
         if !plain {
             return Ok(None);
         }
+        let folder = SharedRel::new(
+            Arc::from(path),
+            path.as_os_str().len() - rel.as_os_str().len(),
+        );
         let nodes = branch
             .layer
-            .child_entries(rel)?
+            .child_entries(&folder)?
             .into_iter()
             .map(|(name, entry)| {
                 let branches = if entry.kind == EntryKind::Dir {
-                    vec![index]
+                    BranchSet::of(index)
                 } else {
-                    Vec::new()
+                    BranchSet::default()
                 };
                 let node = Node {
                     branches,
@@ -429,6 +516,23 @@ mod tests {
             .collect();
         n.sort();
         n
+    }
+
+    #[test]
+    fn branch_sets_hold_any_index() {
+        let mut set = BranchSet::default();
+        assert!(set.is_empty());
+        for i in [0, 5, 63, 64, 200] {
+            assert!(!set.contains(&i));
+            set.push(i);
+            assert!(set.contains(&i) && !set.is_empty());
+        }
+        assert!(!set.contains(&1) && !set.contains(&65));
+        assert!(!BranchSet::of(64).is_empty());
+        assert_eq!(BranchSet::of(3).single(), Some(3));
+        assert_eq!(BranchSet::of(70).single(), Some(70));
+        assert_eq!(set.single(), None);
+        assert_eq!(BranchSet::default().single(), None);
     }
 
     #[test]

@@ -108,7 +108,7 @@ impl MergedTree {
     ) -> Result<(u64, Arc<Node>), FsError> {
         self.changes.changed(path);
         let node = self.child_node(parent, dir, path)?;
-        Ok((self.inodes.remember(path, node.clone()), node))
+        Ok((self.inodes.remember(Arc::from(path), node.clone()), node))
     }
 
     /// The node of `path`, a child of the folder `parent` (node `dir`), just changed.
@@ -258,7 +258,11 @@ impl MergedTree {
         if self.inodes.add_alias(ino, &path, node.clone()) {
             return Ok((ino, node));
         }
-        Ok((self.inodes.remember(&path, node.clone()), node))
+        Ok((
+            self.inodes
+                .remember(Arc::from(path.as_path()), node.clone()),
+            node,
+        ))
     }
 
     /// After the upper entry of `path` is gone: hide what the layers below still have.
