@@ -406,7 +406,10 @@ fn run(cli: Cli) -> Result<(), String> {
             passthrough: if args.no_passthrough {
                 PassthroughPolicy::Off
             } else {
-                PassthroughPolicy::for_roots(&params.source_roots())
+                // The upper folder holds backing files too (writable mounts).
+                let mut roots = params.source_roots();
+                roots.extend(upper_dir.clone());
+                PassthroughPolicy::for_roots(&roots)
             },
             mount_lock: lock.map(Arc::new),
         };
@@ -432,9 +435,6 @@ fn check_not_ignored(
     params: &layout::MountParams,
 ) -> Result<Vec<String>, String> {
     let mut warnings = Vec::new();
-    if args.no_passthrough && !args.read_only {
-        return Err("--no-passthrough applies to --read-only mounts only (a writable mount always reads through the daemon); drop it or add --read-only".into());
-    }
     if args.foreground && args.log_file.is_some() {
         return Err(
             "-f logs to stderr, --log-file is for a backgrounded daemon: drop one of them".into(),

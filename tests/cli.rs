@@ -604,8 +604,7 @@ fn unusable_required_entries_refuse_the_mount() {
     }
 }
 
-/// Options that would be silently ignored are refused (`--no-passthrough` on a writable
-/// mount, `-f` with `--log-file`), and a `--registry-data` that does not exist is an
+/// Options that would be silently ignored are refused (`-f` with `--log-file`), and a `--registry-data` that does not exist is an
 /// error; with `--allow-missing`, a missing cache or registry data mounts with a
 /// warning instead of silently showing an empty tree.
 #[test]
@@ -614,11 +613,6 @@ fn ignored_options_and_missing_folders_are_not_silent() {
     let c = cache.as_str();
     let mp = scratch("mp-silent");
     let _guard = UnmountOnDrop(mp.clone());
-    refused(
-        &mp,
-        &["--k8s", "v1.23.4", "--cache", c, "--no-passthrough"],
-        "--no-passthrough",
-    );
     refused(
         &mp,
         &[

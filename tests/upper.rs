@@ -827,3 +827,155 @@ fn hard_links_of_the_layers_below_are_one_inode_on_a_read_only_mount() {
         std::fs::read(w.path("amd64/bin/conntrack-link")).unwrap()
     );
 }
+
+/// Requests the daemon has answered, by type (`status --json`), once the counters have
+/// settled (the state file is rewritten once a second while they move).
+fn requests_by_op(m: &Mount) -> BTreeMap<String, u64> {
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = run(&["status", "--json", m.dir.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_value(json["mounts"][0]["counters"]["by_op"].clone()).unwrap_or_default()
+}
+
+fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, op: &str) -> u64 {
+    after.get(op).copied().unwrap_or(0) - before.get(op).copied().unwrap_or(0)
+}
+
+/// Whether the mount negotiated FUSE passthrough (root, Linux >= 6.9); says so if not.
+/// Asked once the state file has been written (see [`requests_by_op`]).
+fn passes_through(m: &Mount) -> bool {
+    let path = common::status_field(&m.dir, "read path");
+    if !path.contains("passthrough") {
+        eprintln!("note: no FUSE passthrough here (read path: {path}); nothing to check");
+    }
+    path.contains("passthrough")
+}
+
+/// On the default (writable) mount the kernel reads and writes files whose bytes are in
+/// the upper layer itself (FUSE passthrough): creating, writing, reading back,
+/// truncating and appending to one sends no READ or WRITE to the daemon, and sizes and
+/// bytes are what was written; a layer's file is still read through the daemon.
+#[test]
+fn upper_files_are_read_and_written_by_the_kernel() {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::os::unix::fs::FileExt;
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let before = requests_by_op(&m);
+    if !passes_through(&m) {
+        return;
+    }
+    let path = m.path("rootfs/passthrough-file");
+    let payload: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .unwrap();
+    for chunk in payload.chunks(65536) {
+        f.write_all(chunk).unwrap();
+    }
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        payload.len() as u64
+    );
+    f.write_all_at(b"middle", 1_000_000).unwrap();
+    f.set_len(3_000_000).unwrap();
+    f.seek(SeekFrom::End(0)).unwrap();
+    f.write_all(b"tail").unwrap();
+    drop(f);
+    let mut wanted = payload[..3_000_000].to_vec();
+    wanted[1_000_000..1_000_006].copy_from_slice(b"middle");
+    wanted.extend_from_slice(b"tail");
+    let mut back = Vec::new();
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_end(&mut back)
+        .unwrap();
+    assert!(back == wanted, "bytes read back differ from those written");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), wanted.len() as u64);
+    // Appends through O_APPEND land at the end the kernel knows.
+    let mut appending = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    appending.write_all(b"!").unwrap();
+    drop(appending);
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        wanted.len() as u64 + 1
+    );
+    let after = requests_by_op(&m);
+    assert!(delta(&before, &after, "create") >= 1, "{after:?}");
+    assert!(delta(&before, &after, "open") >= 2, "{after:?}");
+    assert_eq!(delta(&before, &after, "read"), 0, "{before:?} -> {after:?}");
+    assert_eq!(
+        delta(&before, &after, "write"),
+        0,
+        "{before:?} -> {after:?}"
+    );
+    // The bytes are in the upper layer's file, as written.
+    let upper = std::fs::read(m.path("rootfs/passthrough-file")).unwrap();
+    assert_eq!(upper.len(), wanted.len() + 1);
+
+    // A layer's file: read through the daemon (it is not a backing on a writable mount).
+    let lower = std::fs::read(m.path("amd64/bin/kubeadm")).unwrap();
+    assert!(!lower.is_empty());
+    let later = requests_by_op(&m);
+    assert!(delta(&after, &later, "read") >= 1, "{later:?}");
+}
+
+/// A reader holds a layer's file open while a writer opens the same file and copies it
+/// up: nobody gets EBUSY, ETXTBSY or EIO; new opens see the new bytes; once every open
+/// of the old kind is closed, the file's next opens pass through to the upper file.
+#[test]
+fn a_copy_up_under_an_open_reader_keeps_every_open_working() {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let path = m.path("amd64/bin/kubeadm");
+    let old = std::fs::read(&path).unwrap();
+    let reader = std::fs::File::open(&path).unwrap();
+    let mut head = [0u8; 8];
+    reader.read_exact_at(&mut head, 0).unwrap();
+    assert_eq!(&head[..], &old[..8]);
+
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    writer.write_all_at(b"NEWBYTES", 0).unwrap();
+    let mut fresh = Vec::new();
+    std::fs::File::open(&path)
+        .unwrap()
+        .read_to_end(&mut fresh)
+        .unwrap();
+    assert_eq!(&fresh[..8], b"NEWBYTES");
+    assert_eq!(&fresh[8..], &old[8..]);
+    // The reader still reads (the bytes it sees are the page cache's).
+    let mut again = vec![0u8; old.len()];
+    reader.read_exact_at(&mut again, 0).unwrap();
+    assert_eq!(&again[8..], &old[8..]);
+    drop(writer);
+    drop(reader);
+
+    // Every open of the inode is gone: the next ones pass through to the upper file.
+    let before = requests_by_op(&m);
+    let rw = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
+    rw.write_all_at(b"THIRD", 0).unwrap();
+    let mut now = vec![0u8; old.len()];
+    rw.read_exact_at(&mut now, 0).unwrap();
+    assert_eq!(&now[..5], b"THIRD");
+    assert_eq!(&now[5..8], b"TES");
+    drop(rw);
+    let after = requests_by_op(&m);
+    if passes_through(&m) {
+        assert_eq!(delta(&before, &after, "read"), 0, "{before:?} -> {after:?}");
+        assert_eq!(
+            delta(&before, &after, "write"),
+            0,
+            "{before:?} -> {after:?}"
+        );
+    }
+}

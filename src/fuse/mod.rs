@@ -15,10 +15,12 @@
 //! opens, and reads by inode. Per file that saves the OPEN and RELEASE round trips (what
 //! `tar` over many small files pays for); per byte passthrough is faster (no copy through
 //! the daemon, one page cache). A writable mount needs open handles for its writes: its
-//! files are opened through the daemon and read with pread. Such an open of a layer's
-//! file opens nothing on disk until the first read (`OpenFile::Lower` in the tree), and
-//! neither it nor its RELEASE makes a syscall when the kernel has the pages already; no
-//! open is followed by a FLUSH (`FOPEN_NOFLUSH`).
+//! files are opened through the daemon. A file whose bytes are in the upper layer is
+//! then read and written by the kernel (passthrough to the upper file; [`passthrough`]
+//! says when the kernel allows it); a layer's file is read with pread. Such an open of
+//! a layer's file opens nothing on disk until the first read (`OpenFile::Lower` in the
+//! tree), and neither it nor its RELEASE makes a syscall when the kernel has the pages
+//! already; no open is followed by a FLUSH (`FOPEN_NOFLUSH`).
 //!
 //! Folders: a READDIRPLUS of a folder that comes from one layer on disk (the registry's
 //! blob and link folders) is answered from one pass over that folder, one `fstatat` per
@@ -193,7 +195,7 @@ impl Filesystem for BuildFs {
         self.no_opendir =
             !self.keep_opendir && offered.contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         let writable = self.tree.is_writable();
-        match self.passthrough.init(config, writable) {
+        match self.passthrough.init(config) {
             Ok(()) => tracing::info!("read path: kernel passthrough to the backing files"),
             Err(reason) => {
                 self.no_open = !writable && offered.contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
@@ -246,13 +248,41 @@ impl Filesystem for BuildFs {
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         let _waits = self.request(req, Op::Open);
         let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
-        if writes {
-            if !self.tree.is_writable() {
+        let writable = self.tree.is_writable();
+        let register = |file: &std::fs::File| reply.open_backing(file);
+        if writes || writable {
+            if writes && !writable {
                 return reply.error(read_only("open"));
             }
-            return match self.tree.open_for_write(ino.0, flags.0) {
-                Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                Err(e) => reply.error(self.errno("open", ino.0, e)),
+            let opened = if writes {
+                self.tree
+                    .open_for_write(ino.0, flags.0)
+                    .map(|fh| (fh, false))
+            } else {
+                self.tree
+                    .open(ino.0, false)
+                    .map(|opened| (opened.fh, opened.keep_cache))
+            };
+            let (fh, keep_cache) = match opened {
+                Ok(opened) => opened,
+                Err(e) => return reply.error(self.errno("open", ino.0, e)),
+            };
+            // A writable mount: the kernel reads and writes a file whose bytes are in
+            // the upper layer itself; everything else goes through the daemon.
+            let backing =
+                self.passthrough
+                    .open(ino.0, fh, || self.tree.upper_backing(ino.0), register);
+            return match backing {
+                Some(backing) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
+                }
+                // Written through the daemon: no page cache kept across opens.
+                None if writes => reply.opened(FileHandle(fh), FopenFlags::empty()),
+                None if keep_cache => reply.opened(
+                    FileHandle(fh),
+                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
+                ),
+                None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH),
             };
         }
         if self.no_open {
@@ -263,8 +293,11 @@ impl Filesystem for BuildFs {
             Err(e) => return reply.error(self.errno("open", ino.0, e)),
         };
         let fh = FileHandle(opened.fh);
-        if let Some(file) = &opened.backing {
-            if let Some(backing) = self.passthrough.open(ino.0, opened.fh, file, &reply) {
+        if let Some(file) = opened.backing {
+            if let Some(backing) = self
+                .passthrough
+                .open(ino.0, opened.fh, || Some(file), register)
+            {
                 return reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
             }
         }
@@ -653,15 +686,33 @@ impl Filesystem for BuildFs {
         reply: fuser::ReplyCreate,
     ) {
         self.stats.request(Op::Create);
-        match self.tree.create(parent.0, name, mode, flags, caller(req)) {
-            Ok((ino, node, fh)) => reply.created(
-                &ttl(&node),
-                &file_attr(ino, &node),
+        let (ino, node, fh) = match self.tree.create(parent.0, name, mode, flags, caller(req)) {
+            Ok(created) => created,
+            Err(e) => return reply.error(self.errno("create", parent.0, e)),
+        };
+        let backing = self.passthrough.open(
+            ino,
+            fh,
+            || self.tree.upper_backing(ino),
+            |file| reply.open_backing(file),
+        );
+        let (ttl, attr) = (ttl(&node), file_attr(ino, &node));
+        match backing {
+            Some(backing) => reply.created_passthrough(
+                &ttl,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+                &backing,
+            ),
+            None => reply.created(
+                &ttl,
+                &attr,
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
-            Err(e) => reply.error(self.errno("create", parent.0, e)),
         }
     }
 

@@ -1,14 +1,18 @@
 //! FUSE passthrough (kernel >= 6.9): reads and mmap of a plain backing file go straight
 //! from the kernel to that file, never through the daemon.
 //!
-//! Only on read-only mounts: the kernel gives an inode one backing file for as long as
-//! any passthrough open of it lives, and on a writable mount the file under an inode can
-//! change while readers hold it open (a copy-up on write, a rename over it), which the
-//! kernel would refuse with EIO at the next open.
+//! The kernel gives an inode one backing file for as long as any passthrough open of
+//! it lives, and then refuses every other kind of open of that inode (EIO), including a
+//! `FOPEN_DIRECT_IO` one; while the daemon serves an open of it through the page cache
+//! it refuses passthrough opens. So there is one [`BackingId`] per inode, shared by its
+//! opens and closed with the last of them, and an inode that has opens served by the
+//! daemon gets no passthrough until they are released ([`InodeIo`]).
 //!
-//! The kernel wants every concurrent open of an inode to name the same backing file, so
-//! there is one [`BackingId`] per inode, shared by its opens and closed with the last
-//! of them. Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
+//! What a backing may be: on a read-only mount, a file of an immutable layer. On a
+//! writable mount only an upper file (created through the mount or copied up), opened
+//! for reading and writing: a layer's file cannot be one, because the write open that
+//! copies it up would land on the same inode while readers hold the layer's file as its
+//! backing, and the kernel leaves no legal answer to that open (see docs/DESIGN.md). Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
 //! the rest of the mount and opens are served by the daemon's read path — except opens
 //! of an inode that still has a live backing, which must keep using it.
 
@@ -19,7 +23,7 @@ use std::sync::{Arc, Weak};
 
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
-use fuser::{BackingId, InitFlags, KernelConfig, ReplyOpen};
+use fuser::{BackingId, InitFlags, KernelConfig};
 
 use super::{ReadPath, Stats};
 
@@ -54,17 +58,30 @@ fn is_stacking_fs(magic: i64) -> bool {
     matches!(magic, OVERLAYFS | FUSE | ECRYPTFS)
 }
 
-/// Passthrough state of a mount: on or off, and the live backings.
+/// Passthrough state of a mount: on or off, and the io mode of each open inode.
 #[derive(Debug)]
 pub struct Passthrough {
     policy: PassthroughPolicy,
     enabled: AtomicBool,
-    /// The backing of each inode with passthrough opens; weak, so it closes with them.
-    by_inode: DashMap<u64, Weak<BackingId>>,
-    /// The backing each open handle keeps alive, and its inode.
-    by_handle: DashMap<u64, (u64, Arc<BackingId>)>,
+    /// Each inode with open handles: its backing (weak, so it closes with the last
+    /// passthrough open) and how many of its opens the daemon serves.
+    by_inode: DashMap<u64, InodeIo>,
+    /// Each open handle's inode, and the backing it keeps alive (`None`: served by the
+    /// daemon, counted in [`InodeIo::served`]).
+    by_handle: DashMap<u64, (u64, Option<Arc<BackingId>>)>,
     /// Where `rootfs-mount status` learns the read path.
     stats: Arc<Stats>,
+}
+
+/// The io mode of an inode as the kernel has it (fs/fuse/iomode.c): while any open of
+/// it is a passthrough one, every open must name the same backing (another backing is
+/// EBUSY, any other open EIO); while the daemon serves an open through the page cache, a
+/// passthrough open is refused (ETXTBSY). The kernel leaves a mode before the daemon
+/// sees the RELEASE, so counting here never lags behind the kernel.
+#[derive(Debug, Default)]
+struct InodeIo {
+    backing: Weak<BackingId>,
+    served: u32,
 }
 
 impl Passthrough {
@@ -79,12 +96,9 @@ impl Passthrough {
     }
 
     /// Negotiates passthrough at INIT; the error says why it is off.
-    pub fn init(&self, config: &mut KernelConfig, writable: bool) -> Result<(), String> {
+    pub fn init(&self, config: &mut KernelConfig) -> Result<(), String> {
         let stack_depth = match self.policy {
             PassthroughPolicy::Off => return Err("--no-passthrough".to_string()),
-            _ if writable => {
-                return Err("the mount is writable (passthrough needs --read-only)".to_string())
-            }
             PassthroughPolicy::Try { stack_depth } => stack_depth,
         };
         config
@@ -104,52 +118,47 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// The backing the open `fh` of `ino` is to use, registering `file` when the inode
-    /// has none yet; `None` when the open must be served by the daemon.
+    /// The backing the open `fh` of `ino` is to use: the inode's live one, or one
+    /// registered now through `register` with the file `backing_file` gives, when the
+    /// kernel allows it (no open of the inode served by the daemon). `None`: the daemon
+    /// serves this open (and it is counted until its RELEASE).
     pub fn open(
         &self,
         ino: u64,
         fh: u64,
-        file: &File,
-        reply: &ReplyOpen,
+        backing_file: impl FnOnce() -> Option<Arc<File>>,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
     ) -> Option<Arc<BackingId>> {
-        // The shard lock of `ino` orders this with `release`: a backing is either still
-        // alive here (and shared) or gone for good (and replaced).
-        let backing = match self.by_inode.entry(ino) {
-            Entry::Occupied(mut o) => match o.get().upgrade() {
-                Some(live) => live,
-                None if self.is_enabled() => {
-                    let fresh = self.register(file, reply)?;
-                    o.insert(Arc::downgrade(&fresh));
-                    fresh
-                }
-                None => {
-                    o.remove();
-                    return None;
-                }
-            },
-            Entry::Vacant(v) => {
-                if !self.is_enabled() {
-                    return None;
-                }
-                let fresh = self.register(file, reply)?;
-                v.insert(Arc::downgrade(&fresh));
-                fresh
-            }
+        // The shard lock of `ino` orders this with `release`.
+        let mut io = self.by_inode.entry(ino).or_default();
+        let backing = match io.backing.upgrade() {
+            // The kernel may still hold it: every open must name it.
+            Some(live) => Some(live),
+            None if io.served == 0 && self.is_enabled() => backing_file()
+                .and_then(|file| self.register(&file, register))
+                .inspect(|fresh| io.backing = Arc::downgrade(fresh)),
+            None => None,
         };
+        if backing.is_none() {
+            io.served += 1;
+        }
         self.by_handle.insert(fh, (ino, backing.clone()));
-        Some(backing)
+        backing
     }
 
-    fn register(&self, file: &File, reply: &ReplyOpen) -> Option<Arc<BackingId>> {
-        match reply.open_backing(file) {
+    fn register(
+        &self,
+        file: &File,
+        register: impl FnOnce(&File) -> std::io::Result<BackingId>,
+    ) -> Option<Arc<BackingId>> {
+        match register(file) {
             Ok(id) => Some(Arc::new(id)),
             Err(error) => {
                 if self.enabled.swap(false, Ordering::Relaxed) {
                     self.stats.set_read_path(ReadPath::Userspace);
                     tracing::warn!(
                         %error,
-                        "registering a backing file failed; passthrough is off from now on, reads go through the daemon (pread)"
+                        "registering a backing file failed; passthrough is off from now on, reads and writes go through the daemon"
                     );
                 }
                 None
@@ -162,9 +171,12 @@ impl Passthrough {
         let Some((_, (ino, backing))) = self.by_handle.remove(&fh) else {
             return;
         };
-        if let Entry::Occupied(o) = self.by_inode.entry(ino) {
-            drop(backing);
-            if o.get().strong_count() == 0 {
+        if let Entry::Occupied(mut o) = self.by_inode.entry(ino) {
+            match backing {
+                Some(backing) => drop(backing),
+                None => o.get_mut().served = o.get().served.saturating_sub(1),
+            }
+            if o.get().served == 0 && o.get().backing.strong_count() == 0 {
                 o.remove();
             }
         }

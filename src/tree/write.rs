@@ -13,7 +13,7 @@ use super::copy_up::{io_err, CopyUp};
 use super::handles::{OpenFile, Readable, WriteTarget};
 use super::{FsError, InUpper, MergedTree, Node};
 use crate::fs_err;
-use crate::layers::{is_plain_name, EntryKind};
+use crate::layers::{is_plain_name, Content, EntryKind};
 use crate::sys::at::SetTime;
 use crate::upper::{is_reserved, UpperDir};
 
@@ -508,6 +508,21 @@ impl MergedTree {
             }
         };
         Ok(self.handles.add(ino, open))
+    }
+
+    /// The upper file that holds the bytes of `ino`, opened for reading and writing, for
+    /// the kernel to read and write itself (passthrough); `None` when its bytes are not
+    /// (only) there: a layer's file, a metadata-only copy-up, a name that is gone.
+    pub fn upper_backing(&self, ino: u64) -> Option<Arc<std::fs::File>> {
+        let (path, node) = self.inode(ino).ok()?;
+        let in_upper = node.upper == InUpper::Yes
+            && node.entry.kind == EntryKind::File
+            && matches!(node.entry.content, Content::Disk(_))
+            && !path.has_root();
+        if !in_upper {
+            return None;
+        }
+        self.open_upper(&path, libc::O_RDWR).ok().map(Arc::new)
     }
 
     fn open_upper(&self, path: &Path, access: i32) -> Result<std::fs::File, FsError> {
