@@ -132,12 +132,32 @@ impl Shared {
     fn write(&self, key: &BlockKey, bytes: &[u8]) {
         let path = self.block_path(&key.0, key.1);
         let Some(parent) = path.parent() else { return };
-        let temp = parent.join(format!(".{}.{}.tmp", key.1, std::process::id()));
+        // Made new (O_EXCL) under a name of this write alone: two mounts sharing the
+        // folder (even with one pid, in two pid namespaces) never write one temp file.
+        static WRITES: AtomicU64 = AtomicU64::new(0);
+        let temp = parent.join(format!(
+            ".{}.{}.{}.{}.tmp",
+            key.1,
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.subsec_nanos())
+        ));
         let written = std::fs::create_dir_all(parent)
-            .and_then(|()| std::fs::write(&temp, bytes))
+            .and_then(|()| {
+                let mut file = std::fs::File::options()
+                    .write(true)
+                    .create_new(true)
+                    .open(&temp)?;
+                std::io::Write::write_all(&mut file, bytes)
+            })
             .and_then(|()| std::fs::rename(&temp, &path));
         match written {
             Ok(()) => {
+                // The file under the block's name is now these verified bytes (or
+                // another writer's whole, verified copy): no need to hash it when read.
+                lock(&self.verified).insert(key.clone());
                 lock(&self.lru).touch(&path, bytes.len() as u64);
                 self.evict();
             }
@@ -297,8 +317,10 @@ impl BlockCache {
         let key = (object.to_string(), index);
         let shared = &self.shared;
         let path = shared.block_path(object, index);
-        let bytes = std::fs::read(&path).ok()?;
+        // Whether it was verified is taken before the read: a file replaced after the
+        // check is hashed, never trusted on an older verdict.
         let checked = lock(&shared.verified).contains(&key);
+        let bytes = std::fs::read(&path).ok()?;
         if !checked {
             if sha256(&bytes) != *want {
                 tracing::warn!(target: crate::fault::TARGET, file = %path.display(), "a block of the local cache does not match its digest: dropped, fetched again");
@@ -353,7 +375,6 @@ impl BlockCache {
         if self.shared.limit == 0 {
             return;
         }
-        lock(&self.shared.verified).insert(key.clone());
         let Some(writer) = self.writer() else {
             self.shared.write(&key, &bytes);
             return;
