@@ -288,7 +288,7 @@ impl Filesystem for BuildFs {
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
-        let opened = match self.tree.open(ino.0, self.passthrough.is_enabled()) {
+        let opened = match self.tree.open(ino.0, self.passthrough.wants_backing(ino.0)) {
             Ok(opened) => opened,
             Err(e) => return reply.error(self.errno("open", ino.0, e)),
         };

@@ -118,6 +118,17 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
+    /// Whether an open of `ino` has to name a backing: passthrough is on, or the kernel
+    /// may still hold a backing of it from before passthrough was switched off (every
+    /// other open of that inode would fail with EIO).
+    pub fn wants_backing(&self, ino: u64) -> bool {
+        self.is_enabled()
+            || self
+                .by_inode
+                .get(&ino)
+                .is_some_and(|io| io.backing.strong_count() > 0)
+    }
+
     /// The backing the open `fh` of `ino` is to use: the inode's live one, or one
     /// registered now through `register` with the file `backing_file` gives, when the
     /// kernel allows it (no open of the inode served by the daemon). `None`: the daemon
