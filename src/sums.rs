@@ -144,6 +144,29 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), String> {
     })
 }
 
+/// `dest` becomes a hard link to `src`, or a whole copy (temp + fsync + rename) across
+/// file systems; its folder is made when missing.
+pub fn place(src: &Path, dest: &Path) -> Result<(), String> {
+    let parent = dest.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent)
+        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+    let temp = parent.join(format!(
+        ".{}.{}.tmp",
+        dest.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id()
+    ));
+    let _ = std::fs::remove_file(&temp);
+    let made = std::fs::hard_link(src, &temp).or_else(|_| {
+        std::fs::copy(src, &temp)?;
+        File::open(&temp)?.sync_all()
+    });
+    made.and_then(|()| std::fs::rename(&temp, dest))
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&temp);
+            format!("cannot write {}: {e}", dest.display())
+        })
+}
+
 /// fsync of a folder, so a rename into it survives a crash.
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()

@@ -9,7 +9,6 @@
 //!   version folders of other versions, orphaned seek indexes and stale partial files.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -103,7 +102,7 @@ pub fn publish(cache: &Path, dir: &Path) -> Result<String, String> {
                 ));
             }
         }
-        place(&src, &dest)?;
+        sums::place(&src, &dest)?;
         bytes += std::fs::metadata(&src).map(|m| m.len()).unwrap_or(0);
         published.insert(rel, hex);
     }
@@ -114,26 +113,6 @@ pub fn publish(cache: &Path, dir: &Path) -> Result<String, String> {
         bytes >> 20,
         dir.display()
     ))
-}
-
-/// `dest` becomes a hard link to `src`, or a whole copy (temp + rename) across file
-/// systems.
-fn place(src: &Path, dest: &Path) -> Result<(), String> {
-    let temp = dest.with_file_name(format!(
-        ".{}.{}.tmp",
-        dest.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&temp);
-    let made = std::fs::hard_link(src, &temp).or_else(|_| {
-        std::fs::copy(src, &temp)?;
-        File::open(&temp)?.sync_all()
-    });
-    made.and_then(|()| std::fs::rename(&temp, dest))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            format!("cannot write {}: {e}", dest.display())
-        })
 }
 
 /// Re-hashes every file recorded in `CACHE/SHA256SUMS`. Errors (non-zero exit) when a

@@ -163,16 +163,7 @@ impl RemoteObject {
         let mut at = 0;
         while at < self.size {
             let len = BLOCK.min(self.size - at);
-            let bytes = self
-                .backing
-                .store
-                .get_range(&self.rel, at, len)
-                .map_err(|e| e.message)?;
-            self.backing
-                .cache
-                .counters
-                .fetched_bytes
-                .fetch_add(len, Ordering::Relaxed);
+            let bytes = self.get_range(at, len)?;
             whole.update(&bytes);
             digests.push(sha256(&bytes));
             at += len;
@@ -263,9 +254,8 @@ impl RemoteObject {
         }
     }
 
-    fn fetch(&self, index: u64, want: &[u8; 32]) -> Outcome {
-        let start = index * BLOCK;
-        let len = BLOCK.min(self.size - start);
+    /// `len` bytes at `start` of the object from the store, counted as fetched.
+    fn get_range(&self, start: u64, len: u64) -> Result<Vec<u8>, String> {
         let bytes = self
             .backing
             .store
@@ -276,6 +266,13 @@ impl RemoteObject {
             .counters
             .fetched_bytes
             .fetch_add(len, Ordering::Relaxed);
+        Ok(bytes)
+    }
+
+    fn fetch(&self, index: u64, want: &[u8; 32]) -> Outcome {
+        let start = index * BLOCK;
+        let len = BLOCK.min(self.size - start);
+        let bytes = self.get_range(start, len)?;
         if sha256(&bytes) != *want {
             return Err(format!(
                 "{}: block {index} does not match its published digest; not served",

@@ -239,28 +239,6 @@ pub fn to_store(
     ))
 }
 
-/// `dest` becomes a hard link to `src`, or a copy (temp + rename) across file systems.
-fn place(src: &Path, dest: &Path) -> Result<(), String> {
-    let parent = dest.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-    let temp = parent.join(format!(
-        ".{}.{}.tmp",
-        dest.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_file(&temp);
-    let made = std::fs::hard_link(src, &temp).or_else(|_| {
-        std::fs::copy(src, &temp)?;
-        std::fs::File::open(&temp)?.sync_all()
-    });
-    made.and_then(|()| std::fs::rename(&temp, dest))
-        .map_err(|e| {
-            let _ = std::fs::remove_file(&temp);
-            format!("cannot write {}: {e}", dest.display())
-        })
-}
-
 /// After `fetch::cache::publish` wrote the mirror `dir`: adds the registry data, the
 /// block lists and the manifest, and lists them in its SHA256SUMS, so the mirror can
 /// also be mounted (`--cache https://HOST/PATH/`).
@@ -292,7 +270,7 @@ pub fn mirror_extras(cache: &Path, dir: &Path) -> Result<String, String> {
                     write(&manifest::index_path(rel), &index, &mut published)?;
                 }
                 if !published.contains_key(rel) {
-                    place(&cache.join(rel), &dir.join(rel))?;
+                    sums::place(&cache.join(rel), &dir.join(rel))?;
                     published.insert(rel.clone(), hex);
                 }
                 write(
