@@ -8,7 +8,7 @@ mod empty;
 mod templated;
 
 pub use archive::{CacheObjects, GunzippedFile, TarballMembers};
-pub use disk::DiskTree;
+pub use disk::{DiskTree, Root as DiskRoot};
 pub use embedded::{embedded_file, export_contexts, EmbeddedTree};
 pub use empty::EmptyDir;
 pub use templated::{RenderBudget, TemplatedTree};
@@ -87,6 +87,11 @@ impl SharedRel {
     /// The whole path this is the tail of (the tree's path, or the layer's own).
     pub fn tree_path(&self) -> &Arc<Path> {
         &self.path
+    }
+
+    /// How many bytes of the tree path come before the layer's part.
+    pub fn skip(&self) -> usize {
+        self.skip as usize
     }
 
     /// The entry `name` of the folder this names: one new allocation of the child's

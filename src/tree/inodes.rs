@@ -7,6 +7,12 @@
 //! offset basis and prime, over the path's bytes as stored (components joined by `/`, no
 //! leading `/`). The table holds only what the kernel holds (lookup count > 0): FORGET
 //! drops entries.
+//!
+//! A record is kept per entry the kernel holds, so it is small: the table's slot is a
+//! number and a pointer (the hash table's spare capacity costs little), the record
+//! holds the path, the lookup count and the node, packed when it is of the common kind
+//! (`packed`). Other names of hard-linked files, which few entries have, are in a table
+//! of their own.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -15,6 +21,7 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use super::packed::HeldNode;
 use super::{InUpper, Node};
 use crate::layers::Content;
 
@@ -23,15 +30,31 @@ pub const ROOT_INO: u64 = 1;
 #[derive(Debug)]
 struct Inode {
     path: Arc<Path>,
-    node: Arc<Node>,
+    node: HeldNode,
     lookups: u64,
-    /// Other names of the same file (hard links of the upper layer); each is in `moved`.
-    aliases: Vec<Arc<Path>>,
+}
+
+impl Inode {
+    fn new(path: Arc<Path>, node: Arc<Node>, lookups: u64) -> Box<Self> {
+        let node = HeldNode::of(&path, node);
+        Box::new(Inode {
+            path,
+            node,
+            lookups,
+        })
+    }
+
+    fn set_node(&mut self, node: Arc<Node>) {
+        self.node = HeldNode::of(&self.path, node);
+    }
 }
 
 #[derive(Debug, Default)]
 pub struct InodeTable {
-    map: DashMap<u64, Inode>,
+    map: DashMap<u64, Box<Inode>>,
+    /// Other names of the same file (hard links of the upper layer), by number; each is
+    /// in `moved`.
+    aliases: DashMap<u64, Vec<Arc<Path>>>,
     /// Paths whose number is not where hashing would find it (renamed entries, and
     /// the other names of hard-linked files).
     moved: DashMap<Arc<Path>, u64>,
@@ -84,12 +107,7 @@ impl InodeTable {
         let table = InodeTable::default();
         table.map.insert(
             ROOT_INO,
-            Inode {
-                path: Arc::from(Path::new("")),
-                node: Arc::new(root),
-                lookups: 1,
-                aliases: Vec::new(),
-            },
+            Inode::new(Arc::from(Path::new("")), Arc::new(root), 1),
         );
         table
     }
@@ -123,7 +141,7 @@ impl InodeTable {
     pub fn remember(&self, path: Arc<Path>, node: Arc<Node>) -> u64 {
         if path.as_os_str().is_empty() {
             if let Some(mut root) = self.map.get_mut(&ROOT_INO) {
-                root.node = node;
+                root.set_node(node);
             }
             return ROOT_INO;
         }
@@ -150,12 +168,15 @@ impl InodeTable {
         let Some(mut i) = self.map.get_mut(&ino) else {
             return false;
         };
-        if &*i.path != path && !i.aliases.iter().any(|a| &**a == path) {
-            let alias: Arc<Path> = Arc::from(path);
-            i.aliases.push(alias.clone());
-            self.moved.insert(alias, ino);
+        if &*i.path != path {
+            let mut names = self.aliases.entry(ino).or_default();
+            if !names.iter().any(|a| &**a == path) {
+                let alias: Arc<Path> = Arc::from(path);
+                names.push(alias.clone());
+                self.moved.insert(alias, ino);
+            }
         }
-        i.node = node;
+        i.set_node(node);
         i.lookups += 1;
         drop(i);
         if let Some(id) = id {
@@ -172,25 +193,21 @@ impl InodeTable {
         loop {
             match self.map.entry(ino) {
                 Entry::Occupied(mut o)
-                    if o.get().path == path || o.get().aliases.contains(&path) =>
+                    if o.get().path == path
+                        || self.aliases.get(&ino).is_some_and(|a| a.contains(&path)) =>
                 {
                     let inode = o.get_mut();
                     if inode.path == path {
                         // The new node shares the new allocation: keep that one only.
                         inode.path = path;
                     }
-                    inode.node = node;
+                    inode.set_node(node);
                     inode.lookups += 1;
                     return ino;
                 }
                 Entry::Occupied(_) => ino = next(ino),
                 Entry::Vacant(v) => {
-                    v.insert(Inode {
-                        path,
-                        node,
-                        lookups: 1,
-                        aliases: Vec::new(),
-                    });
+                    v.insert(Inode::new(path, node, 1));
                     return ino;
                 }
             }
@@ -198,13 +215,24 @@ impl InodeTable {
     }
 
     pub fn get(&self, ino: u64) -> Option<(Arc<Path>, Arc<Node>)> {
-        self.map.get(&ino).map(|i| (i.path.clone(), i.node.clone()))
+        self.map
+            .get(&ino)
+            .map(|i| (i.path.clone(), i.node.node(&i.path)))
+    }
+
+    /// The path of `ino`, without its node.
+    pub fn path_of(&self, ino: u64) -> Option<Arc<Path>> {
+        self.map.get(&ino).map(|i| i.path.clone())
+    }
+
+    pub fn contains(&self, ino: u64) -> bool {
+        self.map.contains_key(&ino)
     }
 
     /// Replaces the resolved node of `ino` (after a mutable layer changed).
     pub fn update(&self, ino: u64, node: Arc<Node>) {
         if let Some(mut i) = self.map.get_mut(&ino) {
-            i.node = node;
+            i.set_node(node);
         }
     }
 
@@ -219,10 +247,14 @@ impl InodeTable {
             if inode.lookups == 0 {
                 let (_, gone) = o.remove_entry();
                 self.moved.remove_if(&gone.path, |_, moved| *moved == ino);
-                for alias in &gone.aliases {
-                    self.moved.remove_if(alias, |_, moved| *moved == ino);
+                if let Some((_, names)) = self.aliases.remove(&ino) {
+                    for alias in &names {
+                        self.moved.remove_if(alias, |_, moved| *moved == ino);
+                    }
                 }
-                if let Some(id) = link_id(&gone.node, self.lower_links) {
+                // A packed node has no other names.
+                let full = gone.node.full();
+                if let Some(id) = full.and_then(|n| link_id(n, self.lower_links)) {
                     self.by_link.remove_if(&id, |_, known| *known == ino);
                 }
             }
@@ -238,15 +270,27 @@ impl InodeTable {
             None => self.ino_of(path),
         };
         if let Some(mut i) = self.map.get_mut(&ino) {
-            if let Some(at) = i.aliases.iter().position(|a| &**a == path) {
+            let mut names = self.aliases.get_mut(&ino);
+            let at = names
+                .as_ref()
+                .and_then(|n| n.iter().position(|a| &**a == path));
+            if let (Some(at), Some(names)) = (at, names.as_mut()) {
                 // One name of a hard-linked file: the others stay.
-                i.aliases.remove(at);
+                names.remove(at);
             } else if &*i.path == path {
-                i.path = if i.aliases.is_empty() {
-                    Arc::from(Path::new("/deleted"))
-                } else {
-                    i.aliases.remove(0)
-                };
+                let next_name = names
+                    .as_mut()
+                    .filter(|n| !n.is_empty())
+                    .map(|n| n.remove(0));
+                let node = i.node.node(&i.path);
+                i.path = next_name.unwrap_or_else(|| Arc::from(Path::new("/deleted")));
+                // A packed node makes its entry from the path: keep it whole.
+                i.node = HeldNode::Full(node);
+            }
+            let empty = names.as_ref().is_some_and(|n| n.is_empty());
+            drop(names);
+            if empty {
+                self.aliases.remove_if(&ino, |_, n| n.is_empty());
             }
         }
     }
@@ -264,8 +308,8 @@ impl InodeTable {
             .collect();
         // Other names of hard-linked files below `from` move too.
         let mut aliases: Vec<(u64, Arc<Path>)> = Vec::new();
-        for i in self.map.iter() {
-            for a in i.aliases.iter().filter(|a| a.starts_with(from)) {
+        for i in self.aliases.iter() {
+            for a in i.value().iter().filter(|a| a.starts_with(from)) {
                 aliases.push((*i.key(), a.clone()));
             }
         }
@@ -278,8 +322,8 @@ impl InodeTable {
             };
             self.moved.remove(&old);
             self.moved.insert(new.clone(), ino);
-            if let Some(mut i) = self.map.get_mut(&ino) {
-                for a in i.aliases.iter_mut().filter(|a| **a == old) {
+            if let Some(mut names) = self.aliases.get_mut(&ino) {
+                for a in names.iter_mut().filter(|a| **a == old) {
                     *a = new.clone();
                 }
             }
@@ -293,7 +337,10 @@ impl InodeTable {
             };
             self.moved.remove(&old);
             if let Some(mut i) = self.map.get_mut(&ino) {
+                // A packed node makes its entry from the path it is given: the old one.
+                let node = i.node.node(&i.path);
                 i.path = new.clone();
+                i.node = HeldNode::Full(node);
             }
             if hash_ino(&new) != ino {
                 self.moved.insert(new, ino);

@@ -153,9 +153,9 @@ impl MergedTree {
         let Some(node) = &item.node else {
             return self.lookup(parent, &item.name);
         };
-        let (parent_path, _) = self
+        let parent_path = self
             .inodes
-            .get(parent)
+            .path_of(parent)
             .ok_or_else(|| fs_err!(ESTALE, "inode {parent} is not known"))?;
         let path = parent_path.join(&item.name);
         // A node resolved before a change through the mount there is resolved again.
@@ -170,7 +170,7 @@ impl MergedTree {
 
     pub fn forget(&self, ino: u64, n: u64) {
         self.inodes.forget(ino, n);
-        if self.inodes.get(ino).is_none() {
+        if !self.inodes.contains(ino) {
             self.listings.remove(&ino);
         }
     }
@@ -326,8 +326,8 @@ impl MergedTree {
 
     /// The parent inode of `ino`, for `..` entries.
     pub fn parent_of(&self, ino: u64) -> u64 {
-        match self.inodes.get(ino) {
-            Some((path, _)) => match path.parent() {
+        match self.inodes.path_of(ino) {
+            Some(path) => match path.parent() {
                 Some(p) => self.inodes.ino_of(p),
                 None => ROOT_INO,
             },

@@ -15,6 +15,7 @@ mod handles;
 mod inodes;
 mod merged;
 mod namespace;
+mod packed;
 mod write;
 
 pub use error::FsError;
