@@ -10,9 +10,9 @@
 //!
 //! A record is kept per entry the kernel holds, so it is small: the table's slot is a
 //! number and a pointer (the hash table's spare capacity costs little), the record
-//! holds the path, the lookup count and the node, packed when it is of the common kind
-//! (`packed`). Other names of hard-linked files, which few entries have, are in a table
-//! of their own.
+//! holds the path (its last name, sharing its folder's: `names`), the lookup count and
+//! the node, packed when it is of the common kind (`packed`). Other names of
+//! hard-linked files, which few entries have, are in a table of their own.
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -21,6 +21,7 @@ use std::sync::Arc;
 use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 
+use super::names::TreePath;
 use super::packed::HeldNode;
 use super::{InUpper, Node};
 use crate::layers::Content;
@@ -29,23 +30,48 @@ pub const ROOT_INO: u64 = 1;
 
 #[derive(Debug)]
 struct Inode {
-    path: Arc<Path>,
+    /// `None`: the root.
+    name: Option<TreePath>,
     node: HeldNode,
     lookups: u64,
 }
 
 impl Inode {
-    fn new(path: Arc<Path>, node: Arc<Node>, lookups: u64) -> Box<Self> {
-        let node = HeldNode::of(&path, node);
-        Box::new(Inode {
-            path,
-            node,
+    fn new(name: Option<TreePath>, node: Arc<Node>, lookups: u64) -> Box<Self> {
+        let mut inode = Box::new(Inode {
+            name,
+            node: HeldNode::Full(node.clone()),
             lookups,
-        })
+        });
+        inode.set_node(node);
+        inode
+    }
+
+    fn path(&self) -> Arc<Path> {
+        match &self.name {
+            Some(name) => name.to_path(),
+            None => Arc::from(Path::new("")),
+        }
+    }
+
+    fn is(&self, path: &Path) -> bool {
+        match &self.name {
+            Some(name) => name.is(path),
+            None => path.as_os_str().is_empty(),
+        }
     }
 
     fn set_node(&mut self, node: Arc<Node>) {
-        self.node = HeldNode::of(&self.path, node);
+        let held = HeldNode::of(|p| self.is(p), node);
+        self.node = held;
+    }
+
+    /// A packed node is made from the path the record has: before the path changes,
+    /// the node is kept whole, with the old one.
+    fn keep_node_whole(&mut self) {
+        if matches!(self.node, HeldNode::Packed(_)) {
+            self.node = HeldNode::Full(self.node.node(&self.path()));
+        }
     }
 }
 
@@ -105,10 +131,9 @@ fn next(ino: u64) -> u64 {
 impl InodeTable {
     pub fn new(root: Node) -> Self {
         let table = InodeTable::default();
-        table.map.insert(
-            ROOT_INO,
-            Inode::new(Arc::from(Path::new("")), Arc::new(root), 1),
-        );
+        table
+            .map
+            .insert(ROOT_INO, Inode::new(None, Arc::new(root), 1));
         table
     }
 
@@ -129,10 +154,25 @@ impl InodeTable {
         let mut ino = hash_ino(path);
         loop {
             match self.map.get(&ino) {
-                Some(i) if &*i.path != path => ino = next(ino),
+                Some(i) if !i.is(path) => ino = next(ino),
                 _ => return ino,
             }
         }
+    }
+
+    /// The kept path of the known entry `path`, for its entries to share.
+    fn tree_path_of(&self, path: &Path) -> Option<TreePath> {
+        if path.as_os_str().is_empty() {
+            return None;
+        }
+        let i = self.map.get(&self.ino_of(path))?;
+        i.name.clone().filter(|n| n.is(path))
+    }
+
+    /// `path` as a record keeps it, sharing its folder's when the folder is known.
+    fn tree_path(&self, path: &Path) -> TreePath {
+        let folder = path.parent().and_then(|p| self.tree_path_of(p));
+        TreePath::of(path, folder.as_ref())
     }
 
     /// Records one kernel lookup of `path`, resolved as `node`; returns its number. The
@@ -168,7 +208,7 @@ impl InodeTable {
         let Some(mut i) = self.map.get_mut(&ino) else {
             return false;
         };
-        if &*i.path != path {
+        if !i.is(path) {
             let mut names = self.aliases.entry(ino).or_default();
             if !names.iter().any(|a| &**a == path) {
                 let alias: Arc<Path> = Arc::from(path);
@@ -190,39 +230,45 @@ impl InodeTable {
             Some(ino) => *ino,
             None => hash_ino(&path),
         };
+        // Made with no slot locked (the folder's record may be in the same shard).
+        let mut name = None;
         loop {
             match self.map.entry(ino) {
                 Entry::Occupied(mut o)
-                    if o.get().path == path
+                    if o.get().is(&path)
                         || self.aliases.get(&ino).is_some_and(|a| a.contains(&path)) =>
                 {
                     let inode = o.get_mut();
-                    if inode.path == path {
-                        // The new node shares the new allocation: keep that one only.
-                        inode.path = path;
-                    }
                     inode.set_node(node);
                     inode.lookups += 1;
                     return ino;
                 }
                 Entry::Occupied(_) => ino = next(ino),
-                Entry::Vacant(v) => {
-                    v.insert(Inode::new(path, node, 1));
-                    return ino;
-                }
+                Entry::Vacant(v) => match name.take() {
+                    Some(name) => {
+                        v.insert(Inode::new(Some(name), node, 1));
+                        return ino;
+                    }
+                    None => {
+                        drop(v);
+                        name = Some(self.tree_path(&path));
+                    }
+                },
             }
         }
     }
 
     pub fn get(&self, ino: u64) -> Option<(Arc<Path>, Arc<Node>)> {
-        self.map
-            .get(&ino)
-            .map(|i| (i.path.clone(), i.node.node(&i.path)))
+        self.map.get(&ino).map(|i| {
+            let path = i.path();
+            let node = i.node.node(&path);
+            (path, node)
+        })
     }
 
     /// The path of `ino`, without its node.
     pub fn path_of(&self, ino: u64) -> Option<Arc<Path>> {
-        self.map.get(&ino).map(|i| i.path.clone())
+        self.map.get(&ino).map(|i| i.path())
     }
 
     pub fn contains(&self, ino: u64) -> bool {
@@ -246,7 +292,10 @@ impl InodeTable {
             inode.lookups = inode.lookups.saturating_sub(n);
             if inode.lookups == 0 {
                 let (_, gone) = o.remove_entry();
-                self.moved.remove_if(&gone.path, |_, moved| *moved == ino);
+                if !self.moved.is_empty() {
+                    self.moved
+                        .remove_if(&*gone.path(), |_, moved| *moved == ino);
+                }
                 if let Some((_, names)) = self.aliases.remove(&ino) {
                     for alias in &names {
                         self.moved.remove_if(alias, |_, moved| *moved == ino);
@@ -277,15 +326,14 @@ impl InodeTable {
             if let (Some(at), Some(names)) = (at, names.as_mut()) {
                 // One name of a hard-linked file: the others stay.
                 names.remove(at);
-            } else if &*i.path == path {
+            } else if i.is(path) {
                 let next_name = names
                     .as_mut()
                     .filter(|n| !n.is_empty())
                     .map(|n| n.remove(0));
-                let node = i.node.node(&i.path);
-                i.path = next_name.unwrap_or_else(|| Arc::from(Path::new("/deleted")));
-                // A packed node makes its entry from the path: keep it whole.
-                i.node = HeldNode::Full(node);
+                let next_name = next_name.unwrap_or_else(|| Arc::from(Path::new("/deleted")));
+                i.keep_node_whole();
+                i.name = Some(TreePath::of(&next_name, None));
             }
             let empty = names.as_ref().is_some_and(|n| n.is_empty());
             drop(names);
@@ -300,12 +348,15 @@ impl InodeTable {
     pub fn rename(&self, from: &Path, to: &Path) {
         // Whatever `to` named before is no longer reachable by path.
         self.detach(to);
-        let renamed: Vec<(u64, Arc<Path>)> = self
+        let mut renamed: Vec<(u64, Arc<Path>)> = self
             .map
             .iter()
-            .filter(|i| i.path.starts_with(from) && *i.key() != ROOT_INO)
-            .map(|i| (*i.key(), i.path.clone()))
+            .filter(|i| *i.key() != ROOT_INO)
+            .map(|i| (*i.key(), i.path()))
+            .filter(|(_, path)| path.starts_with(from))
             .collect();
+        // Folders first: the entries below share their new path.
+        renamed.sort_by_key(|(_, path)| path.as_os_str().len());
         // Other names of hard-linked files below `from` move too.
         let mut aliases: Vec<(u64, Arc<Path>)> = Vec::new();
         for i in self.aliases.iter() {
@@ -336,14 +387,14 @@ impl InodeTable {
                 Arc::from(to.join(suffix))
             };
             self.moved.remove(&old);
-            if let Some(mut i) = self.map.get_mut(&ino) {
-                // A packed node makes its entry from the path it is given: the old one.
-                let node = i.node.node(&i.path);
-                i.path = new.clone();
-                i.node = HeldNode::Full(node);
-            }
             if hash_ino(&new) != ino {
-                self.moved.insert(new, ino);
+                self.moved.insert(new.clone(), ino);
+            }
+            let name = self.tree_path(&new);
+            if let Some(mut i) = self.map.get_mut(&ino) {
+                // The node's entry keeps the old path (it is resolved again before use).
+                i.keep_node_whole();
+                i.name = Some(name);
             }
         }
     }
@@ -402,5 +453,36 @@ mod tests {
         assert_eq!(table.remember(Arc::from(p), node()), ino);
         table.forget(ROOT_INO, 10);
         assert!(table.get(ROOT_INO).is_some());
+    }
+
+    /// Records keep a path as a name below their folder's: a rename moves everything
+    /// below, keeps the numbers, and a removed name leaves the number to its open fds.
+    #[test]
+    fn renames_and_removals_keep_numbers_and_paths() {
+        let table = InodeTable::new((*node()).clone());
+        let remember = |p: &str| table.remember(Arc::from(Path::new(p)), node());
+        let dir = remember("rootfs/etc");
+        let file = remember("rootfs/etc/kube/admin.conf");
+        let sub = remember("rootfs/etc/kube");
+        let other = remember("rootfs/etcetera");
+        let path = |ino| table.path_of(ino).unwrap();
+        assert_eq!(&*path(file), Path::new("rootfs/etc/kube/admin.conf"));
+        table.rename(Path::new("rootfs/etc"), Path::new("rootfs/conf"));
+        assert_eq!(&*path(dir), Path::new("rootfs/conf"));
+        assert_eq!(&*path(sub), Path::new("rootfs/conf/kube"));
+        assert_eq!(&*path(file), Path::new("rootfs/conf/kube/admin.conf"));
+        assert_eq!(&*path(other), Path::new("rootfs/etcetera"));
+        assert_eq!(table.ino_of(Path::new("rootfs/conf/kube/admin.conf")), file);
+        assert_eq!(table.get(file).unwrap().0, path(file));
+        // Looked up again under the new name: the same number, one more lookup.
+        assert_eq!(remember("rootfs/conf/kube/admin.conf"), file);
+        let new = remember("rootfs/conf/kube/new");
+        assert_eq!(&*path(new), Path::new("rootfs/conf/kube/new"));
+        table.detach(Path::new("rootfs/conf/kube/admin.conf"));
+        assert!(path(file).has_root());
+        assert_ne!(table.ino_of(Path::new("rootfs/conf/kube/admin.conf")), file);
+        table.forget(file, 2);
+        assert!(!table.contains(file));
+        assert_eq!(table.len(), 5);
     }
 }

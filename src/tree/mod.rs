@@ -14,6 +14,7 @@ mod error;
 mod handles;
 mod inodes;
 mod merged;
+mod names;
 mod namespace;
 mod packed;
 mod write;

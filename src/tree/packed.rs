@@ -30,10 +30,11 @@ pub(super) enum HeldNode {
 pub(super) struct PackedNode {
     root: Arc<DiskRoot>,
     size: u64,
-    generation: u64,
     mtime_secs: u64,
     /// `u64::MAX`: no ctime.
     ctime_secs: u64,
+    /// The node's `generation`, when it fits (else the node is kept whole).
+    generation: u32,
     mtime_nanos: u32,
     ctime_nanos: u32,
     /// `u32::MAX`: no link count (see `LayerEntry::nlink`).
@@ -59,9 +60,9 @@ fn join(secs: u64, nanos: u32) -> SystemTime {
 
 impl HeldNode {
     /// `node`, packed when it is of the common kind (see [`PackedNode`]) and its entry's
-    /// path is `path`.
-    pub(super) fn of(path: &Path, node: Arc<Node>) -> Self {
-        match PackedNode::pack(path, &node) {
+    /// path is the entry's (`is_path` says).
+    pub(super) fn of(is_path: impl FnOnce(&Path) -> bool, node: Arc<Node>) -> Self {
+        match PackedNode::pack(is_path, &node) {
             Some(packed) => HeldNode::Packed(packed),
             None => HeldNode::Full(node),
         }
@@ -85,7 +86,7 @@ impl HeldNode {
 }
 
 impl PackedNode {
-    fn pack(path: &Path, node: &Node) -> Option<Self> {
+    fn pack(is_path: impl FnOnce(&Path) -> bool, node: &Node) -> Option<Self> {
         let e = &node.entry;
         if node.mutable || node.opaque || node.upper != InUpper::No {
             return None;
@@ -93,7 +94,7 @@ impl PackedNode {
         let Source::Disk { tree, rel } = &e.source else {
             return None;
         };
-        if **rel.tree_path() != *path {
+        if !is_path(rel.tree_path()) {
             return None;
         }
         let dir = match (&e.kind, &e.content) {
@@ -127,7 +128,7 @@ impl PackedNode {
         Some(PackedNode {
             root: tree.clone(),
             size: e.size,
-            generation: node.generation,
+            generation: u32::try_from(node.generation).ok()?,
             mtime_secs,
             ctime_secs,
             mtime_nanos,
@@ -179,7 +180,7 @@ impl PackedNode {
             mutable: false,
             upper: InUpper::No,
             opaque: false,
-            generation: self.generation,
+            generation: u64::from(self.generation),
         }
     }
 }
@@ -247,36 +248,40 @@ mod tests {
             "rootfs/registry/blobs/ab/cd/data",
         ] {
             let (path, node) = resolve(p);
-            let held = HeldNode::of(&path, node.clone());
+            let held = HeldNode::of(|p| p == &*path, node.clone());
             assert!(matches!(held, HeldNode::Packed(_)), "{p} is packed");
             assert_same(&held.node(&path), &node);
         }
         // Symlinks (their target), hard-linked files (other names) and merged folders
         // are kept whole, as is a node whose entry has another path.
         let (path, link) = resolve("rootfs/registry/blobs/ab/cd/link");
-        assert!(HeldNode::of(&path, link).full().is_some());
+        assert!(HeldNode::of(|p| p == &*path, link).full().is_some());
         let (path, root) = resolve("");
-        assert!(HeldNode::of(&path, root).full().is_some());
+        assert!(HeldNode::of(|p| p == &*path, root).full().is_some());
         let (_, data) = resolve("rootfs/registry/blobs/ab/cd/data");
-        assert!(HeldNode::of(Path::new("rootfs/other"), data)
+        assert!(HeldNode::of(|p| p == Path::new("rootfs/other"), data)
             .full()
             .is_some());
         let mut linked = (*resolve("rootfs/registry/blobs/one").1).clone();
         if let Content::Disk(f) = &mut linked.entry.content {
             f.link_id = Some((1, 2));
         }
-        let path = Arc::from(Path::new("rootfs/registry/blobs/one"));
-        assert!(HeldNode::of(&path, Arc::new(linked)).full().is_some());
+        let path: Arc<Path> = Arc::from(Path::new("rootfs/registry/blobs/one"));
+        assert!(HeldNode::of(|p| p == &*path, Arc::new(linked))
+            .full()
+            .is_some());
         let mut upper = (*resolve("rootfs/registry/blobs/ab").1).clone();
         upper.upper = InUpper::Yes;
-        let path = Arc::from(Path::new("rootfs/registry/blobs/ab"));
-        assert!(HeldNode::of(&path, Arc::new(upper)).full().is_some());
+        let path: Arc<Path> = Arc::from(Path::new("rootfs/registry/blobs/ab"));
+        assert!(HeldNode::of(|p| p == &*path, Arc::new(upper))
+            .full()
+            .is_some());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// The record kept per entry the kernel holds (docs/DESIGN.md §7 counts on it).
     #[test]
     fn a_packed_node_is_small() {
-        assert!(std::mem::size_of::<HeldNode>() <= 80);
+        assert!(std::mem::size_of::<HeldNode>() <= 72);
     }
 }
