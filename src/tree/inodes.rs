@@ -455,6 +455,13 @@ mod tests {
         assert!(table.get(ROOT_INO).is_some());
     }
 
+    /// The record kept per entry the kernel holds: an 80-byte heap chunk (docs/DESIGN.md
+    /// §7 counts on it).
+    #[test]
+    fn a_record_is_small() {
+        assert!(std::mem::size_of::<Inode>() <= 72);
+    }
+
     /// Records keep a path as a name below their folder's: a rename moves everything
     /// below, keeps the numbers, and a removed name leaves the number to its open fds.
     #[test]

@@ -25,15 +25,15 @@ pub(super) enum HeldNode {
 
 /// A plain file or folder of a folder on disk, not in the upper layer, of an immutable
 /// layer, with no other name (no `link_id`): everything [`Node`] says of it, given the
-/// entry's tree path. Times are kept as seconds and nanoseconds since the epoch.
+/// entry's tree path. Times are kept as seconds (up to 2106) and nanoseconds since the
+/// epoch; a node with a value that does not fit a field is kept whole.
 #[derive(Debug, Clone)]
 pub(super) struct PackedNode {
     root: Arc<DiskRoot>,
     size: u64,
-    mtime_secs: u64,
-    /// `u64::MAX`: no ctime.
-    ctime_secs: u64,
-    /// The node's `generation`, when it fits (else the node is kept whole).
+    mtime_secs: u32,
+    /// `u32::MAX`: no ctime.
+    ctime_secs: u32,
     generation: u32,
     mtime_nanos: u32,
     ctime_nanos: u32,
@@ -42,20 +42,20 @@ pub(super) struct PackedNode {
     uid: u32,
     gid: u32,
     /// Where the layer's part of the tree path starts (`SharedRel`).
-    skip: u32,
+    skip: u16,
     perm: u16,
     /// The folder's one branch; `u16::MAX`: none (a file).
     branch: u16,
     dir: bool,
 }
 
-fn split(t: SystemTime) -> Option<(u64, u32)> {
+fn split(t: SystemTime) -> Option<(u32, u32)> {
     let d = t.duration_since(SystemTime::UNIX_EPOCH).ok()?;
-    Some((d.as_secs(), d.subsec_nanos()))
+    Some((u32::try_from(d.as_secs()).ok()?, d.subsec_nanos()))
 }
 
-fn join(secs: u64, nanos: u32) -> SystemTime {
-    SystemTime::UNIX_EPOCH + Duration::new(secs, nanos)
+fn join(secs: u32, nanos: u32) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::new(u64::from(secs), nanos)
 }
 
 impl HeldNode {
@@ -117,8 +117,8 @@ impl PackedNode {
         };
         let (mtime_secs, mtime_nanos) = split(e.mtime)?;
         let (ctime_secs, ctime_nanos) = match e.ctime {
-            Some(t) => split(t).filter(|(s, _)| *s != u64::MAX)?,
-            None => (u64::MAX, 0),
+            Some(t) => split(t).filter(|(s, _)| *s != u32::MAX)?,
+            None => (u32::MAX, 0),
         };
         let nlink = match e.nlink {
             Some(n) if n == u32::MAX => return None,
@@ -136,7 +136,7 @@ impl PackedNode {
             nlink,
             uid: e.uid,
             gid: e.gid,
-            skip: u32::try_from(rel.skip()).ok()?,
+            skip: u16::try_from(rel.skip()).ok()?,
             perm: e.perm,
             branch,
             dir,
@@ -144,7 +144,7 @@ impl PackedNode {
     }
 
     fn unpack(&self, path: &Arc<Path>) -> Node {
-        let rel = SharedRel::new(path.clone(), self.skip as usize);
+        let rel = SharedRel::new(path.clone(), usize::from(self.skip));
         let (kind, content) = if self.dir {
             (EntryKind::Dir, Content::Dir)
         } else {
@@ -165,7 +165,7 @@ impl PackedNode {
                 perm: self.perm,
                 size: self.size,
                 mtime: join(self.mtime_secs, self.mtime_nanos),
-                ctime: (self.ctime_secs != u64::MAX)
+                ctime: (self.ctime_secs != u32::MAX)
                     .then(|| join(self.ctime_secs, self.ctime_nanos)),
                 nlink: (self.nlink != u32::MAX).then_some(self.nlink),
                 uid: self.uid,
@@ -270,6 +270,19 @@ mod tests {
         assert!(HeldNode::of(|p| p == &*path, Arc::new(linked))
             .full()
             .is_some());
+        // A time past what 32 bits of seconds hold.
+        let mut late = (*resolve("rootfs/registry/blobs/one").1).clone();
+        late.entry.mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 33);
+        if let Content::Disk(f) = &mut late.entry.content {
+            f.link_id = None;
+        }
+        assert!(HeldNode::of(|p| p == &*path, Arc::new(late.clone()))
+            .full()
+            .is_some());
+        late.entry.mtime = SystemTime::UNIX_EPOCH + Duration::from_secs(1 << 31);
+        let held = HeldNode::of(|p| p == &*path, Arc::new(late.clone()));
+        assert!(matches!(held, HeldNode::Packed(_)));
+        assert_same(&held.node(&path), &late);
         let mut upper = (*resolve("rootfs/registry/blobs/ab").1).clone();
         upper.upper = InUpper::Yes;
         let path: Arc<Path> = Arc::from(Path::new("rootfs/registry/blobs/ab"));
@@ -282,6 +295,7 @@ mod tests {
     /// The record kept per entry the kernel holds (docs/DESIGN.md §7 counts on it).
     #[test]
     fn a_packed_node_is_small() {
-        assert!(std::mem::size_of::<HeldNode>() <= 72);
+        // With the record's path and lookup count: 72 bytes, an 80-byte heap chunk.
+        assert!(std::mem::size_of::<HeldNode>() <= 56);
     }
 }
