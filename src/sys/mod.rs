@@ -116,7 +116,18 @@ pub fn open_path(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// `fstat` of any fd, `O_PATH` ones included (std's `File::metadata` needs a `File`).
+/// Gives the heap's free pages back to the kernel (glibc's `malloc_trim`): memory freed
+/// by the allocator otherwise stays in the process for reuse. Nothing on other C
+/// libraries.
+pub fn release_free_heap() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim takes no pointer from us; it walks the allocator's own free
+    // lists under the allocator's locks, and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// A time of `stat` (seconds and nanoseconds since the epoch) as a `SystemTime`; times
 /// before the epoch show as the epoch.
 pub fn system_time(secs: i64, nanos: i64) -> std::time::SystemTime {
@@ -124,6 +135,7 @@ pub fn system_time(secs: i64, nanos: i64) -> std::time::SystemTime {
         + std::time::Duration::new(secs.max(0) as u64, nanos.clamp(0, 999_999_999) as u32)
 }
 
+/// `fstat` of any fd, `O_PATH` ones included (std's `File::metadata` needs a `File`).
 pub fn fstat(fd: &impl AsRawFd) -> io::Result<libc::stat> {
     // SAFETY: zeroed `stat` is a valid out-buffer for fstat.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };

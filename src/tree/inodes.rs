@@ -16,6 +16,7 @@
 
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use dashmap::mapref::entry::Entry;
@@ -91,6 +92,9 @@ pub struct InodeTable {
     /// index), which one shared number in the kernel could not follow; there each name
     /// keeps its own number.
     lower_links: bool,
+    /// The most entries held since the table last shrank by half (see
+    /// [`InodeTable::halved`]).
+    high: AtomicUsize,
 }
 
 /// The file `node` is a name of, when it has other names that share its number.
@@ -399,6 +403,25 @@ impl InodeTable {
         }
     }
 
+    /// After a FORGET: true once each time the table has shrunk to half the entries it
+    /// held (by 4096 entries at least), when the memory the records freed is worth
+    /// giving back to the kernel (the allocator keeps it otherwise). The hash table
+    /// gives back its spare capacity then.
+    pub fn halved(&self) -> bool {
+        let len = self.map.len();
+        let high = self.high.fetch_max(len + 1, Ordering::AcqRel).max(len + 1);
+        let halved = len <= high / 2
+            && high - len >= 4096
+            && self
+                .high
+                .compare_exchange(high, len, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        if halved {
+            self.map.shrink_to_fit();
+        }
+        halved
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }
@@ -491,5 +514,25 @@ mod tests {
         table.forget(file, 2);
         assert!(!table.contains(file));
         assert_eq!(table.len(), 5);
+    }
+
+    #[test]
+    fn halving_is_reported_once_per_half() {
+        let table = InodeTable::new((*node()).clone());
+        let inos: Vec<u64> = (0..20_000)
+            .map(|i| table.remember(Arc::from(Path::new(&format!("f{i}"))), node()))
+            .collect();
+        let mut at = Vec::new();
+        for ino in inos {
+            let before = table.len();
+            table.forget(ino, 1);
+            if table.halved() {
+                at.push(before - 1);
+            }
+        }
+        // The first forget sets the high mark (20,001 with the root); below 5,000 the
+        // next report waits for 4096 fewer entries.
+        assert_eq!(at, [10_000, 5_000, 904]);
+        assert_eq!(table.len(), 1);
     }
 }

@@ -172,6 +172,9 @@ impl MergedTree {
         self.inodes.forget(ino, n);
         if !self.inodes.contains(ino) {
             self.listings.remove(&ino);
+            if self.inodes.halved() {
+                crate::sys::release_free_heap();
+            }
         }
     }
 
