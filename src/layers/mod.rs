@@ -56,9 +56,9 @@ pub enum Content {
 }
 
 /// A path relative to a layer root, as the tail of a path of the virtual tree: the
-/// tree's path (the allocation the inode table also holds) without the first `skip`
-/// bytes (where the layer is mounted). One copy of each path serves the inode table,
-/// the entry's [`DiskFile`] and its [`Source::Disk`].
+/// tree's path without the first `skip` bytes (where the layer is mounted). One copy of
+/// each path serves the entry's [`DiskFile`] and its [`Source::Disk`] (the inode table
+/// keeps paths its own way, by last name: `tree::names`).
 #[derive(Clone, Debug)]
 pub struct SharedRel {
     path: Arc<Path>,
@@ -120,7 +120,7 @@ impl SharedRel {
 #[derive(Clone, Debug)]
 pub struct DiskFile {
     pub tree: Arc<disk::Root>,
-    /// Shared with the entry's [`Source::Disk`] and the tree's inode table.
+    /// Shared with the entry's [`Source::Disk`].
     pub rel: SharedRel,
     /// `(st_dev, st_ino)` of a file of the upper layer with more than one name (a hard
     /// link): all its names are one inode in the tree.

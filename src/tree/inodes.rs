@@ -180,8 +180,8 @@ impl InodeTable {
     }
 
     /// Records one kernel lookup of `path`, resolved as `node`; returns its number. The
-    /// table keeps `path` itself (the allocation `node`'s entry shares, see
-    /// `layers::SharedRel`), not a copy.
+    /// table keeps the path as its last name below its folder's (`names`), and the node
+    /// packed where it can (`packed`).
     pub fn remember(&self, path: Arc<Path>, node: Arc<Node>) -> u64 {
         if path.as_os_str().is_empty() {
             if let Some(mut root) = self.map.get_mut(&ROOT_INO) {

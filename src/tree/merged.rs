@@ -136,7 +136,7 @@ impl MergedTree {
             return Err(fs_err!(ENOENT, "bad name {name:?}"));
         }
         let (parent_path, parent_node) = self.inode(parent)?;
-        // One allocation of the path, kept by the inode table and by the entry.
+        // One allocation of the path, for the inode table and the entry.
         let path: Arc<Path> = Arc::from(parent_path.join(name));
         let node = self
             .ns
@@ -162,7 +162,7 @@ impl MergedTree {
         if self.changes.is_stale(&path, node.generation) {
             return self.lookup(parent, &item.name);
         }
-        // The listing's node holds its path already: the table keeps that one.
+        // The listing's node holds its path already: no other made.
         let path = node.tree_path().cloned().unwrap_or_else(|| Arc::from(path));
         let ino = self.inodes.remember(path, node.clone());
         Ok((ino, node.clone()))

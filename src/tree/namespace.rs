@@ -111,7 +111,7 @@ impl Node {
     }
 
     /// The tree path this node's entry keeps (an entry of a folder on disk resolved by
-    /// path), for the inode table to keep the same allocation.
+    /// path): the caller need not make it again.
     pub fn tree_path(&self) -> Option<&Arc<Path>> {
         match &self.entry.source {
             Source::Disk { rel, .. } => Some(rel.tree_path()),
@@ -202,8 +202,8 @@ impl Namespace {
         self.resolve_shared(&Arc::from(path))
     }
 
-    /// [`Namespace::resolve_path`] of a path the caller keeps (the inode table's): the
-    /// node's entry shares it.
+    /// [`Namespace::resolve_path`] of a path the caller has made: the node's entry
+    /// shares it.
     pub fn resolve_shared(&self, path: &Arc<Path>) -> io::Result<Option<Node>> {
         let mut node = self.root()?;
         let mut at = PathBuf::new();
@@ -242,7 +242,7 @@ impl Namespace {
     }
 
     /// The entry at `path` (a child of the folder `parent`), whose entry shares `path`
-    /// rather than copying it: the caller keeps `path` in the inode table.
+    /// rather than copying it.
     pub fn lookup_shared(&self, path: &Arc<Path>, parent: &Node) -> io::Result<Option<Node>> {
         if parent.entry.kind != EntryKind::Dir {
             return Err(io::Error::from_raw_os_error(libc::ENOTDIR));
