@@ -161,4 +161,4 @@ for sys in "${systems[@]}"; do
 done
 echo "rss0: before the walk; rss, hwm: after it; B/entry: rss / entries; B/new: growth"
 echo "during the walk / entries; forgot: RSS after the kernel dropped its dentries"
-echo "(FORGET: glibc keeps freed heap, so this shows what is reusable, not returned)."
+echo "(FORGET; rootfs-mount gives freed heap back each time its table has halved)."
