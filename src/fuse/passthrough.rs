@@ -8,11 +8,16 @@
 //! opens and closed with the last of them, and an inode that has opens served by the
 //! daemon gets no passthrough until they are released ([`InodeIo`]).
 //!
-//! What a backing may be: on a read-only mount, a file of an immutable layer. On a
-//! writable mount only an upper file (created through the mount or copied up), opened
-//! for reading and writing: a layer's file cannot be one, because the write open that
-//! copies it up would land on the same inode while readers hold the layer's file as its
-//! backing, and the kernel leaves no legal answer to that open (see docs/DESIGN.md). Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
+//! What a backing may be: a file of an immutable layer, for opens that only read (the
+//! kernel opens its own backing file with the caller's open flags, so a write open
+//! naming a layer's file would let it write into the layer); and on a writable mount
+//! an upper file (created through the mount or copied up), opened for reading and
+//! writing. When an inode's live backing is not the file an open needs — a write open
+//! of a layer's file that readers hold, or any open after the file was copied up or
+//! renamed over — the open is answered ESTALE after its path got a new number
+//! (`MergedTree::supersede`): the kernel looks the path up again and opens a fresh
+//! inode, while the earlier opens keep the old bytes, as on overlayfs (docs/DESIGN.md
+//! §7). Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
 //! the rest of the mount and opens are served by the daemon's read path — except opens
 //! of an inode that still has a live backing, which must keep using it.
 
@@ -81,7 +86,27 @@ pub struct Passthrough {
 #[derive(Debug, Default)]
 struct InodeIo {
     backing: Weak<BackingId>,
+    /// Which file the backing is, `(st_dev, st_ino)`: an open naming another file
+    /// cannot share it.
+    file: Option<(u64, u64)>,
     served: u32,
+}
+
+/// How an open is answered (see [`Passthrough::open`]).
+#[derive(Debug)]
+pub enum OpenAs {
+    /// The kernel reads (and writes) this backing file itself.
+    Backing(Arc<BackingId>),
+    /// The daemon serves reads and writes.
+    Daemon,
+    /// The inode is tied to a backing file this open must not use: the path gets a new
+    /// number and the open is answered ESTALE (the kernel retries it there).
+    Stale,
+}
+
+fn file_id(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Passthrough {
@@ -129,32 +154,55 @@ impl Passthrough {
                 .is_some_and(|io| io.backing.strong_count() > 0)
     }
 
-    /// The backing the open `fh` of `ino` is to use: the inode's live one, or one
-    /// registered now through `register` with the file `backing_file` gives, when the
-    /// kernel allows it (no open of the inode served by the daemon). `None`: the daemon
-    /// serves this open (and it is counted until its RELEASE).
+    /// How the open `fh` of `ino` is answered: with the inode's live backing, when
+    /// `candidate` (the file this open would hand over) is that very file; with one
+    /// registered now from `candidate` through `register`, when the kernel allows it (no
+    /// live backing, no open of the inode served by the daemon); by the daemon (counted
+    /// until its RELEASE) when there is no candidate or passthrough is off; or not at
+    /// all ([`OpenAs::Stale`]) when the inode has a live backing that is not the
+    /// candidate — no answer but that backing would be legal for the kernel, and that
+    /// backing holds other bytes (or, for a write open, a layer's file).
     pub fn open(
         &self,
         ino: u64,
         fh: u64,
-        backing_file: impl FnOnce() -> Option<Arc<File>>,
+        candidate: impl FnOnce() -> Option<Arc<File>>,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> OpenAs {
         // The shard lock of `ino` orders this with `release`.
         let mut io = self.by_inode.entry(ino).or_default();
-        let backing = match io.backing.upgrade() {
+        let answer = match io.backing.upgrade() {
             // The kernel may still hold it: every open must name it.
-            Some(live) => Some(live),
-            None if io.served == 0 && self.is_enabled() => backing_file()
-                .and_then(|file| self.register(&file, register))
-                .inspect(|fresh| io.backing = Arc::downgrade(fresh)),
-            None => None,
+            Some(live) => match candidate() {
+                Some(file) if io.file.is_some() && file_id(&file) == io.file => {
+                    OpenAs::Backing(live)
+                }
+                _ => OpenAs::Stale,
+            },
+            None if io.served == 0 && self.is_enabled() => match candidate() {
+                Some(file) => match self.register(&file, register) {
+                    Some(fresh) => {
+                        io.backing = Arc::downgrade(&fresh);
+                        io.file = file_id(&file);
+                        OpenAs::Backing(fresh)
+                    }
+                    None => OpenAs::Daemon,
+                },
+                None => OpenAs::Daemon,
+            },
+            None => OpenAs::Daemon,
         };
-        if backing.is_none() {
-            io.served += 1;
+        match &answer {
+            OpenAs::Backing(backing) => {
+                self.by_handle.insert(fh, (ino, Some(backing.clone())));
+            }
+            OpenAs::Daemon => {
+                io.served += 1;
+                self.by_handle.insert(fh, (ino, None));
+            }
+            OpenAs::Stale => {}
         }
-        self.by_handle.insert(fh, (ino, backing.clone()));
-        backing
+        answer
     }
 
     fn register(
