@@ -15,12 +15,13 @@
 //! opens, and reads by inode. Per file that saves the OPEN and RELEASE round trips (what
 //! `tar` over many small files pays for); per byte passthrough is faster (no copy through
 //! the daemon, one page cache). A writable mount needs open handles for its writes: its
-//! files are opened through the daemon. A file whose bytes are in the upper layer is
-//! then read and written by the kernel (passthrough to the upper file; [`passthrough`]
-//! says when the kernel allows it); a layer's file is read with pread. Such an open of
-//! a layer's file opens nothing on disk until the first read (`OpenFile::Lower` in the
-//! tree), and neither it nor its RELEASE makes a syscall when the kernel has the pages
-//! already; no open is followed by a FLUSH (`FOPEN_NOFLUSH`).
+//! files are opened through the daemon, and the kernel then reads a layer's file and
+//! reads and writes an upper file itself (passthrough; [`passthrough`] says when the
+//! kernel allows it, and what an open tied to another backing gets). Without
+//! passthrough an open of a layer's file opens nothing on disk until the first read
+//! (`OpenFile::Lower` in the tree), and neither it nor its RELEASE makes a syscall when
+//! the kernel has the pages already; no read open is followed by a FLUSH
+//! (`FOPEN_NOFLUSH`).
 //!
 //! Folders: a READDIRPLUS of a folder that comes from one layer on disk (the registry's
 //! blob and link folders) is answered from one pass over that folder, one `fstatat` per
