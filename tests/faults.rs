@@ -66,7 +66,7 @@ fn backing_file_deleted_gives_eio_on_that_file_only() {
 
 #[test]
 fn backing_file_truncated_gives_eio_on_that_file_only() {
-    for args in [&["--no-passthrough"][..], &[][..]] {
+    for args in [&["--no-passthrough"][..], &["--passthrough-min", "0"][..]] {
         let cache = own_cache();
         let (m, pid) = mount(&cache, args);
         let backing = cache.join("kube/v1.23.4/amd64/kubectl");
@@ -387,7 +387,8 @@ fn fifos_in_the_cache_never_block_the_mount() {
 fn fd_exhaustion_answers_emfile_not_eio() {
     // Through the daemon (O_DIRECT: every read reaches it, not the pages an earlier one
     // cached), and with passthrough (the daemon opens the file to hand it over).
-    for (args, direct) in [(&["--no-passthrough"][..], true), (&[][..], false)] {
+    let passthrough = &["--passthrough-min", "0"][..];
+    for (args, direct) in [(&["--no-passthrough"][..], true), (passthrough, false)] {
         let mp = scratch("mnt-fds");
         let out = std::process::Command::new("prlimit")
             .arg("--nofile=256:256")

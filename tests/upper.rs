@@ -854,12 +854,13 @@ fn passes_through(m: &Mount) -> bool {
 /// On the default (writable) mount the kernel reads and writes files whose bytes are in
 /// the upper layer itself (FUSE passthrough): creating, writing, reading back,
 /// truncating and appending to one sends no READ or WRITE to the daemon, and sizes and
-/// bytes are what was written; a layer's file is read by the kernel too.
+/// bytes are what was written; a layer's file is read by the kernel too (all sizes with
+/// `--passthrough-min 0`; the demo's files are small).
 #[test]
 fn upper_files_are_read_and_written_by_the_kernel() {
     use std::io::{Read, Seek, SeekFrom, Write};
     use std::os::unix::fs::FileExt;
-    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let m = Mount::new(&["--k8s", "v1.23.4", "--passthrough-min", "0"]);
     let before = requests_by_op(&m);
     if !passes_through(&m) {
         return;
@@ -932,7 +933,7 @@ fn upper_files_are_read_and_written_by_the_kernel() {
 fn a_copy_up_under_an_open_reader_keeps_every_open_working() {
     use std::io::Read;
     use std::os::unix::fs::FileExt;
-    let m = Mount::new(&["--k8s", "v1.23.4"]);
+    let m = Mount::new(&["--k8s", "v1.23.4", "--passthrough-min", "0"]);
     let path = m.path("amd64/bin/kubeadm");
     let old = std::fs::read(&path).unwrap();
     let reader = std::fs::File::open(&path).unwrap();
@@ -991,7 +992,7 @@ fn layer_files_held_by_passthrough_readers_can_still_be_changed() {
     use std::os::unix::fs::FileExt;
     let cache = common::own_cache();
     let before = fingerprint(&cache);
-    let m = Mount::with_cache(&cache, &["--k8s", "v1.23.4"]);
+    let m = Mount::with_cache(&cache, &["--k8s", "v1.23.4", "--passthrough-min", "0"]);
     let passthrough = passes_through(&m);
     let read_all = |rel: &str| {
         let mut bytes = Vec::new();

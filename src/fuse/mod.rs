@@ -266,7 +266,7 @@ impl Filesystem for BuildFs {
                 keep_cache: false,
             })
         } else {
-            self.tree.open(ino.0, self.passthrough.wants_backing(ino.0))
+            self.tree.open(ino.0, self.passthrough.backing_from(ino.0))
         };
         let opened = match opened {
             Ok(opened) => opened,

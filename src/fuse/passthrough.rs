@@ -39,19 +39,23 @@ pub enum PassthroughPolicy {
     Off,
     /// Ask the kernel for passthrough with this file system stacking depth: 1 when the
     /// backing files are on a plain file system (the mount can itself be a lower layer of
-    /// an overlayfs), 2 when they are on a stacking one (overlayfs, FUSE, ecryptfs).
-    Try { stack_depth: u32 },
+    /// an overlayfs), 2 when they are on a stacking one (overlayfs, FUSE, ecryptfs);
+    /// layer files smaller than `min_size` bytes stay with the daemon (see
+    /// [`Passthrough::backing_from`]).
+    Try { stack_depth: u32, min_size: u64 },
 }
 
 impl PassthroughPolicy {
-    /// The policy for backing files below `roots` (nonexistent roots are skipped).
-    pub fn for_roots(roots: &[PathBuf]) -> Self {
+    /// The policy for backing files below `roots` (nonexistent roots are skipped), for
+    /// layer files of at least `min_size` bytes.
+    pub fn for_roots(roots: &[PathBuf], min_size: u64) -> Self {
         let stacked = roots
             .iter()
             .filter_map(|root| crate::sys::fs_magic(root).ok())
             .any(is_stacking_fs);
         PassthroughPolicy::Try {
             stack_depth: if stacked { 2 } else { 1 },
+            min_size,
         }
     }
 }
@@ -124,7 +128,7 @@ impl Passthrough {
     pub fn init(&self, config: &mut KernelConfig) -> Result<(), String> {
         let stack_depth = match self.policy {
             PassthroughPolicy::Off => return Err("--no-passthrough".to_string()),
-            PassthroughPolicy::Try { stack_depth } => stack_depth,
+            PassthroughPolicy::Try { stack_depth, .. } => stack_depth,
         };
         config
             .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
@@ -143,15 +147,24 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Whether an open of `ino` has to name a backing: passthrough is on, or the kernel
-    /// may still hold a backing of it from before passthrough was switched off (every
-    /// other open of that inode would fail with EIO).
-    pub fn wants_backing(&self, ino: u64) -> bool {
-        self.is_enabled()
-            || self
-                .by_inode
-                .get(&ino)
-                .is_some_and(|io| io.backing.strong_count() > 0)
+    /// The smallest layer file an open of `ino` hands to the kernel, `None` for none.
+    /// Any size when the kernel may still hold a backing of `ino` (every open must then
+    /// name one, even after passthrough was switched off). Otherwise, with passthrough
+    /// on, files of at least `--passthrough-min`: per byte the kernel reading the file
+    /// itself is fastest (large files read at native speed), per file it costs more than
+    /// the daemon (registering and closing a backing, and a GETATTR after each read on a
+    /// writable mount, where the daemon's page cache kept across opens answers a second
+    /// read of a small file with no request at all).
+    pub fn backing_from(&self, ino: u64) -> Option<u64> {
+        let live = self
+            .by_inode
+            .get(&ino)
+            .is_some_and(|io| io.backing.strong_count() > 0);
+        match self.policy {
+            _ if live => Some(0),
+            PassthroughPolicy::Try { min_size, .. } if self.is_enabled() => Some(min_size),
+            _ => None,
+        }
     }
 
     /// How the open `fh` of `ino` is answered: with the inode's live backing, when
@@ -250,7 +263,13 @@ mod tests {
     fn stacking_file_systems_need_depth_two() {
         assert!(is_stacking_fs(0x794c_7630));
         assert!(!is_stacking_fs(0xef53)); // ext4
-        let here = PassthroughPolicy::for_roots(&[PathBuf::from("/nonexistent-root")]);
-        assert_eq!(here, PassthroughPolicy::Try { stack_depth: 1 });
+        let here = PassthroughPolicy::for_roots(&[PathBuf::from("/nonexistent-root")], 7);
+        assert_eq!(
+            here,
+            PassthroughPolicy::Try {
+                stack_depth: 1,
+                min_size: 7
+            }
+        );
     }
 }

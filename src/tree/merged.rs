@@ -214,14 +214,15 @@ impl MergedTree {
         Ok((open_content(&path, &node)?, node))
     }
 
-    /// Opens `ino` for reading. With `backing` (the kernel may read the file itself) a
-    /// layer's file is opened now, so that it can be handed over; without, a file of an
-    /// immutable layer is opened by its first read (errors of the backing file, such as
-    /// one changed under the mount, are answered there).
-    pub fn open(&self, ino: u64, backing: bool) -> Result<Opened, FsError> {
+    /// Opens `ino` for reading. With `backing_from` (the kernel may read files of at
+    /// least that size itself) such a layer's file is opened now, so that it can be
+    /// handed over; otherwise a file of an immutable layer is opened by its first read
+    /// (errors of the backing file, such as one changed under the mount, are answered
+    /// there).
+    pub fn open(&self, ino: u64, backing_from: Option<u64>) -> Result<Opened, FsError> {
         self.refuse_superseded(ino)?;
         let (path, node) = self.inode(ino)?;
-        if !backing {
+        if backing_from.is_none_or(|min| node.entry.size < min) {
             if let Some(lower) = LowerFile::of(&node) {
                 return Ok(Opened {
                     fh: self.handles.add(ino, OpenFile::Open(lower)),
