@@ -2,7 +2,8 @@
 # Runs the POSIX suite pjdfstest and the exerciser fsx against a mount with an upper layer.
 # Needs root (pjdfstest switches users) and installs both tools with cargo if missing.
 #   bash scripts/posix.sh            # results in target/posix/
-# FSX_OPS (default 20000) sets the number of fsx operations.
+# FSX_OPS (default 20000) sets the number of fsx operations; POSIX_MOUNT_ARGS adds mount
+# flags (e.g. "--passthrough-min 0" to hand every file to the kernel).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +24,8 @@ if grep -q " $mnt fuse" /proc/mounts; then "$bin" umount "$mnt"; fi
 rm -rf "$out/upper"
 mkdir -p "$mnt"
 # Other users must reach the mount for the permission tests.
-"$bin" "$mnt" --k8s v1.23.4 --cache "$out/cache" --upper "$out/upper" --allow-other
+# shellcheck disable=SC2086 # POSIX_MOUNT_ARGS is a list of flags
+"$bin" "$mnt" --k8s v1.23.4 --cache "$out/cache" --upper "$out/upper" --allow-other ${POSIX_MOUNT_ARGS:-}
 trap '"$bin" umount "$mnt" || umount -l "$mnt"' EXIT
 
 cat > "$out/pjdfstest.toml" <<TOML

@@ -580,6 +580,12 @@ pub struct MountArgs {
     #[arg(long, help_heading = "Daemon")]
     pub no_passthrough: bool,
 
+    /// Layer files smaller than SIZE are read through the daemon, whose page cache keeps
+    /// them across opens (cheaper per file); larger ones by the kernel itself
+    /// (passthrough: faster per byte). 0 hands every file to the kernel.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size, help_heading = "Daemon")]
+    pub passthrough_min: u64,
+
     /// Stay in the foreground.
     #[arg(short = 'f', long, help_heading = "Daemon")]
     pub foreground: bool,

@@ -409,7 +409,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 // The upper folder holds backing files too (writable mounts).
                 let mut roots = params.source_roots();
                 roots.extend(upper_dir.clone());
-                PassthroughPolicy::for_roots(&roots)
+                PassthroughPolicy::for_roots(&roots, args.passthrough_min)
             },
             mount_lock: lock.map(Arc::new),
         };

@@ -69,8 +69,8 @@ impl Fixture {
     fn read(&self, path: &str) -> Vec<u8> {
         let ino = self.ino(path);
         // Opened now (as for passthrough) and opened by the first read: the same bytes.
-        let [bytes, eager] = [false, true].map(|backing| {
-            let opened = self.tree.open(ino, backing).unwrap();
+        let [bytes, eager] = [None, Some(0)].map(|backing_from| {
+            let opened = self.tree.open(ino, backing_from).unwrap();
             let bytes = self
                 .tree
                 .read(opened.fh, 0, 1 << 20, |r| r.map(|b| b.to_vec()))

@@ -66,32 +66,38 @@ fn backing_file_deleted_gives_eio_on_that_file_only() {
 
 #[test]
 fn backing_file_truncated_gives_eio_on_that_file_only() {
-    let cache = own_cache();
-    let (m, pid) = mount(&cache, &[]);
-    let backing = cache.join("kube/v1.23.4/amd64/kubectl");
-    let size = m.path("amd64/bin/kubectl").metadata().unwrap().len();
-    // Truncated after being opened: the open file's reads past the new end fail.
-    let open = std::fs::File::open(m.path("amd64/bin/kubectl")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&backing)
-        .unwrap()
-        .set_len(size / 2)
-        .unwrap();
-    let mut buf = Vec::new();
-    use std::io::Read;
-    assert_eq!(
-        errno_of((&open).read_to_end(&mut buf)),
-        libc::EIO,
-        "a short backing file must not read as a short file"
-    );
-    drop(open);
-    // Opened again: refused, the file no longer is the one stat described.
-    assert_eq!(
-        errno_of(std::fs::read(m.path("amd64/bin/kubectl"))),
-        libc::EIO
-    );
-    assert_still_serving(&m, pid, &[]);
+    for args in [&["--no-passthrough"][..], &["--passthrough-min", "0"][..]] {
+        let cache = own_cache();
+        let (m, pid) = mount(&cache, args);
+        let backing = cache.join("kube/v1.23.4/amd64/kubectl");
+        let size = m.path("amd64/bin/kubectl").metadata().unwrap().len();
+        // Truncated after being opened: through the daemon, the open file's reads past
+        // the new end fail (with passthrough the kernel reads the backing file itself).
+        let open = std::fs::File::open(m.path("amd64/bin/kubectl")).unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .unwrap()
+            .set_len(size / 2)
+            .unwrap();
+        if args.contains(&"--no-passthrough") {
+            let mut buf = Vec::new();
+            use std::io::Read;
+            assert_eq!(
+                errno_of((&open).read_to_end(&mut buf)),
+                libc::EIO,
+                "a short backing file must not read as a short file"
+            );
+        }
+        drop(open);
+        // Opened again: refused, the file no longer is the one stat described.
+        assert_eq!(
+            errno_of(std::fs::read(m.path("amd64/bin/kubectl"))),
+            libc::EIO,
+            "{args:?}"
+        );
+        assert_still_serving(&m, pid, &[]);
+    }
 }
 
 #[test]
@@ -379,63 +385,71 @@ fn fifos_in_the_cache_never_block_the_mount() {
 /// each file is read as well.
 #[test]
 fn fd_exhaustion_answers_emfile_not_eio() {
-    let mp = scratch("mnt-fds");
-    let out = std::process::Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg(common::BIN)
-        .arg(&mp)
-        .args(["--k8s", "v1.23.4", "--cache"])
-        .arg(common::demo_cache())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let m = Mount { dir: mp };
-    let pid = daemon_pid(&m.dir);
-    let mut open = Vec::new();
-    let mut failure = None;
-    for _ in 0..600 {
-        // O_DIRECT: every read reaches the daemon, not the pages an earlier one cached.
-        let opened = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(m.path("amd64/bin/conntrack"))
-            .and_then(|mut f| {
-                let mut byte = [0u8; 1];
-                std::io::Read::read(&mut f, &mut byte).map(|_| f)
-            });
-        match opened {
-            Ok(f) => open.push(f),
-            Err(e) => {
-                failure = Some(e);
-                break;
+    // Through the daemon (O_DIRECT: every read reaches it, not the pages an earlier one
+    // cached), and with passthrough (the daemon opens the file to hand it over).
+    let passthrough = &["--passthrough-min", "0"][..];
+    for (args, direct) in [(&["--no-passthrough"][..], true), (passthrough, false)] {
+        let mp = scratch("mnt-fds");
+        let out = std::process::Command::new("prlimit")
+            .arg("--nofile=256:256")
+            .arg(common::BIN)
+            .arg(&mp)
+            .args(["--k8s", "v1.23.4", "--cache"])
+            .arg(common::demo_cache())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = Mount { dir: mp };
+        let pid = daemon_pid(&m.dir);
+        let mut open = Vec::new();
+        let mut failure = None;
+        for _ in 0..600 {
+            let opened = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(if direct { libc::O_DIRECT } else { 0 })
+                .open(m.path("amd64/bin/conntrack"))
+                .and_then(|mut f| {
+                    let mut byte = [0u8; 1];
+                    std::io::Read::read(&mut f, &mut byte).map(|_| f)
+                });
+            match opened {
+                Ok(f) => open.push(f),
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
             }
         }
+        let failure = failure.expect("600 files open through a daemon limited to 256 fds");
+        assert!(
+            matches!(
+                failure.raw_os_error(),
+                Some(libc::EMFILE) | Some(libc::ENFILE)
+            ),
+            "out of fds ({args:?}): {failure:?}"
+        );
+        open.clear();
+        std::thread::sleep(Duration::from_millis(200));
+        assert_still_serving(&m, pid, &[]);
     }
-    let failure = failure.expect("600 files open through a daemon limited to 256 fds");
-    assert!(
-        matches!(
-            failure.raw_os_error(),
-            Some(libc::EMFILE) | Some(libc::ENFILE)
-        ),
-        "out of fds: {failure:?}"
-    );
-    open.clear();
-    std::thread::sleep(Duration::from_millis(200));
-    assert_still_serving(&m, pid, &[]);
 }
 
 /// Read EIOs on open fds whose backing file was cut or rewritten under the mount are
 /// counted (`errors`) and logged as a fault naming the file, on both read paths through
 /// the daemon: a read-only mount without passthrough (reads by inode, no open round
-/// trip) and a writable mount (reads through its open handle).
+/// trip) and a writable mount without passthrough (reads through its open handle).
 #[test]
 fn read_eios_on_open_fds_of_changed_files_are_counted_and_logged() {
     use std::os::unix::fs::FileExt;
-    for args in [&["--read-only", "--no-passthrough"][..], &[][..]] {
+    for args in [
+        &["--read-only", "--no-passthrough"][..],
+        &["--no-passthrough"][..],
+    ] {
         let cache = own_cache();
         let (m, pid) = mount(&cache, args);
         let backing = cache.join("kube/v1.23.4/amd64/kubectl");

@@ -275,7 +275,7 @@ fn every_read_path_gives_the_backing_bytes() {
         no_open.log()
     );
     // A writable mount negotiates passthrough too (for files whose bytes are in its
-    // upper layer; the layer's files read here go through the daemon).
+    // upper layer, and layer files of at least --passthrough-min).
     assert_eq!(
         writable.passes_through(),
         passthrough.passes_through(),

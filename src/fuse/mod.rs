@@ -15,12 +15,13 @@
 //! opens, and reads by inode. Per file that saves the OPEN and RELEASE round trips (what
 //! `tar` over many small files pays for); per byte passthrough is faster (no copy through
 //! the daemon, one page cache). A writable mount needs open handles for its writes: its
-//! files are opened through the daemon. A file whose bytes are in the upper layer is
-//! then read and written by the kernel (passthrough to the upper file; [`passthrough`]
-//! says when the kernel allows it); a layer's file is read with pread. Such an open of
-//! a layer's file opens nothing on disk until the first read (`OpenFile::Lower` in the
-//! tree), and neither it nor its RELEASE makes a syscall when the kernel has the pages
-//! already; no open is followed by a FLUSH (`FOPEN_NOFLUSH`).
+//! files are opened through the daemon, and the kernel then reads a layer's file and
+//! reads and writes an upper file itself (passthrough; [`passthrough`] says when the
+//! kernel allows it, and what an open tied to another backing gets). Without
+//! passthrough an open of a layer's file opens nothing on disk until the first read
+//! (`OpenFile::Lower` in the tree), and neither it nor its RELEASE makes a syscall when
+//! the kernel has the pages already; no read open is followed by a FLUSH
+//! (`FOPEN_NOFLUSH`).
 //!
 //! Folders: a READDIRPLUS of a folder that comes from one layer on disk (the registry's
 //! blob and link folders) is answered from one pass over that folder, one `fstatat` per
@@ -46,9 +47,9 @@ use fuser::{
 };
 
 use crate::sys::at::SetTime;
-use crate::tree::{AttrChange, Caller, DirItem, FsError, MergedTree};
+use crate::tree::{AttrChange, Caller, DirItem, FsError, MergedTree, Opened};
 use attr::{file_attr, file_type, ttl};
-use passthrough::{Passthrough, PassthroughPolicy};
+use passthrough::{OpenAs, Passthrough, PassthroughPolicy};
 
 /// The get-only extended attribute that tells where a file comes from (docs/DESIGN.md §6).
 pub const SOURCE_XATTR: &str = "user.rootfs.source";
@@ -249,67 +250,62 @@ impl Filesystem for BuildFs {
         let _waits = self.request(req, Op::Open);
         let writes = flags.acc_mode() != OpenAccMode::O_RDONLY || flags.0 & libc::O_TRUNC != 0;
         let writable = self.tree.is_writable();
-        let register = |file: &std::fs::File| reply.open_backing(file);
-        if writes || writable {
-            if writes && !writable {
-                return reply.error(read_only("open"));
-            }
-            let opened = if writes {
-                self.tree
-                    .open_for_write(ino.0, flags.0)
-                    .map(|fh| (fh, false))
-            } else {
-                self.tree
-                    .open(ino.0, false)
-                    .map(|opened| (opened.fh, opened.keep_cache))
-            };
-            let (fh, keep_cache) = match opened {
-                Ok(opened) => opened,
-                Err(e) => return reply.error(self.errno("open", ino.0, e)),
-            };
-            // A writable mount: the kernel reads and writes a file whose bytes are in
-            // the upper layer itself; everything else goes through the daemon.
-            let backing =
-                self.passthrough
-                    .open(ino.0, fh, || self.tree.upper_backing(ino.0), register);
-            return match backing {
-                Some(backing) => {
-                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &backing)
-                }
-                // Written through the daemon: no page cache kept across opens.
-                None if writes => reply.opened(FileHandle(fh), FopenFlags::empty()),
-                None if keep_cache => reply.opened(
-                    FileHandle(fh),
-                    FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH,
-                ),
-                None => reply.opened(FileHandle(fh), FopenFlags::FOPEN_NOFLUSH),
-            };
+        if writes && !writable {
+            return reply.error(read_only("open"));
         }
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
-        let opened = match self.tree.open(ino.0, self.passthrough.wants_backing(ino.0)) {
+        let register = |file: &std::fs::File| reply.open_backing(file);
+        // The file this open may hand to the kernel: a write open only an upper file
+        // (never a layer's), a read open a layer's file or an upper one.
+        let opened = if writes {
+            self.tree.open_for_write(ino.0, flags.0).map(|fh| Opened {
+                fh,
+                backing: None,
+                keep_cache: false,
+            })
+        } else {
+            self.tree.open(ino.0, self.passthrough.backing_from(ino.0))
+        };
+        let opened = match opened {
             Ok(opened) => opened,
             Err(e) => return reply.error(self.errno("open", ino.0, e)),
         };
         let fh = FileHandle(opened.fh);
-        if let Some(file) = opened.backing {
-            if let Some(backing) = self
-                .passthrough
-                .open(ino.0, opened.fh, || Some(file), register)
-            {
-                return reply.opened_passthrough(fh, FopenFlags::empty(), &backing);
-            }
-        }
-        // Content never changes while a file is open: keep the page cache across opens
-        // (not for entries of a layer edited while mounted).
-        // FOPEN_NOFLUSH: nothing to flush at close (see `flush`), not even the first time.
-        let flags = if opened.keep_cache {
-            FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH
-        } else {
-            FopenFlags::FOPEN_NOFLUSH
+        let candidate = || {
+            opened
+                .backing
+                .clone()
+                .or_else(|| writable.then(|| self.tree.upper_backing(ino.0)).flatten())
         };
-        reply.opened(fh, flags)
+        match self.passthrough.open(ino.0, opened.fh, candidate, register) {
+            OpenAs::Backing(backing) if writes => {
+                reply.opened_passthrough(fh, FopenFlags::empty(), &backing)
+            }
+            OpenAs::Backing(backing) => {
+                reply.opened_passthrough(fh, FopenFlags::FOPEN_NOFLUSH, &backing)
+            }
+            OpenAs::Stale => {
+                self.tree.release(opened.fh);
+                let estale = match self.tree.supersede(ino.0, writes) {
+                    Ok(()) => Errno::ESTALE,
+                    Err(e) => self.errno("open", ino.0, e),
+                };
+                tracing::debug!(ino = ino.0, writes, "open of an inode tied to another backing file: the path gets a new number, ESTALE");
+                reply.error(estale)
+            }
+            // Written through the daemon: no page cache kept across opens.
+            OpenAs::Daemon if writes => reply.opened(fh, FopenFlags::empty()),
+            // Content never changes while a file is open: keep the page cache across
+            // opens (not for entries of a layer edited while mounted).
+            // FOPEN_NOFLUSH: nothing to flush at close (see `flush`), not even the
+            // first time.
+            OpenAs::Daemon if opened.keep_cache => {
+                reply.opened(fh, FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_NOFLUSH)
+            }
+            OpenAs::Daemon => reply.opened(fh, FopenFlags::FOPEN_NOFLUSH),
+        }
     }
 
     fn read(
@@ -698,7 +694,7 @@ impl Filesystem for BuildFs {
         );
         let (ttl, attr) = (ttl(&node), file_attr(ino, &node));
         match backing {
-            Some(backing) => reply.created_passthrough(
+            OpenAs::Backing(backing) => reply.created_passthrough(
                 &ttl,
                 &attr,
                 Generation(0),
@@ -706,13 +702,19 @@ impl Filesystem for BuildFs {
                 FopenFlags::empty(),
                 &backing,
             ),
-            None => reply.created(
+            OpenAs::Daemon => reply.created(
                 &ttl,
                 &attr,
                 Generation(0),
                 FileHandle(fh),
                 FopenFlags::empty(),
             ),
+            // A new file's number has no backing yet; should it have one, the file is
+            // made but this open cannot be answered.
+            OpenAs::Stale => {
+                self.tree.release(fh);
+                reply.error(Errno::EIO)
+            }
         }
     }
 

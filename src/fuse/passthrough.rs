@@ -8,11 +8,16 @@
 //! opens and closed with the last of them, and an inode that has opens served by the
 //! daemon gets no passthrough until they are released ([`InodeIo`]).
 //!
-//! What a backing may be: on a read-only mount, a file of an immutable layer. On a
-//! writable mount only an upper file (created through the mount or copied up), opened
-//! for reading and writing: a layer's file cannot be one, because the write open that
-//! copies it up would land on the same inode while readers hold the layer's file as its
-//! backing, and the kernel leaves no legal answer to that open (see docs/DESIGN.md). Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
+//! What a backing may be: a file of an immutable layer, for opens that only read (the
+//! kernel opens its own backing file with the caller's open flags, so a write open
+//! naming a layer's file would let it write into the layer); and on a writable mount
+//! an upper file (created through the mount or copied up), opened for reading and
+//! writing. When an inode's live backing is not the file an open needs — a write open
+//! of a layer's file that readers hold, or any open after the file was copied up or
+//! renamed over — the open is answered ESTALE after its path got a new number
+//! (`MergedTree::supersede`): the kernel looks the path up again and opens a fresh
+//! inode, while the earlier opens keep the old bytes, as on overlayfs (docs/DESIGN.md
+//! §7). Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
 //! the rest of the mount and opens are served by the daemon's read path — except opens
 //! of an inode that still has a live backing, which must keep using it.
 
@@ -34,19 +39,23 @@ pub enum PassthroughPolicy {
     Off,
     /// Ask the kernel for passthrough with this file system stacking depth: 1 when the
     /// backing files are on a plain file system (the mount can itself be a lower layer of
-    /// an overlayfs), 2 when they are on a stacking one (overlayfs, FUSE, ecryptfs).
-    Try { stack_depth: u32 },
+    /// an overlayfs), 2 when they are on a stacking one (overlayfs, FUSE, ecryptfs);
+    /// layer files smaller than `min_size` bytes stay with the daemon (see
+    /// [`Passthrough::backing_from`]).
+    Try { stack_depth: u32, min_size: u64 },
 }
 
 impl PassthroughPolicy {
-    /// The policy for backing files below `roots` (nonexistent roots are skipped).
-    pub fn for_roots(roots: &[PathBuf]) -> Self {
+    /// The policy for backing files below `roots` (nonexistent roots are skipped), for
+    /// layer files of at least `min_size` bytes.
+    pub fn for_roots(roots: &[PathBuf], min_size: u64) -> Self {
         let stacked = roots
             .iter()
             .filter_map(|root| crate::sys::fs_magic(root).ok())
             .any(is_stacking_fs);
         PassthroughPolicy::Try {
             stack_depth: if stacked { 2 } else { 1 },
+            min_size,
         }
     }
 }
@@ -81,7 +90,27 @@ pub struct Passthrough {
 #[derive(Debug, Default)]
 struct InodeIo {
     backing: Weak<BackingId>,
+    /// Which file the backing is, `(st_dev, st_ino)`: an open naming another file
+    /// cannot share it.
+    file: Option<(u64, u64)>,
     served: u32,
+}
+
+/// How an open is answered (see [`Passthrough::open`]).
+#[derive(Debug)]
+pub enum OpenAs {
+    /// The kernel reads (and writes) this backing file itself.
+    Backing(Arc<BackingId>),
+    /// The daemon serves reads and writes.
+    Daemon,
+    /// The inode is tied to a backing file this open must not use: the path gets a new
+    /// number and the open is answered ESTALE (the kernel retries it there).
+    Stale,
+}
+
+fn file_id(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
 }
 
 impl Passthrough {
@@ -99,7 +128,7 @@ impl Passthrough {
     pub fn init(&self, config: &mut KernelConfig) -> Result<(), String> {
         let stack_depth = match self.policy {
             PassthroughPolicy::Off => return Err("--no-passthrough".to_string()),
-            PassthroughPolicy::Try { stack_depth } => stack_depth,
+            PassthroughPolicy::Try { stack_depth, .. } => stack_depth,
         };
         config
             .add_capabilities(InitFlags::FUSE_PASSTHROUGH)
@@ -118,43 +147,75 @@ impl Passthrough {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// Whether an open of `ino` has to name a backing: passthrough is on, or the kernel
-    /// may still hold a backing of it from before passthrough was switched off (every
-    /// other open of that inode would fail with EIO).
-    pub fn wants_backing(&self, ino: u64) -> bool {
-        self.is_enabled()
-            || self
-                .by_inode
-                .get(&ino)
-                .is_some_and(|io| io.backing.strong_count() > 0)
+    /// The smallest layer file an open of `ino` hands to the kernel, `None` for none.
+    /// Any size when the kernel may still hold a backing of `ino` (every open must then
+    /// name one, even after passthrough was switched off). Otherwise, with passthrough
+    /// on, files of at least `--passthrough-min`: per byte the kernel reading the file
+    /// itself is fastest (large files read at native speed), per file it costs more than
+    /// the daemon (registering and closing a backing, and a GETATTR after each read on a
+    /// writable mount, where the daemon's page cache kept across opens answers a second
+    /// read of a small file with no request at all).
+    pub fn backing_from(&self, ino: u64) -> Option<u64> {
+        let live = self
+            .by_inode
+            .get(&ino)
+            .is_some_and(|io| io.backing.strong_count() > 0);
+        match self.policy {
+            _ if live => Some(0),
+            PassthroughPolicy::Try { min_size, .. } if self.is_enabled() => Some(min_size),
+            _ => None,
+        }
     }
 
-    /// The backing the open `fh` of `ino` is to use: the inode's live one, or one
-    /// registered now through `register` with the file `backing_file` gives, when the
-    /// kernel allows it (no open of the inode served by the daemon). `None`: the daemon
-    /// serves this open (and it is counted until its RELEASE).
+    /// How the open `fh` of `ino` is answered: with the inode's live backing, when
+    /// `candidate` (the file this open would hand over) is that very file; with one
+    /// registered now from `candidate` through `register`, when the kernel allows it (no
+    /// live backing, no open of the inode served by the daemon); by the daemon (counted
+    /// until its RELEASE) when there is no candidate or passthrough is off; or not at
+    /// all ([`OpenAs::Stale`]) when the inode has a live backing that is not the
+    /// candidate — no answer but that backing would be legal for the kernel, and that
+    /// backing holds other bytes (or, for a write open, a layer's file).
     pub fn open(
         &self,
         ino: u64,
         fh: u64,
-        backing_file: impl FnOnce() -> Option<Arc<File>>,
+        candidate: impl FnOnce() -> Option<Arc<File>>,
         register: impl FnOnce(&File) -> std::io::Result<BackingId>,
-    ) -> Option<Arc<BackingId>> {
+    ) -> OpenAs {
         // The shard lock of `ino` orders this with `release`.
         let mut io = self.by_inode.entry(ino).or_default();
-        let backing = match io.backing.upgrade() {
+        let answer = match io.backing.upgrade() {
             // The kernel may still hold it: every open must name it.
-            Some(live) => Some(live),
-            None if io.served == 0 && self.is_enabled() => backing_file()
-                .and_then(|file| self.register(&file, register))
-                .inspect(|fresh| io.backing = Arc::downgrade(fresh)),
-            None => None,
+            Some(live) => match candidate() {
+                Some(file) if io.file.is_some() && file_id(&file) == io.file => {
+                    OpenAs::Backing(live)
+                }
+                _ => OpenAs::Stale,
+            },
+            None if io.served == 0 && self.is_enabled() => match candidate() {
+                Some(file) => match self.register(&file, register) {
+                    Some(fresh) => {
+                        io.backing = Arc::downgrade(&fresh);
+                        io.file = file_id(&file);
+                        OpenAs::Backing(fresh)
+                    }
+                    None => OpenAs::Daemon,
+                },
+                None => OpenAs::Daemon,
+            },
+            None => OpenAs::Daemon,
         };
-        if backing.is_none() {
-            io.served += 1;
+        match &answer {
+            OpenAs::Backing(backing) => {
+                self.by_handle.insert(fh, (ino, Some(backing.clone())));
+            }
+            OpenAs::Daemon => {
+                io.served += 1;
+                self.by_handle.insert(fh, (ino, None));
+            }
+            OpenAs::Stale => {}
         }
-        self.by_handle.insert(fh, (ino, backing.clone()));
-        backing
+        answer
     }
 
     fn register(
@@ -202,7 +263,13 @@ mod tests {
     fn stacking_file_systems_need_depth_two() {
         assert!(is_stacking_fs(0x794c_7630));
         assert!(!is_stacking_fs(0xef53)); // ext4
-        let here = PassthroughPolicy::for_roots(&[PathBuf::from("/nonexistent-root")]);
-        assert_eq!(here, PassthroughPolicy::Try { stack_depth: 1 });
+        let here = PassthroughPolicy::for_roots(&[PathBuf::from("/nonexistent-root")], 7);
+        assert_eq!(
+            here,
+            PassthroughPolicy::Try {
+                stack_depth: 1,
+                min_size: 7
+            }
+        );
     }
 }

@@ -54,6 +54,9 @@ pub struct MergedTree {
     pub(super) changes: FolderChanges,
     /// The upper folder and its copy-ups; `None` on a read-only mount.
     pub(super) copy: Option<CopyUp>,
+    /// Numbers whose path moved to a new number while the kernel held a backing file
+    /// of them (see [`MergedTree::supersede`]): their opens answer ESTALE, until FORGET.
+    pub(super) superseded: dashmap::DashSet<u64>,
 }
 
 impl MergedTree {
@@ -69,6 +72,7 @@ impl MergedTree {
             statfs_path,
             changes: FolderChanges::new(),
             copy,
+            superseded: dashmap::DashSet::new(),
         })
     }
 
@@ -172,10 +176,23 @@ impl MergedTree {
         self.inodes.forget(ino, n);
         if !self.inodes.contains(ino) {
             self.listings.remove(&ino);
+            self.superseded.remove(&ino);
             if self.inodes.halved() {
                 crate::sys::release_free_heap();
             }
         }
+    }
+
+    /// ESTALE for an open of a number whose path has moved on (see
+    /// [`MergedTree::supersede`]): the kernel looks the path up again and opens that.
+    pub(super) fn refuse_superseded(&self, ino: u64) -> Result<(), FsError> {
+        if self.superseded.contains(&ino) {
+            return Err(fs_err!(
+                ESTALE,
+                "inode {ino} was given a new number; the kernel looks it up again"
+            ));
+        }
+        Ok(())
     }
 
     pub fn getattr(&self, ino: u64) -> Result<Arc<Node>, FsError> {
@@ -200,13 +217,15 @@ impl MergedTree {
         Ok((open_content(&path, &node)?, node))
     }
 
-    /// Opens `ino` for reading. With `backing` (the kernel may read the file itself) a
-    /// layer's file is opened now, so that it can be handed over; without, a file of an
-    /// immutable layer is opened by its first read (errors of the backing file, such as
-    /// one changed under the mount, are answered there).
-    pub fn open(&self, ino: u64, backing: bool) -> Result<Opened, FsError> {
+    /// Opens `ino` for reading. With `backing_from` (the kernel may read files of at
+    /// least that size itself) such a layer's file is opened now, so that it can be
+    /// handed over; otherwise a file of an immutable layer is opened by its first read
+    /// (errors of the backing file, such as one changed under the mount, are answered
+    /// there).
+    pub fn open(&self, ino: u64, backing_from: Option<u64>) -> Result<Opened, FsError> {
+        self.refuse_superseded(ino)?;
         let (path, node) = self.inode(ino)?;
-        if !backing {
+        if backing_from.is_none_or(|min| node.entry.size < min) {
             if let Some(lower) = LowerFile::of(&node) {
                 return Ok(Opened {
                     fh: self.handles.add(ino, OpenFile::Open(lower)),
@@ -217,13 +236,12 @@ impl MergedTree {
         }
         let open = open_content(&path, &node)?;
         // Passthrough needs bytes that stay the same for as long as the kernel may hold
-        // the backing: a lower file of an immutable layer, on a read-only mount (on a
-        // writable one, a copy-up or a rename over the file would have to replace the
-        // backing of an inode that open readers still hold, which the kernel refuses).
+        // the backing: a lower file of an immutable layer, opened for reading (on a
+        // writable mount a later copy-up gives the path a new number rather than
+        // replacing this backing: `supersede`). Files of the upper layer are handed over
+        // by `upper_backing`, opened for reading and writing.
         let backing = match &open {
-            Readable::Disk { file, .. } if !node.mutable && !self.is_writable() => {
-                Some(file.clone())
-            }
+            Readable::Disk { file, .. } if !node.mutable && !path.has_root() => Some(file.clone()),
             _ => None,
         };
         let fh = self.handles.add(ino, OpenFile::Open(open));

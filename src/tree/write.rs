@@ -485,6 +485,7 @@ impl MergedTree {
     /// Opens `ino` for writing. `O_TRUNC` replaces the file with an empty upper one (no
     /// bytes copied); otherwise the copy-up waits for the first write.
     pub fn open_for_write(&self, ino: u64, flags: i32) -> Result<u64, FsError> {
+        self.refuse_superseded(ino)?;
         let (path, node) = self.inode(ino)?;
         self.upper_dir()?;
         if node.entry.kind != EntryKind::File {
@@ -508,6 +509,28 @@ impl MergedTree {
             }
         };
         Ok(self.handles.add(ino, open))
+    }
+
+    /// Moves the path of `ino` to a new number, for an open the kernel cannot have on
+    /// `ino`: it holds a backing file of `ino` for opens made earlier (a layer's file, or
+    /// an upper file since renamed over) and ties every open of the inode to it, while
+    /// this open needs other bytes (the file was copied up since) or must not get that
+    /// file at all (a write open: the kernel would write into the layer's file). Old opens
+    /// keep their bytes, as on overlayfs; `ino` answers ESTALE to opens from now on, so
+    /// the kernel looks the path up again (LOOKUP_REVAL) and retries the open on the new
+    /// number, a fresh inode. With `copy_up` (a write open) the file is copied up first,
+    /// so that whatever opens the new number finds its bytes in the upper layer and no
+    /// open of it is tied to the layer's file again.
+    pub fn supersede(&self, ino: u64, copy_up: bool) -> Result<(), FsError> {
+        let (path, node) = self.inode(ino)?;
+        if !path.has_root() {
+            if copy_up && node.upper != InUpper::Yes {
+                self.copy_up(&path, false)?;
+            }
+            self.inodes.detach(&path);
+        }
+        self.superseded.insert(ino);
+        Ok(())
     }
 
     /// The upper file that holds the bytes of `ino`, opened for reading and writing, for
