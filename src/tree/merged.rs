@@ -217,9 +217,13 @@ impl MergedTree {
         // the backing: a lower file of an immutable layer, on a read-only mount (on a
         // writable one, a copy-up or a rename over the file would have to replace the
         // backing of an inode that open readers still hold, which the kernel refuses).
+        // A remote object whole and verified in the local block cache is such a file too.
         let backing = match &open {
             Readable::Disk { file, .. } if !node.mutable && !self.is_writable() => {
                 Some(file.clone())
+            }
+            Readable::Archive(slice) if !node.mutable && !self.is_writable() => {
+                slice.local_file().map(Arc::new)
             }
             _ => None,
         };
