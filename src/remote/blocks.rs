@@ -52,6 +52,8 @@ pub const MEMORY_BLOCKS: usize = 64;
 /// How long newly verified blocks wait to be marked (batched: one fdatasync and one
 /// marker write per object and pass).
 const MARK_EVERY: Duration = Duration::from_millis(500);
+/// Object files kept open by a mount before the idle ones are closed.
+const OPEN_OBJECTS: usize = 256;
 /// The marker of an object file: `<object sha256>` + this.
 const MARKER: &str = ".verified";
 /// The first word of a marker.
@@ -361,6 +363,14 @@ impl Shared {
             states: Mutex::new(states),
             gone: AtomicBool::new(false),
         });
+        if open.len() >= OPEN_OBJECTS {
+            // Let go of the files no one uses now with nothing left to mark (they are
+            // opened again, from their markers, when needed): one descriptor per object
+            // read would otherwise stay open for the whole mount.
+            open.retain(|_, o| {
+                Arc::strong_count(o) > 1 || lock(&o.states).contains(&State::Verified)
+            });
+        }
         open.insert(sha.to_string(), object.clone());
         Ok(object)
     }
