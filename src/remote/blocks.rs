@@ -687,10 +687,13 @@ impl BlockCache {
     /// The object's file, read-only, when all its blocks are verified on disk: the
     /// kernel may read it directly. Counted as a hit.
     pub fn local_file(&self, object: &str, size: u64) -> Option<File> {
-        if self.shared.limit == 0 {
+        let shared = &self.shared;
+        // An object never kept is not made here (an open that reads nothing).
+        let known = lock(&shared.open).contains_key(object);
+        if shared.limit == 0 || !(known || shared.objects().join(object).exists()) {
             return None;
         }
-        let file = self.shared.object(object, size).ok()?;
+        let file = shared.object(object, size).ok()?;
         if !file.whole() || file.gone.load(Ordering::Relaxed) {
             return None;
         }
@@ -699,7 +702,7 @@ impl BlockCache {
         if meta.ino() != file.ino || meta.len() != size {
             return None;
         }
-        lock(&self.shared.lru).touch(object, None);
+        lock(&shared.lru).touch(object, None);
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         Some(opened)
     }

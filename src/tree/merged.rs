@@ -22,8 +22,9 @@ use crate::layers::{is_plain_name, Content, EntryKind};
 pub struct Opened {
     pub fh: u64,
     /// The plain file on disk whose bytes the handle serves, when they cannot change
-    /// while mounted (a file of an immutable layer, on a read-only mount): the kernel
-    /// may read it directly.
+    /// while mounted (a file of an immutable layer, or a remote object whole and
+    /// verified in the local block cache, on a read-only mount): the kernel may read it
+    /// directly.
     pub backing: Option<Arc<File>>,
     /// False for entries of a layer edited while mounted: pages cached by an earlier
     /// open may be stale.
@@ -222,7 +223,7 @@ impl MergedTree {
             Readable::Disk { file, .. } if !node.mutable && !self.is_writable() => {
                 Some(file.clone())
             }
-            Readable::Archive(slice) if !node.mutable && !self.is_writable() => {
+            Readable::Archive(slice) if backing && !node.mutable && !self.is_writable() => {
                 slice.local_file().map(Arc::new)
             }
             _ => None,
