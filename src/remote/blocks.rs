@@ -11,7 +11,8 @@
 //! Trust: a block is checked against its published digest once, when fetched, before it
 //! is served or kept; it is written into the object's file by the thread that fetched it.
 //! A block is marked verified on disk only after its bytes were made durable (fdatasync
-//! of the object file, then the marker is written under a temporary name and renamed):
+//! of the object file, then the marker is written under a temporary name and renamed;
+//! the marker needs no fsync of its own: lost or torn, it vouches for fewer blocks):
 //! a crash leaves at worst blocks written but not marked, which are fetched again. The
 //! marker records the object file's identity (inode, size, mtime and ctime in ns) as it
 //! was when marked; a later mount trusts the marked blocks without hashing them only
@@ -447,8 +448,10 @@ impl Shared {
         let temp = self.objects().join(temp_name(&format!("{}{MARKER}", object.sha)));
         let written = (|| {
             let mut file = File::options().write(true).create_new(true).open(&temp)?;
+            // No fsync of the marker itself: it names only blocks already durable, and
+            // a marker lost or torn by a crash (it then fails to parse) vouches for
+            // fewer blocks, never for more.
             std::io::Write::write_all(&mut file, format_marker(&id, &marked).as_bytes())?;
-            file.sync_data()?;
             std::fs::rename(&temp, &path)
         })();
         if let Err(e) = written {
