@@ -265,6 +265,26 @@ pub struct BlockCache {
     pub counters: Counters,
 }
 
+/// The caches of this process that may have blocks to mark: the marker thread keeps its
+/// cache alive after the mount's tree (and its [`BlockCache`]) is dropped at the end of
+/// the session, so [`close_all`] still finds it.
+fn opened() -> &'static Mutex<Vec<std::sync::Weak<Shared>>> {
+    static OPENED: Mutex<Vec<std::sync::Weak<Shared>>> = Mutex::new(Vec::new());
+    &OPENED
+}
+
+/// Marks the blocks verified so far in every cache of this process, and writes no more
+/// (the daemon is exiting: a later mount trusts them without hashing them again).
+pub fn close_all() {
+    let caches: Vec<Arc<Shared>> = lock(opened())
+        .iter()
+        .filter_map(std::sync::Weak::upgrade)
+        .collect();
+    for cache in caches {
+        cache.close();
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -471,6 +491,12 @@ impl Shared {
         }
     }
 
+    /// Writes no more blocks, then marks the ones verified so far.
+    fn close(&self) {
+        *self.closing.write().unwrap_or_else(|p| p.into_inner()) = true;
+        self.mark_dirty();
+    }
+
     /// The marker thread: marks newly verified blocks, a batch at a time.
     fn marker(&self) {
         loop {
@@ -549,6 +575,10 @@ impl BlockCache {
             closing: RwLock::new(false),
         });
         shared.reserve("", 0);
+        let mut opened = lock(opened());
+        opened.retain(|w| w.strong_count() > 0);
+        opened.push(Arc::downgrade(&shared));
+        drop(opened);
         Ok(BlockCache {
             shared,
             memory: Mutex::new(VecDeque::new()),
@@ -714,13 +744,10 @@ impl BlockCache {
     /// mount is ending).
     pub fn flush(&self, last: bool) {
         if last {
-            *self
-                .shared
-                .closing
-                .write()
-                .unwrap_or_else(|p| p.into_inner()) = true;
+            self.shared.close();
+        } else {
+            self.shared.mark_dirty();
         }
-        self.shared.mark_dirty();
     }
 
     /// The verified block list of an object kept locally, if any.

@@ -118,11 +118,10 @@ pub fn status() -> Option<RemoteStatus> {
 
 /// Marks the blocks fetched so far as verified in the local caches, and writes no more
 /// (the daemon is exiting: a later mount trusts them without hashing them again).
+/// Called after the session ended, when the mount's tree (and its caches) may be gone
+/// already: [`blocks::close_all`] finds the caches with blocks to mark.
 pub fn flush() {
-    let list = opened().lock().unwrap_or_else(|p| p.into_inner());
-    for cache in list.iter().filter_map(Weak::upgrade) {
-        cache.backing.cache.flush(true);
-    }
+    blocks::close_all();
 }
 
 /// `a/b` joined with `c` (either may be empty).
