@@ -454,13 +454,19 @@ fn a_whole_cached_object_is_read_by_the_kernel_on_a_remount_and_a_damaged_one_is
         let first = remote_mount(Some(&garage), &url, &blocks, &[]);
         // The first blocks are marked while the mount runs (every half second); the
         // last ones only by the unmount, which follows their writes at once.
-        assert_eq!(pread(&first.path(BIG), 0, 1 << 20).unwrap(), want[..1 << 20]);
+        assert_eq!(
+            pread(&first.path(BIG), 0, 1 << 20).unwrap(),
+            want[..1 << 20]
+        );
         std::thread::sleep(Duration::from_secs(1));
         assert!(std::fs::read(first.path(BIG)).unwrap() == want);
     }
     let object = blocks.join("objects").join(sha256_hex(&want));
     assert!(
-        blocks.join("objects").join(format!("{}.verified", sha256_hex(&want))).exists(),
+        blocks
+            .join("objects")
+            .join(format!("{}.verified", sha256_hex(&want)))
+            .exists(),
         "the unmount marked the object's blocks"
     );
 
@@ -468,7 +474,10 @@ fn a_whole_cached_object_is_read_by_the_kernel_on_a_remount_and_a_damaged_one_is
     let again = remote_mount(Some(&garage), &url, &blocks, &[]);
     assert!(std::fs::read(again.path(BIG)).unwrap() == want);
     state_refreshed();
-    assert!(requests_of(&again.dir, "open") >= 1, "opened through the daemon");
+    assert!(
+        requests_of(&again.dir, "open") >= 1,
+        "opened through the daemon"
+    );
     assert_eq!(
         requests_of(&again.dir, "read"),
         0,

@@ -147,7 +147,9 @@ fn parse_marker(text: &str) -> Option<(FileId, Vec<bool>)> {
         .step_by(2)
         .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
         .collect::<Option<_>>()?;
-    let marked = (0..count).map(|i| bytes[i / 8] & (1 << (i % 8)) != 0).collect();
+    let marked = (0..count)
+        .map(|i| bytes[i / 8] & (1 << (i % 8)) != 0)
+        .collect();
     let id = FileId {
         len: u64::try_from(len).ok()?,
         ino: u64::try_from(ino).ok()?,
@@ -356,7 +358,11 @@ impl Shared {
                 if !trusted {
                     tracing::info!(file = %path.display(), "a file of the local cache changed since its blocks were verified: they are hashed again as they are read");
                 }
-                let kept = if trusted { State::Marked } else { State::Suspect };
+                let kept = if trusted {
+                    State::Marked
+                } else {
+                    State::Suspect
+                };
                 marked
                     .into_iter()
                     .map(|m| if m { kept } else { State::Absent })
@@ -465,7 +471,9 @@ impl Shared {
             _ => return,
         }
         let path = self.marker_path(&object.sha);
-        let temp = self.objects().join(temp_name(&format!("{}{MARKER}", object.sha)));
+        let temp = self
+            .objects()
+            .join(temp_name(&format!("{}{MARKER}", object.sha)));
         let written = (|| {
             let mut file = File::options().write(true).create_new(true).open(&temp)?;
             // No fsync of the marker itself: it names only blocks already durable, and
@@ -549,7 +557,10 @@ impl BlockCache {
                     let _ = std::fs::remove_file(entry.path());
                 }
             } else if let Some(sha) = name.strip_suffix(MARKER) {
-                markers.insert(sha.to_string(), meta.modified().unwrap_or(std::time::UNIX_EPOCH));
+                markers.insert(
+                    sha.to_string(),
+                    meta.modified().unwrap_or(std::time::UNIX_EPOCH),
+                );
             } else if is_object_name(&name) && meta.is_file() {
                 let used = meta.modified().unwrap_or(std::time::UNIX_EPOCH);
                 found.push((used, name, (meta.blocks() * 512).min(meta.len())));
@@ -826,7 +837,10 @@ mod tests {
             .unwrap();
         file.write_all_at(b"x", 5).unwrap();
         let third = BlockCache::open(&dir, 1 << 30).unwrap();
-        assert!(third.local_file(A, size).is_none(), "not whole until checked");
+        assert!(
+            third.local_file(A, size).is_none(),
+            "not whole until checked"
+        );
         assert!(third.get(A, size, 0, &sha256(&blocks[0])).is_none());
         assert_eq!(
             third.get(A, size, 2, &sha256(&blocks[2])).unwrap(),
@@ -834,7 +848,10 @@ mod tests {
         );
         // Fetched again (by the caller) and kept: whole again.
         third.put(A, size, 0, blocks[0].clone());
-        assert!(third.local_file(A, size).is_none(), "block 1 is not checked yet");
+        assert!(
+            third.local_file(A, size).is_none(),
+            "block 1 is not checked yet"
+        );
         assert!(third.get(A, size, 1, &sha256(&blocks[1])).is_some());
         assert!(third.local_file(A, size).is_some());
         let _ = std::fs::remove_dir_all(&dir);
