@@ -234,6 +234,14 @@ impl Lru {
         }
     }
 
+    fn shrink(&mut self, sha: &str, by: u64) {
+        if let Some((_, bytes)) = self.objects.get_mut(sha) {
+            let by = by.min(*bytes);
+            *bytes -= by;
+            self.total -= by;
+        }
+    }
+
     fn forget(&mut self, sha: &str) {
         if let Some((tick, bytes)) = self.objects.remove(sha) {
             self.order.remove(&tick);
@@ -403,13 +411,15 @@ impl Shared {
     }
 
     /// Makes room for `len` more bytes of `keep` by evicting other objects, least
-    /// recently used first. False: `keep` alone would not fit.
+    /// recently used first, and counts them (in the same hold of the lock: concurrent
+    /// writers never both take the last room). False: `keep` alone would not fit.
     fn reserve(&self, keep: &str, len: u64) -> bool {
         let mut gone = Vec::new();
         let fits = {
             let mut lru = lock(&self.lru);
             loop {
                 if lru.total + len <= self.limit {
+                    lru.grow(keep, len);
                     break true;
                 }
                 let victim = lru.order.values().find(|s| *s != keep).cloned();
@@ -717,12 +727,12 @@ impl BlockCache {
         }
         match file.file.write_all_at(&bytes, index * BLOCK) {
             Ok(()) => {
-                lock(&self.shared.lru).grow(object, grows);
                 file.set(index, State::Verified);
                 drop(closing);
                 self.dirty(object);
             }
             Err(e) => {
+                lock(&self.shared.lru).shrink(object, grows);
                 tracing::debug!(file = %file.path.display(), error = %e, "cannot keep a block in the local cache");
             }
         }
@@ -868,6 +878,36 @@ mod tests {
         let again = BlockCache::open(&dir, 1 << 30).unwrap();
         assert!(again.get(A, BLOCK, 0, &[0; 32]).is_none());
         assert!(!dir.join("objects").join(format!("{A}{MARKER}")).exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Writers of one object at once never both take the last room.
+    #[test]
+    fn concurrent_writers_stay_within_the_limit() {
+        let dir = dir("concurrent");
+        let cache = BlockCache::open(&dir, 2 * BLOCK).unwrap();
+        cache.shared.object(A, 8 * BLOCK).unwrap();
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            for i in 0..8u64 {
+                let (cache, start) = (&cache, &start);
+                s.spawn(move || {
+                    let bytes = block(i as u8, BLOCK as usize);
+                    start.wait();
+                    cache.put(A, 8 * BLOCK, i, bytes)
+                });
+            }
+        });
+        assert_eq!(cache.size(), 2 * BLOCK);
+        let kept = (0..8).filter(|i| {
+            cache
+                .shared
+                .object(A, 8 * BLOCK)
+                .unwrap()
+                .state(*i)
+                .trusted()
+        });
+        assert_eq!(kept.count(), 2);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
