@@ -311,12 +311,38 @@ pub fn umount(path: &Path, lazy: bool) -> Result<(), String> {
             "{shown} is not a rootfs-mount mount ({why}); leaving it alone"
         ));
     }
+    let daemon = state::live_mounts()
+        .into_iter()
+        .find(|r| r.mountpoint == target)
+        .map(|r| r.pid);
     let result = unmount_as_allowed(&target, lazy);
     if result.is_ok() {
+        // The daemon finishes after the kernel lets the mount go (a remote cache marks
+        // the blocks it wrote): a mount made right after sees the cache as it left it.
+        if let (Some(pid), false) = (daemon, lazy) {
+            wait_for_exit(pid, DAEMON_EXIT_WAIT);
+        }
         // A killed daemon left its state file, and maybe a scratch upper layer: clean up.
         state::live_mounts();
     }
     result
+}
+
+/// The longest `umount` waits for the daemon to exit after the unmount.
+const DAEMON_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Waits (at most `limit`) until process `pid` is gone or a zombie.
+fn wait_for_exit(pid: u32, limit: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        let running = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|s| !s.contains(") Z ") && !s.contains(") X "));
+        if !running {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    tracing::warn!(pid, "the daemon is still running after the unmount");
 }
 
 fn unmount_as_allowed(target: &Path, lazy: bool) -> Result<(), String> {

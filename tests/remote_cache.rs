@@ -90,7 +90,19 @@ fn publish(garage: &Garage, prefix: &str) {
 
 /// Mounts `url` with the local block cache `local`.
 fn remote_mount(garage: Option<&Garage>, url: &str, local: &Path, extra: &[&str]) -> Mount {
-    let mut args = vec!["--k8s", VERSION, "--read-only", "--local-cache"];
+    let mut args = vec!["--read-only"];
+    args.extend(extra);
+    writable_remote_mount(garage, url, local, &args)
+}
+
+/// [`remote_mount`] without `--read-only`: the default mount.
+fn writable_remote_mount(
+    garage: Option<&Garage>,
+    url: &str,
+    local: &Path,
+    extra: &[&str],
+) -> Mount {
+    let mut args = vec!["--k8s", VERSION, "--local-cache"];
     args.push(local.to_str().unwrap());
     let endpoint = garage.map(Garage::endpoint);
     if let Some(e) = &endpoint {
@@ -416,4 +428,171 @@ fn a_tar_completes_when_a_node_of_a_three_node_cluster_dies() {
     // Everything again from the store, with the node still down.
     let again = remote_mount(Some(&garage), &garage.url("r"), &scratch("blocks"), &[]);
     assert!(tar_of(&again.dir) == want);
+}
+
+const BIG: &str = "amd64/bin/bigblob";
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One counter of `status --json` of a mount: `counters.by_op.<op>` (0 when absent).
+fn requests_of(mount: &Path, op: &str) -> u64 {
+    let out = run(&["status", "--json", mount.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    json["mounts"][0]["counters"]["by_op"][op]
+        .as_u64()
+        .unwrap_or(0)
+}
+
+/// Waits for the state file's next refresh (every second).
+fn state_refreshed() {
+    std::thread::sleep(Duration::from_millis(1500));
+}
+
+#[test]
+fn a_whole_cached_object_is_read_by_the_kernel_on_a_remount_and_a_damaged_one_is_fetched_again() {
+    let garage = Garage::start("whole");
+    publish(&garage, "w");
+    let local = local_mount();
+    let want = std::fs::read(local.path(BIG)).unwrap();
+    let blocks = scratch("blocks");
+    let url = garage.url("w");
+    {
+        let first = remote_mount(Some(&garage), &url, &blocks, &[]);
+        // The first blocks are marked while the mount runs (every half second); the
+        // last ones only by the unmount, which follows their writes at once.
+        assert_eq!(
+            pread(&first.path(BIG), 0, 1 << 20).unwrap(),
+            want[..1 << 20]
+        );
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(std::fs::read(first.path(BIG)).unwrap() == want);
+    }
+    let object = blocks.join("objects").join(sha256_hex(&want));
+    assert!(
+        blocks
+            .join("objects")
+            .join(format!("{}.verified", sha256_hex(&want)))
+            .exists(),
+        "the unmount marked the object's blocks"
+    );
+
+    // A remount: the object is whole and verified, the kernel reads the local file.
+    let again = remote_mount(Some(&garage), &url, &blocks, &[]);
+    assert!(std::fs::read(again.path(BIG)).unwrap() == want);
+    state_refreshed();
+    assert!(
+        requests_of(&again.dir, "open") >= 1,
+        "opened through the daemon"
+    );
+    assert_eq!(
+        requests_of(&again.dir, "read"),
+        0,
+        "no READ reached the daemon"
+    );
+    assert_eq!(status_number(&again.dir, "fetched"), 0);
+    drop(again);
+
+    // Damage one block on disk: the next mount hashes the blocks once, fetches that one
+    // block again, and serves the right bytes.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&object)
+        .unwrap();
+    file.write_all_at(b"damaged", (2 << 20) + 100).unwrap();
+    drop(file);
+    let third = remote_mount(Some(&garage), &url, &blocks, &[]);
+    assert!(std::fs::read(third.path(BIG)).unwrap() == want);
+    state_refreshed();
+    assert_eq!(
+        status_number(&third.dir, "fetched"),
+        1 << 20,
+        "exactly the damaged block was fetched again"
+    );
+    drop(third);
+    // Marked again: the next remount trusts it without a request.
+    let fourth = remote_mount(Some(&garage), &url, &blocks, &[]);
+    assert!(std::fs::read(fourth.path(BIG)).unwrap() == want);
+    state_refreshed();
+    assert_eq!(requests_of(&fourth.dir, "read"), 0);
+    drop(fourth);
+    // The default (writable) mount hands it to the kernel too.
+    let writable = writable_remote_mount(Some(&garage), &url, &blocks, &[]);
+    assert!(std::fs::read(writable.path(BIG)).unwrap() == want);
+    state_refreshed();
+    assert_eq!(requests_of(&writable.dir, "read"), 0);
+    assert_eq!(status_number(&writable.dir, "fetched"), 0);
+}
+
+/// The blocks a marker of `objects` vouches for: (object file, block number, its bytes
+/// hash to the digest in the block list).
+fn marked_blocks(local: &Path) -> Vec<(PathBuf, usize, bool)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(local.join("objects")).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(sha) = name.strip_suffix(".verified") else {
+            continue;
+        };
+        let marker = std::fs::read_to_string(entry.path()).unwrap();
+        let bits = marker.lines().nth(1).unwrap();
+        let list = std::fs::read_to_string(local.join("digests").join(sha)).unwrap();
+        let digests: Vec<&str> = list.lines().skip(1).collect();
+        let data = std::fs::read(local.join("objects").join(sha)).unwrap();
+        for (i, want) in digests.iter().enumerate() {
+            let byte = u8::from_str_radix(&bits[i / 8 * 2..i / 8 * 2 + 2], 16).unwrap();
+            if byte & (1 << (i % 8)) != 0 {
+                let end = ((i + 1) << 20).min(data.len());
+                let ok = sha256_hex(&data[i << 20..end]) == *want;
+                out.push((entry.path(), i, ok));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_daemon_killed_while_writing_blocks_leaves_none_marked_that_is_not_verified() {
+    let garage = Garage::start("killed");
+    publish(&garage, "k");
+    let local = local_mount();
+    let want = std::fs::read(local.path(BIG)).unwrap();
+    let blocks = scratch("blocks");
+    let url = garage.url("k");
+    let m = remote_mount(Some(&garage), &url, &blocks, &[]);
+    let pid = common::daemon_pid(&m.dir);
+    // Some blocks written and marked (the marker thread runs every half second), then
+    // a kill in the middle of reading (and writing) the rest.
+    assert_eq!(pread(&m.path(BIG), 0, 2 << 20).unwrap(), want[..2 << 20]);
+    common::wait_for("a marker", || {
+        std::fs::read_dir(blocks.join("objects"))
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with(".verified"))
+    });
+    let reader = {
+        let big = m.path(BIG);
+        std::thread::spawn(move || std::fs::read(big))
+    };
+    std::thread::sleep(Duration::from_millis(30));
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = reader.join();
+    common::wait_for("the daemon to die", || !common::is_running(pid));
+    drop(m);
+
+    let marked = marked_blocks(&blocks);
+    assert!(marked.len() >= 2, "blocks were marked: {marked:?}");
+    let bad: Vec<_> = marked.iter().filter(|(_, _, ok)| !ok).collect();
+    assert!(bad.is_empty(), "marked but not verified: {bad:?}");
+    // A new mount over the same local cache serves the right bytes.
+    let again = remote_mount(Some(&garage), &url, &blocks, &[]);
+    assert!(std::fs::read(again.path(BIG)).unwrap() == want);
 }

@@ -131,6 +131,15 @@ impl IndexedArchive {
         &self.attrs
     }
 
+    /// A plain local file holding exactly the bytes served, when the source has one
+    /// (see [`ArchiveSource::local_file`]): only for stored bytes.
+    pub fn local_file(&self) -> Option<std::fs::File> {
+        match self.gzip {
+            None => self.file.local_file(),
+            Some(_) => None,
+        }
+    }
+
     pub fn decompressed_size(&self) -> u64 {
         match &self.gzip {
             Some(gzip) => gzip.decompressed_size(),
@@ -534,6 +543,13 @@ pub struct ArchiveSlice {
 }
 
 impl ArchiveSlice {
+    /// A plain local file holding exactly the slice's bytes, if there is one: the whole
+    /// of a stored archive whose source has its bytes in one local file.
+    pub fn local_file(&self) -> Option<std::fs::File> {
+        let whole = self.start == 0 && self.len == self.archive.decompressed_size();
+        whole.then(|| self.archive.local_file()).flatten()
+    }
+
     /// Up to `size` bytes at `offset` of the slice (fewer only at its end).
     pub fn read(&self, offset: u64, size: usize) -> io::Result<Vec<u8>> {
         let want = (size as u64).min(self.len.saturating_sub(offset)) as usize;

@@ -27,6 +27,11 @@ pub trait ArchiveSource: ReadAt + Send + Sync + fmt::Debug {
     /// Whether the bytes are still those `identity` was taken from.
     fn unchanged(&self, identity: &ArchiveIdentity) -> io::Result<bool>;
     fn attrs(&self) -> io::Result<SourceAttrs>;
+    /// The bytes whole in one plain local file that stays as it is, which the kernel may
+    /// read directly (a remote object whose blocks are all verified in the local cache).
+    fn local_file(&self) -> Option<File> {
+        None
+    }
 }
 
 impl ArchiveSource for File {

@@ -8,16 +8,17 @@
 //! opens and closed with the last of them, and an inode that has opens served by the
 //! daemon gets no passthrough until they are released ([`InodeIo`]).
 //!
-//! What a backing may be: a file of an immutable layer, for opens that only read (the
-//! kernel opens its own backing file with the caller's open flags, so a write open
-//! naming a layer's file would let it write into the layer); and on a writable mount
+//! What a backing may be: a file of an immutable layer, or a remote object whole and
+//! verified in the local block cache, for opens that only read (the kernel opens its
+//! own backing file with the caller's open flags, so a write open naming a layer's file
+//! would let it write into the layer); and on a writable mount
 //! an upper file (created through the mount or copied up), opened for reading and
 //! writing. When an inode's live backing is not the file an open needs — a write open
 //! of a layer's file that readers hold, or any open after the file was copied up or
 //! renamed over — the open is answered ESTALE after its path got a new number
 //! (`MergedTree::supersede`): the kernel looks the path up again and opens a fresh
 //! inode, while the earlier opens keep the old bytes, as on overlayfs (docs/DESIGN.md
-//! §7). Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
+//! §8). Registering needs CAP_SYS_ADMIN; when it fails, passthrough switches off for
 //! the rest of the mount and opens are served by the daemon's read path — except opens
 //! of an inode that still has a live backing, which must keep using it.
 

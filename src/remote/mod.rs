@@ -104,8 +104,6 @@ pub fn status() -> Option<RemoteStatus> {
     let list = opened().lock().unwrap_or_else(|p| p.into_inner());
     let cache = list.iter().rev().find_map(Weak::upgrade)?;
     let b = &cache.backing;
-    // The size counts written blocks: the queued ones first.
-    b.cache.flush();
     let c = &b.cache.counters;
     Some(RemoteStatus {
         store: b.store.location().to_string(),
@@ -118,13 +116,12 @@ pub fn status() -> Option<RemoteStatus> {
     })
 }
 
-/// Waits until the blocks fetched so far are written to the local caches (before the
-/// daemon exits: the writes are off the readers' path).
+/// Marks the blocks fetched so far as verified in the local caches, and writes no more
+/// (the daemon is exiting: a later mount trusts them without hashing them again).
+/// Called after the session ended, when the mount's tree (and its caches) may be gone
+/// already: [`blocks::close_all`] finds the caches with blocks to mark.
 pub fn flush() {
-    let list = opened().lock().unwrap_or_else(|p| p.into_inner());
-    for cache in list.iter().filter_map(Weak::upgrade) {
-        cache.backing.cache.flush();
-    }
+    blocks::close_all();
 }
 
 /// `a/b` joined with `c` (either may be empty).

@@ -211,7 +211,7 @@ impl RemoteObject {
         if !mine {
             return self.wait(&slot);
         }
-        let (outcome, fetched) = match cache.get(&self.digest, index, want) {
+        let (outcome, fetched) = match cache.get(&self.digest, self.size, index, want) {
             Some(bytes) => (Ok(bytes), false),
             None => {
                 cache.counters.misses.fetch_add(1, Ordering::Relaxed);
@@ -221,9 +221,10 @@ impl RemoteObject {
         *lock(&slot.done) = Some(outcome.clone());
         slot.ready.notify_all();
         lock(&self.inflight).remove(&index);
-        // Kept on disk after the waiting readers were answered: off their path.
+        // Written into the object's file after the waiting readers were answered, by
+        // this thread (the one that fetched it): off their path, and no second copy.
         if let (Ok(bytes), true) = (&outcome, fetched) {
-            cache.put(&self.digest, index, bytes.clone());
+            cache.put(&self.digest, self.size, index, bytes.clone());
         }
         outcome
     }
@@ -359,6 +360,12 @@ impl ArchiveSource for ObjectSource {
     /// Always: a changed object is caught by each request (ETag) and each block (digest).
     fn unchanged(&self, _identity: &ArchiveIdentity) -> io::Result<bool> {
         Ok(true)
+    }
+
+    /// The object's file in the local cache, once all its blocks are verified there.
+    fn local_file(&self) -> Option<std::fs::File> {
+        let o = &self.0;
+        o.backing.cache.local_file(&o.digest, o.size)
     }
 
     fn attrs(&self) -> io::Result<SourceAttrs> {

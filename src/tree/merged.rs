@@ -22,8 +22,9 @@ use crate::layers::{is_plain_name, Content, EntryKind};
 pub struct Opened {
     pub fh: u64,
     /// The plain file on disk whose bytes the handle serves, when they cannot change
-    /// while mounted (a file of an immutable layer, on a read-only mount): the kernel
-    /// may read it directly.
+    /// while mounted (a file of an immutable layer, or a remote object whole and
+    /// verified in the local block cache, on a read-only mount): the kernel may read it
+    /// directly.
     pub backing: Option<Arc<File>>,
     /// False for entries of a layer edited while mounted: pages cached by an earlier
     /// open may be stale.
@@ -238,10 +239,15 @@ impl MergedTree {
         // Passthrough needs bytes that stay the same for as long as the kernel may hold
         // the backing: a lower file of an immutable layer, opened for reading (on a
         // writable mount a later copy-up gives the path a new number rather than
-        // replacing this backing: `supersede`). Files of the upper layer are handed over
-        // by `upper_backing`, opened for reading and writing.
+        // replacing this backing: `supersede`), or a remote object whole and verified in
+        // the local block cache. Files of the upper layer are handed over by
+        // `upper_backing`, opened for reading and writing.
+        let handed_over = !node.mutable
+            && !path.has_root()
+            && backing_from.is_some_and(|min| node.entry.size >= min);
         let backing = match &open {
-            Readable::Disk { file, .. } if !node.mutable && !path.has_root() => Some(file.clone()),
+            Readable::Disk { file, .. } if handed_over => Some(file.clone()),
+            Readable::Archive(slice) if handed_over => slice.local_file().map(Arc::new),
             _ => None,
         };
         let fh = self.handles.add(ino, OpenFile::Open(open));
