@@ -993,6 +993,7 @@ fn layer_files_held_by_passthrough_readers_can_still_be_changed() {
     let cache = common::own_cache();
     let before = fingerprint(&cache);
     let m = Mount::with_cache(&cache, &["--k8s", "v1.23.4", "--passthrough-min", "0"]);
+    requests_by_op(&m);
     let passthrough = passes_through(&m);
     let read_all = |rel: &str| {
         let mut bytes = Vec::new();
@@ -1092,6 +1093,33 @@ fn layer_files_held_by_passthrough_readers_can_still_be_changed() {
     sh(&format!("printf tail >> '{}'", m.path(rel).display()));
     assert!(read_all(rel).ends_with(b"tail"));
     drop(reader);
+
+    // A hard link made while a reader holds the layer's file: both names open, read
+    // and append (the retried open must not find the old number through the link).
+    let rel = "amd64/bin/conntrack";
+    let old = read_all(rel);
+    let reader = std::fs::File::open(m.path(rel)).unwrap();
+    reader.read_exact_at(&mut head, 0).unwrap();
+    std::fs::hard_link(m.path(rel), m.path("amd64/bin/conntrack.link")).unwrap();
+    assert!(read_all(rel) == old);
+    assert!(read_all("amd64/bin/conntrack.link") == old);
+    sh(&format!(
+        "printf more >> '{}'",
+        m.path("amd64/bin/conntrack.link").display()
+    ));
+    assert!(read_all(rel).ends_with(b"more"));
+    assert_eq!(
+        std::fs::metadata(m.path(rel)).unwrap().len(),
+        std::fs::metadata(m.path("amd64/bin/conntrack.link"))
+            .unwrap()
+            .len()
+    );
+    drop(reader);
+    // A superseded number is not a fault: no error was counted.
+    requests_by_op(&m);
+    let out = run(&["status", "--json", m.dir.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["mounts"][0]["counters"]["errors"], 0, "{json}");
 
     drop(m);
     assert_eq!(

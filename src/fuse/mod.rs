@@ -256,6 +256,11 @@ impl Filesystem for BuildFs {
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
+        if self.tree.is_superseded(ino.0) {
+            // Not a fault: the path has a new number, the kernel retries the open there.
+            tracing::debug!(ino = ino.0, "open of a superseded number: ESTALE");
+            return reply.error(Errno::ESTALE);
+        }
         let register = |file: &std::fs::File| reply.open_backing(file);
         // The file this open may hand to the kernel: a write open only an upper file
         // (never a layer's), a read open a layer's file or an upper one.
@@ -713,6 +718,8 @@ impl Filesystem for BuildFs {
             // made but this open cannot be answered.
             OpenAs::Stale => {
                 self.tree.release(fh);
+                // The kernel never learns the entry: its lookup is not kept either.
+                self.tree.forget(ino, 1);
                 reply.error(Errno::EIO)
             }
         }

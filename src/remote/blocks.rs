@@ -338,24 +338,43 @@ impl Shared {
             return Ok(found.clone());
         }
         let path = self.objects().join(sha);
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)?;
+        let open_file = || {
+            File::options()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+        };
+        let mut file = open_file()?;
         let mut meta = file.metadata()?;
         let count = size.div_ceil(BLOCK) as usize;
         let marker = self.marker_path(sha);
         if meta.len() != size {
             // New, or not this object's length (damaged): nothing in it is kept.
+            let _ = std::fs::remove_file(&marker);
             if meta.len() != 0 {
                 tracing::warn!(target: crate::fault::TARGET, file = %path.display(), "a file of the local cache has the wrong length: dropped, fetched again");
+                // Never cut in place: another mount's kernel may be reading this file
+                // (passthrough); a new file takes its name.
+                drop(file);
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+                file = open_file()?;
+                meta = file.metadata()?;
             }
-            let _ = std::fs::remove_file(&marker);
-            file.set_len(0)?;
-            file.set_len(size)?;
-            meta = file.metadata()?;
+            if meta.len() == 0 {
+                file.set_len(size)?;
+                meta = file.metadata()?;
+            }
+            if meta.len() != size {
+                return Err(std::io::Error::other(format!(
+                    "{} is being made with another length by another mount",
+                    path.display()
+                )));
+            }
         }
         let states = match std::fs::read_to_string(&marker)
             .ok()

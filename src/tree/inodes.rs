@@ -29,6 +29,10 @@ use crate::layers::Content;
 
 pub const ROOT_INO: u64 = 1;
 
+/// The path of a superseded number ([`InodeTable::supersede`]); rooted, so no lookup
+/// resolves to it.
+const SUPERSEDED: &str = "/superseded";
+
 #[derive(Debug)]
 struct Inode {
     /// `None`: the root.
@@ -251,6 +255,11 @@ impl InodeTable {
                 Entry::Vacant(v) => match name.take() {
                     Some(name) => {
                         v.insert(Inode::new(Some(name), node, 1));
+                        // Found past its hashed number: recorded, so that the number is
+                        // found again once the records before it are forgotten.
+                        if ino != hash_ino(&path) {
+                            self.moved.insert(path, ino);
+                        }
                         return ino;
                     }
                     None => {
@@ -345,6 +354,42 @@ impl InodeTable {
                 self.aliases.remove_if(&ino, |_, n| n.is_empty());
             }
         }
+    }
+
+    /// `ino` no longer names any path: the kernel holds a backing file of it that later
+    /// opens cannot share (`MergedTree::supersede`). Every name of it (hard links too)
+    /// and its hard-link entry are dropped, so the next lookup of each name gets another
+    /// number; the record keeps describing the file for the fds open on it, under the
+    /// rooted path [`SUPERSEDED`], which is also the mark [`InodeTable::is_superseded`]
+    /// reads (it goes with the record, at FORGET).
+    pub fn supersede(&self, ino: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let Some(mut i) = self.map.get_mut(&ino) else {
+            return;
+        };
+        let main = i.path();
+        i.keep_node_whole();
+        let link = i.node.full().and_then(|n| link_id(n, self.lower_links));
+        i.name = Some(TreePath::of(Path::new(SUPERSEDED), None));
+        drop(i);
+        self.moved.remove_if(&*main, |_, moved| *moved == ino);
+        if let Some((_, names)) = self.aliases.remove(&ino) {
+            for alias in &names {
+                self.moved.remove_if(alias, |_, moved| *moved == ino);
+            }
+        }
+        if let Some(id) = link {
+            self.by_link.remove_if(&id, |_, known| *known == ino);
+        }
+    }
+
+    /// Whether `ino` was superseded (see [`InodeTable::supersede`]).
+    pub fn is_superseded(&self, ino: u64) -> bool {
+        self.map
+            .get(&ino)
+            .is_some_and(|i| i.is(Path::new(SUPERSEDED)))
     }
 
     /// A rename in the tree: `from` and everything below it now live under `to`; the
@@ -476,6 +521,51 @@ mod tests {
         assert_eq!(table.remember(Arc::from(p), node()), ino);
         table.forget(ROOT_INO, 10);
         assert!(table.get(ROOT_INO).is_some());
+    }
+
+    /// A name of a hard-linked upper file (a fifo: no bytes needed).
+    fn linked() -> Arc<Node> {
+        let mut node = (*node()).clone();
+        node.upper = InUpper::Yes;
+        node.entry.content = Content::Special {
+            link_id: Some((7, 9)),
+        };
+        Arc::new(node)
+    }
+
+    /// A superseded number names no path any more, whichever of its names is looked up
+    /// next (hard links share a new number), and the mark goes with the record.
+    #[test]
+    fn a_superseded_number_is_never_handed_out_again() {
+        let table = InodeTable::new((*node()).clone());
+        let (p, q) = (Path::new("rootfs/p"), Path::new("rootfs/q"));
+        let old = table.remember(Arc::from(p), linked());
+        assert_eq!(table.remember(Arc::from(q), linked()), old);
+        table.supersede(old);
+        assert!(table.is_superseded(old));
+        let new = table.remember(Arc::from(p), linked());
+        assert_ne!(new, old);
+        assert_eq!(table.remember(Arc::from(q), linked()), new);
+        assert_eq!(table.ino_of(p), new);
+        // Forgotten: the number may name a path again, unmarked.
+        table.forget(old, 2);
+        assert!(!table.is_superseded(old));
+        assert_eq!(table.ino_of(p), new, "found past the freed number");
+    }
+
+    /// A number found past its hashed slot is found again after the records before it
+    /// are forgotten (no second record for the same path).
+    #[test]
+    fn a_number_past_a_forgotten_slot_is_still_found() {
+        let table = InodeTable::new((*node()).clone());
+        let p = Path::new("rootfs/etc/file");
+        let first = table.remember(Arc::from(p), node());
+        table.detach(p);
+        let second = table.remember(Arc::from(p), node());
+        assert_ne!(first, second);
+        table.forget(first, 1);
+        assert_eq!(table.ino_of(p), second);
+        assert_eq!(table.remember(Arc::from(p), node()), second);
     }
 
     /// The record kept per entry the kernel holds: an 80-byte heap chunk (docs/DESIGN.md

@@ -55,9 +55,6 @@ pub struct MergedTree {
     pub(super) changes: FolderChanges,
     /// The upper folder and its copy-ups; `None` on a read-only mount.
     pub(super) copy: Option<CopyUp>,
-    /// Numbers whose path moved to a new number while the kernel held a backing file
-    /// of them (see [`MergedTree::supersede`]): their opens answer ESTALE, until FORGET.
-    pub(super) superseded: dashmap::DashSet<u64>,
 }
 
 impl MergedTree {
@@ -73,7 +70,6 @@ impl MergedTree {
             statfs_path,
             changes: FolderChanges::new(),
             copy,
-            superseded: dashmap::DashSet::new(),
         })
     }
 
@@ -177,17 +173,22 @@ impl MergedTree {
         self.inodes.forget(ino, n);
         if !self.inodes.contains(ino) {
             self.listings.remove(&ino);
-            self.superseded.remove(&ino);
             if self.inodes.halved() {
                 crate::sys::release_free_heap();
             }
         }
     }
 
-    /// ESTALE for an open of a number whose path has moved on (see
-    /// [`MergedTree::supersede`]): the kernel looks the path up again and opens that.
+    /// Whether the path of `ino` has moved on to another number (see
+    /// [`MergedTree::supersede`]): an open of it is answered ESTALE, and the kernel looks
+    /// the path up again and opens that.
+    pub fn is_superseded(&self, ino: u64) -> bool {
+        self.inodes.is_superseded(ino)
+    }
+
+    /// ESTALE for an open of a superseded number ([`MergedTree::is_superseded`]).
     pub(super) fn refuse_superseded(&self, ino: u64) -> Result<(), FsError> {
-        if self.superseded.contains(&ino) {
+        if self.inodes.is_superseded(ino) {
             return Err(fs_err!(
                 ESTALE,
                 "inode {ino} was given a new number; the kernel looks it up again"

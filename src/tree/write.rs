@@ -523,13 +523,10 @@ impl MergedTree {
     /// open of it is tied to the layer's file again.
     pub fn supersede(&self, ino: u64, copy_up: bool) -> Result<(), FsError> {
         let (path, node) = self.inode(ino)?;
-        if !path.has_root() {
-            if copy_up && node.upper != InUpper::Yes {
-                self.copy_up(&path, false)?;
-            }
-            self.inodes.detach(&path);
+        if !path.has_root() && copy_up && node.upper != InUpper::Yes {
+            self.copy_up(&path, false)?;
         }
-        self.superseded.insert(ino);
+        self.inodes.supersede(ino);
         Ok(())
     }
 
