@@ -256,11 +256,6 @@ impl Filesystem for BuildFs {
         if self.no_open {
             return reply.error(Errno::ENOSYS);
         }
-        if self.tree.is_superseded(ino.0) {
-            // Not a fault: the path has a new number, the kernel retries the open there.
-            tracing::debug!(ino = ino.0, "open of a superseded number: ESTALE");
-            return reply.error(Errno::ESTALE);
-        }
         let register = |file: &std::fs::File| reply.open_backing(file);
         // The file this open may hand to the kernel: a write open only an upper file
         // (never a layer's), a read open a layer's file or an upper one.
@@ -275,6 +270,11 @@ impl Filesystem for BuildFs {
         };
         let opened = match opened {
             Ok(opened) => opened,
+            // Not a fault: the path has a new number, the kernel retries the open there.
+            Err(e) if e.errno == libc::ESTALE && self.tree.is_superseded(ino.0) => {
+                tracing::debug!(ino = ino.0, "open of a superseded number: ESTALE");
+                return reply.error(Errno::ESTALE);
+            }
             Err(e) => return reply.error(self.errno("open", ino.0, e)),
         };
         let fh = FileHandle(opened.fh);
