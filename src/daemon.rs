@@ -126,6 +126,8 @@ fn session_config(allow_other: bool, writable: bool, version: &str) -> Config {
 /// Mounts `tree` on `mountpoint` and serves it until unmounted or signalled.
 /// Backgrounds itself unless `options.foreground`; returns once the mount answers.
 pub fn mount(tree: MergedTree, mountpoint: &Path, options: &DaemonOptions) -> Result<(), String> {
+    // No thread exists yet: the FUSE threads will share one heap (memory per entry).
+    sys::single_malloc_arena();
     let mut options = options.clone();
     if options.foreground {
         options.description.log = "stderr".into();

@@ -128,6 +128,22 @@ pub fn release_free_heap() {
     }
 }
 
+/// Makes every thread allocate from the one main heap (glibc's `M_ARENA_MAX` of 1).
+/// glibc gives threads heaps of their own (up to 8 per core) so that they do not wait
+/// on one lock; each keeps its own free chunks and slack, which for the daemon's small,
+/// long-lived records (allocated by whichever FUSE thread answered a lookup) is memory
+/// per entry for no gain: its threads spend their time in system calls, not in malloc.
+/// Call it before any thread starts (the limit is read when a second heap is first
+/// wanted). Nothing on other C libraries.
+pub fn single_malloc_arena() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt takes two integers and changes only the allocator's own settings,
+    // under its lock; M_ARENA_MAX is a parameter it documents.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 /// A time of `stat` (seconds and nanoseconds since the epoch) as a `SystemTime`; times
 /// before the epoch show as the epoch.
 pub fn system_time(secs: i64, nanos: i64) -> std::time::SystemTime {
