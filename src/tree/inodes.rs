@@ -37,16 +37,18 @@ const SUPERSEDED: &str = "/superseded";
 struct Inode {
     /// `None`: the root.
     name: Option<TreePath>,
+    /// The node and the lookup count.
     node: HeldNode,
-    lookups: u64,
 }
 
 impl Inode {
     fn new(name: Option<TreePath>, node: Arc<Node>, lookups: u64) -> Box<Self> {
         let mut inode = Box::new(Inode {
             name,
-            node: HeldNode::Full(node.clone()),
-            lookups,
+            node: HeldNode::Full {
+                node: node.clone(),
+                lookups,
+            },
         });
         inode.set_node(node);
         inode
@@ -67,7 +69,16 @@ impl Inode {
     }
 
     fn set_node(&mut self, node: Arc<Node>) {
-        let held = HeldNode::of(|p| self.is(p), node);
+        self.set_node_and_lookups(node, self.node.lookups());
+    }
+
+    /// One more kernel lookup, resolved as `node`.
+    fn looked_up(&mut self, node: Arc<Node>) {
+        self.set_node_and_lookups(node, self.node.lookups().saturating_add(1));
+    }
+
+    fn set_node_and_lookups(&mut self, node: Arc<Node>, lookups: u64) {
+        let held = HeldNode::of(|p| self.is(p), node, lookups);
         self.node = held;
     }
 
@@ -75,7 +86,7 @@ impl Inode {
     /// the node is kept whole, with the old one.
     fn keep_node_whole(&mut self) {
         if matches!(self.node, HeldNode::Packed(_)) {
-            self.node = HeldNode::Full(self.node.node(&self.path()));
+            self.node = self.node.whole(&self.path());
         }
     }
 }
@@ -224,8 +235,7 @@ impl InodeTable {
                 self.moved.insert(alias, ino);
             }
         }
-        i.set_node(node);
-        i.lookups += 1;
+        i.looked_up(node);
         drop(i);
         if let Some(id) = id {
             self.by_link.insert(id, ino);
@@ -246,9 +256,7 @@ impl InodeTable {
                     if o.get().is(&path)
                         || self.aliases.get(&ino).is_some_and(|a| a.contains(&path)) =>
                 {
-                    let inode = o.get_mut();
-                    inode.set_node(node);
-                    inode.lookups += 1;
+                    o.get_mut().looked_up(node);
                     return ino;
                 }
                 Entry::Occupied(_) => ino = next(ino),
@@ -301,9 +309,7 @@ impl InodeTable {
             return;
         }
         if let Entry::Occupied(mut o) = self.map.entry(ino) {
-            let inode = o.get_mut();
-            inode.lookups = inode.lookups.saturating_sub(n);
-            if inode.lookups == 0 {
+            if o.get_mut().node.forget(n) == 0 {
                 let (_, gone) = o.remove_entry();
                 if !self.moved.is_empty() {
                     self.moved
@@ -568,11 +574,11 @@ mod tests {
         assert_eq!(table.remember(Arc::from(p), node()), second);
     }
 
-    /// The record kept per entry the kernel holds: an 80-byte heap chunk (docs/DESIGN.md
-    /// §7 counts on it).
+    /// The record kept per entry the kernel holds: a 64-byte heap chunk (docs/DESIGN.md
+    /// §7 counts on it; 57 bytes or more would take an 80-byte one).
     #[test]
     fn a_record_is_small() {
-        assert!(std::mem::size_of::<Inode>() <= 72);
+        assert!(std::mem::size_of::<Inode>() <= 56);
     }
 
     /// Records keep a path as a name below their folder's: a rename moves everything
