@@ -54,7 +54,13 @@
 #                  native rootfs-mount rootfs-mount-pread rootfs-mount-rw overlayfs
 #                  mergerfs fuse-overlayfs)
 #   BENCH_ROWS     which rows to measure (default: all: mount find_cold find_first
-#                  find_warm lslr seq_cold seq_warm rand4k tar sha); the others show "-"
+#                  find_warm lslr seq_cold seq_warm rand4k tar_first tar sha); the
+#                  others show "-"
+#   BENCH_HALT_POLL_NS  on a VM guest with the haltpoll cpuidle driver: the
+#                  guest_halt_poll_ns to run with (restored at exit). Every FUSE round
+#                  trip wakes two vCPUs; how long an idle vCPU polls before halting sets
+#                  what a wake-up costs (README, "Round trips on virtual machines").
+#                  Default: the machine's setting, printed in the table's header.
 #   ROOTFS_MOUNT   the binary to measure (default: `cargo build --release` here)
 #
 # Exit status: 0 when every measurement ran (targets missed are reported, not fatal).
@@ -70,10 +76,10 @@ BLOBS=${BENCH_BLOBS:-20000}
 RUNS=${BENCH_RUNS:-3}
 WARM_RUNS=${BENCH_WARM_RUNS:-5}
 SYSTEMS=${BENCH_SYSTEMS:-native rootfs-mount rootfs-mount-pread rootfs-mount-rw overlayfs mergerfs fuse-overlayfs}
-ROWS=${BENCH_ROWS:-mount find_cold find_first find_warm lslr seq_cold seq_warm rand4k tar sha}
+ROWS=${BENCH_ROWS:-mount find_cold find_first find_warm lslr seq_cold seq_warm rand4k tar_first tar sha}
 for row in $ROWS; do
     case $row in
-    mount | find_cold | find_first | find_warm | lslr | seq_cold | seq_warm | rand4k | tar | sha) ;;
+    mount | find_cold | find_first | find_warm | lslr | seq_cold | seq_warm | rand4k | tar_first | tar | sha) ;;
     *) echo "${0##*/}: error: unknown row '$row' in BENCH_ROWS" >&2 && exit 1 ;;
     esac
 done
@@ -135,10 +141,27 @@ unmount_all() {
         umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
     done
 }
-trap unmount_all EXIT
+# The guest's halt polling, set for the run when BENCH_HALT_POLL_NS asks, restored at exit.
+halt_poll=/sys/module/haltpoll/parameters/guest_halt_poll_ns
+halt_poll_before=""
+restore_halt_poll() {
+    if [[ -n $halt_poll_before ]]; then echo "$halt_poll_before" >"$halt_poll" || true; fi
+}
+trap 'unmount_all; restore_halt_poll' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 unmount_all
+if [[ -n ${BENCH_HALT_POLL_NS:-} ]]; then
+    [[ -w $halt_poll ]] || die "BENCH_HALT_POLL_NS: no $halt_poll here (not a haltpoll guest)"
+    halt_poll_before=$(cat "$halt_poll")
+    echo "$BENCH_HALT_POLL_NS" >"$halt_poll" || die "cannot set $halt_poll"
+fi
+cpuidle_driver=$(cat /sys/devices/system/cpu/cpuidle/current_driver 2>/dev/null || echo none)
+if [[ -r $halt_poll ]]; then
+    vcpu_idle="cpuidle $cpuidle_driver, guest_halt_poll_ns=$(cat "$halt_poll")"
+else
+    vcpu_idle="cpuidle $cpuidle_driver"
+fi
 
 drop_caches_cmd='sync && echo 3 > /proc/sys/vm/drop_caches' # as hyperfine --prepare
 
@@ -364,9 +387,18 @@ measure() { # SYSTEM
             die "$sys: fio failed"
         record "$sys" rand4k_kiops "$(jq -r '.jobs[0].read.iops / 1000 | . * 10 | round / 10' "$results/$sys-fio.json")"
     fi
+    local tar_cmd
+    tar_cmd=$(printf '%q ' tar -cf - "${tar_args[@]}")
+    if want tar_first; then
+        # What a build does: one tar of the tree on a fresh mount, the backing files'
+        # caches warm (native: a warm tar).
+        local remount=""
+        [[ $sys == native ]] || remount="umount -R $mnt && $(mount_cmd "$sys" "$mnt")"
+        bytes=$(eval "$tar_cmd" | wc -c)
+        hf "$sys-tar-first" "$remount" 1 "$RUNS" "$tar_cmd | wc -c"
+        record "$sys" tar_first_gbs "$(rate "$bytes")"
+    fi
     if want tar; then
-        local tar_cmd
-        tar_cmd=$(printf '%q ' tar -cf - "${tar_args[@]}")
         bytes=$(eval "$tar_cmd" | wc -c)
         hf "$sys-tar" "" 1 "$WARM_RUNS" "$tar_cmd | wc -c"
         record "$sys" tar_gbs "$(rate "$bytes")"
@@ -397,7 +429,8 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
     echo "rootfs-mount benchmark -- $(date -u +%Y-%m-%dT%H:%MZ), $(uname -r), $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
     echo "fixture: $B (registry: ${R[native,entries]:-?} entries; 2 GiB blob; bin/: ${#bin_names[@]} files)"
     echo "rootfs-mount (--read-only): ${read_path:-read path unknown}${switched:+ (passthrough switched off $switched time(s))}"
-    echo "medians of $RUNS cold / $WARM_RUNS warm runs (mount: 5)"
+    echo "vCPU idle: $vcpu_idle"
+    echo "medians of $RUNS cold / $WARM_RUNS warm runs (mount: 5; tar first: $RUNS)"
     echo
     printf '%-24s' "metric"
     for sys in $SYSTEMS; do printf '%21s' "$sys"; done
@@ -405,7 +438,7 @@ switched=$(grep -c 'passthrough is off' "$logs/rootfs-mount.log" 2>/dev/null || 
     # row label, unit kind: t = time (lower is better), r = rate (higher is better), n = no ratio
     for row in "mount_ms:mount ready (ms):n" "find_cold_s:find cold (s):t" "find_first_s:find first walk (s):t" "find_warm_s:find warm (s):t" \
         "lslr_warm_s:ls -lR warm (s):t" "seq_cold_gbs:seq read cold (GB/s):r" "seq_warm_gbs:seq read warm (GB/s):r" \
-        "rand4k_kiops:rand 4k x4 (kIOPS):r" "tar_gbs:tar | wc -c (GB/s):r" "sha_bin_s:sha256sum bin/ (s):t" \
+        "rand4k_kiops:rand 4k x4 (kIOPS):r" "tar_first_gbs:tar first (GB/s):r" "tar_gbs:tar | wc -c (GB/s):r" "sha_bin_s:sha256sum bin/ (s):t" \
         "rss_mb:daemon RSS (MB):n" "entries:entries walked:n"; do
         IFS=: read -r key label kind <<<"$row"
         printf '%-24s' "$label"

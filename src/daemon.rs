@@ -21,6 +21,7 @@ use fuser::{Config, MountOption, Session, SessionACL};
 use crate::fault::FaultLog;
 use crate::fuse::passthrough::PassthroughPolicy;
 use crate::fuse::BuildFs;
+use crate::host_idle;
 use crate::logging::{self, Destination};
 use crate::mounts::{fs_source, mounts, umount, FS_NAME, FS_TYPE};
 use crate::notify;
@@ -343,6 +344,9 @@ fn announce_when_answering(
             match answered {
                 Ok(_) => {
                     tracing::info!(mountpoint = %point.display(), "mounted");
+                    if let Some(advice) = host_idle::advice() {
+                        tracing::info!("{advice}");
+                    }
                     if let Some(mut pipe) = pipe {
                         let _ = pipe.write_all(b"ready\n");
                     }

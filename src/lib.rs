@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod fault;
 pub mod fetch;
 pub mod fuse;
+pub mod host_idle;
 pub mod layers;
 pub mod layout;
 pub mod logging;

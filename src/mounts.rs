@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::host_idle;
 use crate::state::{self, MountRecord};
 use crate::sys;
 
@@ -237,6 +238,7 @@ pub fn status(mountpoint: Option<&Path>, json: bool) -> Result<String, String> {
             "format": state::FORMAT,
             "mounts": mounts,
             "other_mounts": others,
+            "host_advice": host_idle::advice(),
         });
         return Ok(format!(
             "{}\n",
@@ -254,6 +256,9 @@ pub fn status(mountpoint: Option<&Path>, json: bool) -> Result<String, String> {
     }
     if out.is_empty() {
         out.push_str("no rootfs-mount mounts\n");
+    }
+    if let Some(advice) = host_idle::advice() {
+        out.push_str(&format!("host: {advice}\n"));
     }
     Ok(out)
 }

@@ -698,3 +698,36 @@ fn a_refused_mount_leaves_no_scratch_upper() {
     assert!(!is_mounted(&dir));
     assert_eq!(common::walk(&tmpdir), Vec::<String>::new());
 }
+
+/// `status` names the machine's vCPU halt polling when it makes every round trip pay two
+/// wake-ups (a haltpoll guest that never polls), in text and JSON, and only then. The
+/// expectation is read from sysfs here, independently of the daemon's code.
+#[test]
+fn status_names_halt_polling_that_makes_round_trips_pay_vcpu_wake_ups() {
+    let read = |p: &str| std::fs::read_to_string(p).map(|s| s.trim().to_string());
+    let never_polls = read("/sys/devices/system/cpu/cpuidle/current_driver").ok()
+        == Some("haltpoll".into())
+        && read("/sys/module/haltpoll/parameters/guest_halt_poll_ns").ok() == Some("0".into());
+    let out = run(&["status"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text.lines().find(|l| l.starts_with("host: "));
+    assert_eq!(line.is_some(), never_polls, "{text}");
+    if let Some(line) = line {
+        assert!(
+            line.ends_with("echo 200000 > /sys/module/haltpoll/parameters/guest_halt_poll_ns"),
+            "{line}"
+        );
+    }
+    let json = run(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["host_advice"].is_string(), never_polls, "{json}");
+    assert_eq!(
+        json["host_advice"].as_str(),
+        line.map(|l| &l["host: ".len()..])
+    );
+}

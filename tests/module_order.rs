@@ -13,6 +13,8 @@ const LAYERS: &[&str] = &[
     // Foundations: system calls, fault records, archives read in place.
     "sys",
     "fault",
+    // How the machine's idle CPUs wait (the price of a round trip).
+    "host_idle",
     "archive",
     "embedded_contexts",
     // What the tree is made of.

@@ -472,6 +472,33 @@ fn a_10k_folder_lists_every_name_once_with_the_inode_stat_reports() {
     assert!(String::from_utf8_lossy(&found.stdout).lines().count() > MANY);
 }
 
+/// A 10k-entry folder listed whole and then stat'ed entry by entry (what `find` and `tar`
+/// do with a folder's subfolders) on a fresh mount: every entry's attributes came with the
+/// listing, READDIRPLUS for every batch, not only the first (the kernel's
+/// READDIRPLUS_AUTO lists later batches by name only when nothing of the first was used
+/// yet, and each of those entries then costs a LOOKUP round trip).
+#[test]
+fn a_folder_listed_whole_then_stat_ed_on_a_fresh_mount_looks_up_no_entry() {
+    if !can_mount() {
+        return;
+    }
+    let mount = Mounted::new("many-lookups", &[]);
+    let dir = mount.path("rootfs/registry/many");
+    let names: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(names.len(), MANY);
+    for name in &names {
+        assert!(name.symlink_metadata().unwrap().is_file(), "{name:?}");
+    }
+    let by_op = common::requests_by_op(&mount.mount);
+    let count = |op: &str| by_op.get(op).copied().unwrap_or(0);
+    assert!(count("readdirplus") >= 2, "{by_op:?}");
+    // The path's own folders, at most.
+    assert!(count("lookup") < 10, "{by_op:?}");
+}
+
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {

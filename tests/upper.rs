@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use common::{demo_cache, is_mounted, repo, run, scratch, sh, walk, Mount};
+use common::{demo_cache, is_mounted, repo, requests_by_op, run, scratch, sh, walk, Mount};
 
 /// sha256 of every file (and the target of every symlink) below `root`.
 /// Everything below `root` but `index/`: the gzip seek indexes are the one thing the
@@ -826,15 +826,6 @@ fn hard_links_of_the_layers_below_are_one_inode_on_a_read_only_mount() {
         std::fs::read(w.path("amd64/bin/conntrack")).unwrap(),
         std::fs::read(w.path("amd64/bin/conntrack-link")).unwrap()
     );
-}
-
-/// Requests the daemon has answered, by type (`status --json`), once the counters have
-/// settled (the state file is rewritten once a second while they move).
-fn requests_by_op(m: &Mount) -> BTreeMap<String, u64> {
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    let out = run(&["status", "--json", m.dir.to_str().unwrap()]);
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    serde_json::from_value(json["mounts"][0]["counters"]["by_op"].clone()).unwrap_or_default()
 }
 
 fn delta(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>, op: &str) -> u64 {

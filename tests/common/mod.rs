@@ -219,6 +219,15 @@ pub fn errno_of<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
 }
 
 /// Waits up to 10 s for `cond`.
+/// Requests the daemon has answered, by type (`status --json`), once the counters have
+/// settled (the state file is rewritten once a second while they move).
+pub fn requests_by_op(m: &Mount) -> std::collections::BTreeMap<String, u64> {
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let out = run(&["status", "--json", m.dir.to_str().unwrap()]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    serde_json::from_value(json["mounts"][0]["counters"]["by_op"].clone()).unwrap_or_default()
+}
+
 pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let start = std::time::Instant::now();
     while !cond() {
