@@ -664,6 +664,15 @@ mod tests {
                     p.strip_prefix(b).ok(),
                     "{path:?} below {base:?}"
                 );
+                // Callers count bytes of the rest (a layer's relative path); with no
+                // trailing slash those are strip_prefix's too.
+                if !path.ends_with('/') {
+                    assert_eq!(
+                        below(p, b).map(|r| r.as_os_str().len()),
+                        p.strip_prefix(b).ok().map(|r| r.as_os_str().len()),
+                        "{path:?} below {base:?}"
+                    );
+                }
             }
         }
         // Branches given with a trailing slash or `.` are normalized for it.

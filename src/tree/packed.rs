@@ -12,7 +12,7 @@
 //! The held node also keeps the record's lookup count: a packed node with its count and
 //! the record's path pointer is 56 bytes, which the allocator serves from a 64-byte
 //! chunk (one more field would take an 80-byte one). Fields are as narrow as a build
-//! tree's values are (sizes under 4 GiB, ids and link counts under 65535); a value that
+//! tree's values are (sizes under 4 GiB, uids and gids up to 65535, link counts under 65535); a value that
 //! does not fit keeps the node whole.
 
 use std::path::Path;

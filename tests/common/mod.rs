@@ -218,7 +218,6 @@ pub fn errno_of<T: std::fmt::Debug>(result: std::io::Result<T>) -> i32 {
         .expect("an OS error")
 }
 
-/// Waits up to 10 s for `cond`.
 /// Requests the daemon has answered, by type (`status --json`), once the counters have
 /// settled (the state file is rewritten once a second while they move).
 pub fn requests_by_op(m: &Mount) -> std::collections::BTreeMap<String, u64> {
@@ -228,6 +227,7 @@ pub fn requests_by_op(m: &Mount) -> std::collections::BTreeMap<String, u64> {
     serde_json::from_value(json["mounts"][0]["counters"]["by_op"].clone()).unwrap_or_default()
 }
 
+/// Waits up to 10 s for `cond`.
 pub fn wait_for(what: &str, cond: impl Fn() -> bool) {
     let start = std::time::Instant::now();
     while !cond() {
