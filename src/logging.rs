@@ -155,7 +155,7 @@ impl<S: Subscriber> Layer<S> for DropInterruptedReplies {
         // fuser logs through the `log` crate: its records arrive with the target "log"
         // and their own target in the field `log.target`. The reply error is an ERROR;
         // nothing else is formatted here (fuser logs every request at DEBUG: formatting
-        // those was an eighth of the daemon's CPU on a first walk).
+        // those was an eighth of the daemon's user CPU on a first walk).
         let target = event.metadata().target();
         if *event.metadata().level() > Level::WARN
             || (target != "log" && !target.starts_with("fuser::reply"))
@@ -429,7 +429,7 @@ mod tests {
     }
 
     /// fuser logs every request at DEBUG; the veto above must not format those records
-    /// (it did, an eighth of the daemon's CPU on a first walk).
+    /// (it did, an eighth of the daemon's user CPU on a first walk).
     #[test]
     fn debug_records_of_fuser_are_not_formatted_by_the_reply_veto() {
         use std::sync::atomic::{AtomicUsize, Ordering};
