@@ -147,6 +147,10 @@ impl TreePath {
 
     /// Whether a `/` stands between this path and a name below it.
     fn needs_separator(&self) -> bool {
+        // A digest name is 64 hex digits: no need to write it out to know.
+        if self.0.slice.len() == DIGEST_BYTES {
+            return true;
+        }
         let name = self.name();
         !name.is_empty() && !name.ends_with(b"/")
     }
